@@ -1,0 +1,168 @@
+"""Find where an mlx-lm model keeps its decoder blocks and their attention / MLP submodules.
+
+Read from the module tree itself (dict entries, never properties): some `Model.layers`
+properties return a slice copy (`pipeline_layers`), and a wrapper written into a copy never runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import mlx.nn as nn
+
+__all__ = [
+    "ATTENTION_NAMES",
+    "BLOCK_LIST_PATHS",
+    "MLP_NAMES",
+    "Architecture",
+    "detect_architecture",
+    "hidden_size_of",
+]
+
+# Where the forward pass iterates its blocks, most common first; a generic search follows.
+BLOCK_LIST_PATHS = (
+    "model.layers",
+    "layers",
+    "model.h",
+    "transformer.h",
+    "h",
+    "model.transformer.h",
+    "language_model.model.layers",
+    "language_model.layers",
+    "model.language_model.layers",
+    "backbone.layers",
+    "transformer.layers",
+    "model.decoder.layers",
+    "transformer.blocks",
+    "gpt_neox.layers",
+)
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer")
+MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe", "mlp_block", "ff")
+
+
+@dataclass
+class Architecture:
+    """Where things live in one loaded model."""
+
+    model_type: str
+    blocks_owner: Any  # the module or dict whose entry is the block list
+    blocks_key: str
+    blocks_path: str
+    attention_names: list[Optional[str]]  # per block; None if not found
+    mlp_names: list[Optional[str]]
+
+    @property
+    def blocks(self) -> list:
+        return self.blocks_owner[self.blocks_key]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+
+def _entry(obj: Any, key: str) -> Any:
+    """A dict entry of a module (not a property or plain attribute)."""
+    if isinstance(obj, dict) and key in obj:
+        return obj[key]
+    return None
+
+
+def _resolve(root: nn.Module, path: str) -> tuple[Any, str, Any]:
+    parts = path.split(".")
+    owner: Any = root
+    for p in parts[:-1]:
+        owner = _entry(owner, p)
+        if owner is None:
+            return None, parts[-1], None
+    return owner, parts[-1], _entry(owner, parts[-1])
+
+
+def _is_block_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(b, nn.Module) for b in value)
+        and _find_child(value[0], ATTENTION_NAMES) is not None
+    )
+
+
+def _find_child(block: Any, names: tuple[str, ...]) -> Optional[str]:
+    for n in names:
+        if isinstance(_entry(block, n), nn.Module):
+            return n
+    return None
+
+
+def _search(module: Any, prefix: str, depth: int) -> Optional[str]:
+    """Breadth-first look for a list of attention-bearing modules below `module`."""
+    if depth < 0 or not isinstance(module, dict):
+        return None
+    for k, v in module.items():
+        if _is_block_list(v):
+            return f"{prefix}{k}"
+    for k, v in module.items():
+        if isinstance(v, nn.Module):
+            found = _search(v, f"{prefix}{k}.", depth - 1)
+            if found:
+                return found
+    return None
+
+
+def detect_architecture(model: nn.Module) -> Architecture:
+    """Locate the decoder-block list and per-block attention/MLP names, or raise ValueError."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"expected an mlx.nn.Module (an mlx-lm model), got {type(model).__name__}"
+        )
+    candidates = list(BLOCK_LIST_PATHS)
+    path = next((p for p in candidates if _is_block_list(_resolve(model, p)[2])), None)
+    path = path or _search(model, "", depth=4)
+    model_type = str(getattr(model, "model_type", None) or _args_value(model, "model_type"))
+    if path is None:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({type(model).__module__}): found no list "
+            f"of decoder blocks with an attention submodule. Tried the paths "
+            f"{', '.join(candidates)} and a search of the module tree for lists whose blocks "
+            f"have one of the attention names {', '.join(ATTENTION_NAMES)}."
+        )
+    owner, key, blocks = _resolve(model, path)
+    # The forward pass must see these very objects (not a copy); check against Model.layers.
+    exposed = getattr(model, "layers", None)
+    if isinstance(exposed, list) and exposed and not any(b is exposed[0] for b in blocks):
+        raise ValueError(
+            f"unsupported architecture {model_type!r}: the blocks at '{path}' are not the ones "
+            "`model.layers` returns, so hooks installed there would not run"
+        )
+    return Architecture(
+        model_type=model_type,
+        blocks_owner=owner,
+        blocks_key=key,
+        blocks_path=path,
+        attention_names=[_find_child(b, ATTENTION_NAMES) for b in blocks],
+        mlp_names=[_find_child(b, MLP_NAMES) for b in blocks],
+    )
+
+
+def _args_value(model: Any, key: str) -> Any:
+    args = getattr(model, "args", None)
+    if args is None:
+        return None
+    if isinstance(args, dict):
+        return args.get(key)
+    return getattr(args, key, None)
+
+
+def hidden_size_of(model: nn.Module, blocks: list) -> int:
+    """The residual width, read from the model: its config args, else its embedding table."""
+    for key in ("hidden_size", "n_embd", "d_model", "dim", "model_dim"):
+        value = _args_value(model, key)
+        if isinstance(value, int) and value > 0:
+            return value
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding)):
+            dims = getattr(m, "dims", None)
+            if isinstance(dims, int):
+                return dims
+            return int(m.weight.shape[-1])
+    raise ValueError("could not read the hidden size from the model's args or embedding")

@@ -1,0 +1,223 @@
+"""Hook points: the `HookWrapper` that stands in a module slot, and the `HookContext` hooks see.
+
+A wrapper is a transparent proxy: attribute reads and writes, and the dict interface that
+`mlx.nn.Module` is built on, go to the wrapped module. So parameter names, `load_weights`,
+`nn.quantize` and `tree_flatten` see the original tree, and model code that reads
+`layer.use_sliding` keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+__all__ = ["Hook", "HookContext", "HookError", "HookWrapper", "BlockFrame", "cache_offsets"]
+
+
+class HookError(ValueError):
+    """A hook misbehaved (wrong return type or shape)."""
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a hook knows about the forward pass it runs in.
+
+    `offset` is the number of token slots already in the KV cache before this forward, so the
+    absolute position of `x[:, t]` is `offset + t`. In a left-padded batch, `row_offsets` holds the
+    per-row count of real tokens already cached (negative while the row is still in its padding):
+    use `positions()` to get absolute positions per row.
+    """
+
+    name: str
+    layer: int
+    offset: int = 0
+    is_prefill: bool = True
+    length: int = 0
+    row_offsets: Optional[mx.array] = None  # (B,)
+
+    @property
+    def kind(self) -> str:
+        return self.name.rsplit("_", 1)[0]
+
+    def positions(self) -> mx.array:
+        """Absolute positions of this forward's tokens: `(1, T)`, or `(B, T)` in a padded batch."""
+        steps = mx.arange(self.length)
+        if self.row_offsets is None:
+            return (steps + self.offset)[None]
+        return self.row_offsets[:, None] + steps[None]
+
+
+Hook = Callable[[mx.array, HookContext], Union[mx.array, None]]
+
+
+def cache_offsets(cache: Any) -> tuple[int, Optional[mx.array]]:
+    """(slots already cached, per-row real offsets or None) for an mlx-lm cache object."""
+    if cache is None:
+        return 0, None
+    if hasattr(cache, "caches"):  # CacheList: sub-caches advance together
+        cache = cache.caches[0]
+    offset = getattr(cache, "offset", 0)
+    if isinstance(offset, mx.array):  # Batch*KVCache: per-row offsets, int slot index aside
+        slots = getattr(cache, "_offset", None)
+        if slots is None:
+            slots = getattr(cache, "_idx", 0)
+        return int(slots), offset
+    return int(offset), None
+
+
+def _find_cache(args: tuple, kwargs: dict) -> Any:
+    if "cache" in kwargs:
+        return kwargs["cache"]
+    for a in args[1:]:
+        if hasattr(a, "update_and_fetch") or hasattr(a, "caches"):
+            return a
+    return None
+
+
+class BlockFrame:
+    """Per-block state shared by a block's wrappers: how many hooks are live, and the offsets of
+    the forward pass currently running (set by the block wrapper, read by its sub-wrappers)."""
+
+    __slots__ = ("active", "offset", "row_offsets", "length")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.offset = 0
+        self.row_offsets: Optional[mx.array] = None
+        self.length = 0
+
+
+def _apply_hooks(hooks: list[Hook], x: mx.array, ctx: HookContext) -> mx.array:
+    for hook in tuple(hooks):
+        y = hook(x, ctx)
+        if y is None:
+            continue
+        if not isinstance(y, mx.array):
+            raise HookError(
+                f"hook {getattr(hook, '__name__', hook)!r} at {ctx.name} returned "
+                f"{type(y).__name__}; a hook must return an mx.array of shape {tuple(x.shape)} "
+                "or None"
+            )
+        if y.shape != x.shape:
+            raise HookError(
+                f"hook {getattr(hook, '__name__', hook)!r} at {ctx.name} returned shape "
+                f"{tuple(y.shape)}; expected {tuple(x.shape)} (the activation's shape)"
+            )
+        x = y if y.dtype == x.dtype else y.astype(x.dtype)
+    return x
+
+
+class HookWrapper(nn.Module):
+    """Stands in the slot of a decoder block (hook point `residuals_i`) or of its attention
+    (`attention_i`) / MLP (`mlp_i`) submodule, and runs the hooks installed on that point."""
+
+    def __init__(self, module: nn.Module, name: str, layer: int, frame: BlockFrame) -> None:
+        # Module.__init__ is skipped on purpose: `_training`/`_no_grad` belong to the wrapped module.
+        dict.__init__(self)
+        object.__setattr__(self, "_mlux_module", module)
+        object.__setattr__(self, "_mlux_name", name)
+        object.__setattr__(self, "_mlux_layer", layer)
+        object.__setattr__(self, "_mlux_frame", frame)
+        object.__setattr__(self, "_mlux_hooks", [])
+        object.__setattr__(self, "_mlux_is_block", name.startswith("residuals_"))
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self._mlux_module
+
+    @property
+    def hook_name(self) -> str:
+        return self._mlux_name
+
+    def add_hook(self, hook: Hook) -> None:
+        self._mlux_hooks.append(hook)
+        self._mlux_frame.active += 1
+
+    def remove_hook(self, hook: Hook) -> None:
+        hooks = self._mlux_hooks
+        for i in range(len(hooks) - 1, -1, -1):
+            if hooks[i] is hook:
+                del hooks[i]
+                self._mlux_frame.active -= 1
+                return
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        frame = self._mlux_frame
+        if not frame.active:
+            return self._mlux_module(*args, **kwargs)
+        if self._mlux_is_block:
+            # Read the cache offset before the block runs: its attention advances the cache.
+            frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
+            frame.length = args[0].shape[1] if args and hasattr(args[0], "shape") else 0
+        out = self._mlux_module(*args, **kwargs)
+        if not self._mlux_hooks:
+            return out
+        ctx = HookContext(
+            name=self._mlux_name,
+            layer=self._mlux_layer,
+            offset=frame.offset,
+            is_prefill=frame.length > 1 or frame.offset == 0,
+            length=frame.length,
+            row_offsets=frame.row_offsets,
+        )
+        if isinstance(out, tuple):  # some attention modules return (output, extras)
+            return (_apply_hooks(self._mlux_hooks, out[0], ctx), *out[1:])
+        return _apply_hooks(self._mlux_hooks, out, ctx)
+
+    # -- transparent proxy: attributes ------------------------------------------------------
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_mlux_"):
+            raise AttributeError(key)
+        return getattr(object.__getattribute__(self, "_mlux_module"), key)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key.startswith("_mlux_"):
+            object.__setattr__(self, key, value)
+        else:
+            setattr(self._mlux_module, key, value)
+
+    def __delattr__(self, key: str) -> None:
+        delattr(self._mlux_module, key)
+
+    # -- transparent proxy: the dict interface nn.Module's tree walks use ---------------------
+    def __getitem__(self, key: Any) -> Any:
+        return self._mlux_module[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._mlux_module[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._mlux_module[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mlux_module
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._mlux_module)
+
+    def __len__(self) -> int:
+        return len(self._mlux_module)
+
+    def keys(self):  # noqa: ANN201
+        return self._mlux_module.keys()
+
+    def values(self):  # noqa: ANN201
+        return self._mlux_module.values()
+
+    def items(self):  # noqa: ANN201
+        return self._mlux_module.items()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._mlux_module.get(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        return self._mlux_module.pop(key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self._mlux_module.setdefault(key, default)
+
+    def __repr__(self) -> str:
+        return f"HookWrapper[{self._mlux_name}]({self._mlux_module!r})"

@@ -1,0 +1,212 @@
+"""Steering hooks: add a vector, add position-specific deltas, or project a direction out.
+
+Positions are absolute (`ctx.offset + t`, per row in padded batches), so a hook does the same
+thing whether the prompt runs in one pass, in prefill chunks, or token by token under the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import mlx.core as mx
+
+from .hooks import Hook, HookContext
+
+__all__ = [
+    "Positions",
+    "create_ablation_hook",
+    "create_additive_hook",
+    "create_steering_hook",
+    "resolve_positions",
+    "steering_hooks",
+]
+
+# "all" | "prompt" | "generated" | k (from absolute position k on) | (start, end) half-open
+Positions = Union[str, int, tuple[int, Optional[int]]]
+_POSITION_CHOICES = "'all', 'prompt', 'generated', an int k (from position k on) or (start, end)"
+
+
+def resolve_positions(positions: Positions, prompt_length: Optional[int]) -> tuple[int, float]:
+    """Turn a where-to-steer option into a half-open range [start, end) of absolute positions."""
+    if positions in ("prompt", "generated") and prompt_length is None:
+        raise ValueError(f"positions={positions!r} needs prompt_length (the prompt's token count)")
+    if positions == "all":
+        return 0, float("inf")
+    if positions == "prompt":
+        return 0, prompt_length
+    if positions == "generated":
+        return prompt_length, float("inf")
+    if isinstance(positions, int) and not isinstance(positions, bool) and positions >= 0:
+        return positions, float("inf")
+    if (isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[0], int)
+            and (positions[1] is None or isinstance(positions[1], int))):
+        end = float("inf") if positions[1] is None else positions[1]
+        if positions[0] < 0 or end < positions[0]:
+            raise ValueError(f"positions range {positions!r} must satisfy 0 <= start <= end")
+        return positions[0], end
+    raise ValueError(f"unknown positions {positions!r}; valid: {_POSITION_CHOICES}")
+
+
+def _as_f32(value: Any, what: str) -> mx.array:
+    arr = value if isinstance(value, mx.array) else mx.array(value)
+    if not mx.issubdtype(arr.dtype, mx.floating) and not mx.issubdtype(arr.dtype, mx.integer):
+        raise ValueError(f"{what} must be numeric, got {arr.dtype}")
+    arr = arr.astype(mx.float32)
+    if not bool(mx.all(mx.isfinite(arr)).item()):
+        raise ValueError(f"{what} contains NaN or inf values")
+    return arr
+
+
+def _window_mask(ctx: HookContext, start: float, end: float) -> Optional[mx.array]:
+    """None if every position of this forward is inside [start, end); else a (B|1, T, 1) mask,
+    or False (as a 0-d array) when none is."""
+    if ctx.row_offsets is None:
+        first, last = ctx.offset, ctx.offset + ctx.length - 1
+        if first >= start and last < end:
+            return None
+        if last < start or first >= end:
+            return mx.array(False)
+    pos = ctx.positions()
+    inside = pos >= start if end == float("inf") else (pos >= start) & (pos < end)
+    return inside[..., None]
+
+
+def _positional(delta_of: Any, start: float, end: float) -> Hook:
+    def hook(x: mx.array, ctx: HookContext) -> Optional[mx.array]:
+        mask = _window_mask(ctx, start, end)
+        if mask is not None and mask.ndim == 0:
+            return None
+        delta = delta_of(x, ctx)
+        return x + (delta if mask is None else mx.where(mask, delta, 0).astype(x.dtype))
+
+    return hook
+
+
+def create_steering_hook(
+    vector: Any,
+    alpha: Union[float, mx.array] = 1.0,
+    *,
+    positions: Positions = "all",
+    prompt_length: Optional[int] = None,
+) -> Hook:
+    """Add `alpha * vector` at the chosen positions, cast to the activation's dtype.
+
+    `vector` is `(D,)` or per-row `(B, D)`; `alpha` a float or per-row `(B,)` (0 = unsteered row).
+    """
+    vec = _as_f32(getattr(vector, "direction", vector), "steering vector")
+    if vec.ndim not in (1, 2) or vec.shape[-1] == 0:
+        raise ValueError(f"steering vector must have shape (D,) or (B, D), got {vec.shape}")
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if alpha != alpha or abs(alpha) == float("inf"):
+            raise ValueError(f"alpha must be finite, got {alpha}")
+        delta = vec * alpha
+    else:
+        a = _as_f32(alpha, "alpha")
+        if a.ndim != 1:
+            raise ValueError(f"per-row alpha must have shape (B,), got {a.shape}")
+        delta = a[:, None] * (vec if vec.ndim == 2 else vec[None])
+    delta = delta[:, None, :] if delta.ndim == 2 else delta  # (B, 1, D) or (D,)
+    start, end = resolve_positions(positions, prompt_length)
+    cast: dict[Any, mx.array] = {}
+
+    def delta_of(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[-1] != delta.shape[-1]:
+            raise ValueError(f"steering vector has size {delta.shape[-1]} but {ctx.name} has "
+                             f"hidden size {x.shape[-1]}")
+        if delta.ndim == 3 and delta.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"per-row steering has {delta.shape[0]} rows, batch has {x.shape[0]}")
+        if x.dtype not in cast:
+            cast[x.dtype] = delta.astype(x.dtype)
+        return cast[x.dtype]
+
+    return _positional(delta_of, start, end)
+
+
+def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
+    """Add `deltas[p]` at absolute position p: an `(T, D)` array or a `{position: vector}` dict.
+
+    Positions past the table (or missing from the dict) are left alone.
+    """
+    if isinstance(deltas, Mapping):
+        if not deltas:
+            raise ValueError("additive hook needs at least one {position: vector} entry")
+        if any(not isinstance(p, int) or p < 0 for p in deltas):
+            raise ValueError("additive hook positions must be non-negative ints")
+        rows = {p: _as_f32(v, f"delta at position {p}") for p, v in deltas.items()}
+        dims = {v.shape for v in rows.values()}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise ValueError(f"every delta must be a (D,) vector of one size, got {sorted(dims)}")
+        (dim,) = next(iter(dims))
+        table = mx.zeros((max(rows) + 1, dim), mx.float32)
+        for p, v in rows.items():
+            table[p] = v
+    else:
+        table = _as_f32(deltas, "additive deltas")
+        if table.ndim != 2:
+            raise ValueError(f"additive deltas must have shape (T, D), got {table.shape}")
+    n = table.shape[0]
+
+    def hook(x: mx.array, ctx: HookContext) -> Optional[mx.array]:
+        if ctx.row_offsets is None and ctx.offset >= n:
+            return None  # decode steps past the table: nothing to add
+        if x.shape[-1] != table.shape[1]:
+            raise ValueError(f"deltas have size {table.shape[1]}, {ctx.name} has {x.shape[-1]}")
+        pos = ctx.positions()  # (1|B, T)
+        valid = (pos >= 0) & (pos < n)
+        rows = mx.take(table, mx.clip(pos, 0, n - 1), axis=0)  # (1|B, T, D)
+        return x + mx.where(valid[..., None], rows, 0).astype(x.dtype)
+
+    return hook
+
+
+def create_ablation_hook(
+    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None
+) -> Hook:
+    """Project `direction` out of the stream: x - (x . d) d with d unit-norm (computed in f32)."""
+    d = _as_f32(getattr(direction, "direction", direction), "ablation direction")
+    if d.ndim != 1:
+        raise ValueError(f"ablation direction must have shape (D,), got {d.shape}")
+    norm = float(mx.linalg.norm(d).item())
+    if norm == 0.0:
+        raise ValueError("ablation direction is the zero vector")
+    unit = d / norm
+    start, end = resolve_positions(positions, prompt_length)
+
+    def delta_of(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[-1] != unit.shape[0]:
+            raise ValueError(f"direction has size {unit.shape[0]}, {ctx.name} has {x.shape[-1]}")
+        proj = x.astype(mx.float32) @ unit  # (B, T)
+        return (-proj[..., None] * unit).astype(x.dtype)
+
+    return _positional(delta_of, start, end)
+
+
+def steering_hooks(
+    vectors: Any,
+    alpha: Union[float, mx.array] = 1.0,
+    *,
+    layers: Optional[Iterable[int]] = None,
+    positions: Positions = "all",
+    prompt_length: Optional[int] = None,
+) -> list[tuple[str, Hook]]:
+    """`(residuals_i, hook)` pairs for `HookedModel.hooks`: one vector per layer (a dict or a
+    `SteeringVector`), or one `(D,)` vector at every layer in `layers`."""
+    directions = getattr(vectors, "directions", vectors)
+    if isinstance(directions, Mapping):
+        chosen = list(directions) if layers is None else list(layers)
+        missing = [i for i in chosen if i not in directions]
+        if missing:
+            raise ValueError(f"no vector for layers {missing}; vectors exist for "
+                             f"{sorted(directions)}")
+        per_layer = {i: directions[i] for i in chosen}
+    else:
+        if layers is None:
+            raise ValueError("a single vector needs layers=[...] to say where to add it")
+        per_layer = {i: directions for i in layers}
+    if not per_layer:
+        raise ValueError("no layers to steer")
+    return [
+        (f"residuals_{i}", create_steering_hook(v, alpha, positions=positions,
+                                                prompt_length=prompt_length))
+        for i, v in per_layer.items()
+    ]

@@ -1,0 +1,296 @@
+"""`HookedModel`: an mlx-lm model with hook points on every decoder block, attention and MLP."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .arch import Architecture, detect_architecture, hidden_size_of
+from .builtin import builtin_model_path
+from .hooks import BlockFrame, Hook, HookWrapper
+from .inputs import Inputs, TokenBatch, make_batch_cache, to_token_batch
+from .layers import LayerSpec, expand_layer_specs, hook_point_names
+
+__all__ = ["HookedModel", "HookSpec"]
+
+HookSpec = Union[Mapping[str, Hook], Iterable[tuple[str, Hook]]]
+
+
+class HookedModel:
+    """Wraps a loaded mlx-lm model in place; plain mlx-lm calls keep working on `model`."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, model_id: Optional[str] = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id or _model_id_of(model)
+        self.arch: Architecture = detect_architecture(model)
+        self.num_layers = self.arch.num_layers
+        self.hidden_size = hidden_size_of(model, self.arch.blocks)
+        self._points: dict[str, HookWrapper] = {}
+        self._padded_batch_ok: Optional[bool] = None
+        self._config = None
+        self._install_wrappers()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str, **load_kwargs: Any) -> "HookedModel":
+        """Load through `mlx_lm.load`: a local model directory, a hub id, or a built-in name."""
+        import mlx_lm
+
+        if not isinstance(path_or_repo, str) or not path_or_repo.strip():
+            raise ValueError("from_pretrained needs a model directory, a hub id or a built-in name")
+        builtin = builtin_model_path(path_or_repo)
+        target = str(builtin) if builtin else path_or_repo
+        local = Path(target).expanduser()
+        if local.exists():
+            if not (local / "config.json").is_file():
+                raise ValueError(
+                    f"{path_or_repo!r} is not an mlx-lm model directory: no config.json in "
+                    f"{local} (expected config.json, model*.safetensors and tokenizer files)"
+                )
+            target = str(local)
+        elif path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
+            raise ValueError(
+                f"{path_or_repo!r} is neither an existing model directory, a built-in model "
+                "('mlux-toy', 'mlux-toy-4bit') nor a hub id of the form 'org/name'"
+            )
+        try:
+            model, tokenizer = mlx_lm.load(target, **load_kwargs)
+        except Exception as e:  # the hub client raises many types; name the model either way
+            raise ValueError(f"could not load model {path_or_repo!r}: {e}") from e
+        return cls(model, tokenizer, model_id=path_or_repo)
+
+    def _install_wrappers(self) -> None:
+        blocks = self.arch.blocks
+        for i, block in enumerate(blocks):
+            if isinstance(block, HookWrapper):  # wrapped before (another HookedModel): reuse
+                frame = block._mlux_frame
+            else:
+                frame = BlockFrame()
+                block = blocks[i] = HookWrapper(block, f"residuals_{i}", i, frame)
+            self._points[f"residuals_{i}"] = block
+            inner = block.wrapped
+            for kind, name in (("attention", self.arch.attention_names[i]),
+                               ("mlp", self.arch.mlp_names[i])):
+                if name is None:
+                    continue
+                sub = inner[name]
+                if not isinstance(sub, HookWrapper):
+                    sub = HookWrapper(sub, f"{kind}_{i}", i, frame)
+                    setattr(inner, name, sub)
+                self._points[f"{kind}_{i}"] = sub
+
+    def unwrap(self) -> nn.Module:
+        """Put the original modules back in their slots and return the plain model."""
+        blocks = self.arch.blocks
+        for i, block in enumerate(blocks):
+            if isinstance(block, HookWrapper):
+                inner = block.wrapped
+                for name in (self.arch.attention_names[i], self.arch.mlp_names[i]):
+                    if name is not None and isinstance(inner[name], HookWrapper):
+                        setattr(inner, name, inner[name].wrapped)
+                blocks[i] = inner
+        self._points.clear()
+        return self.model
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def hook_points(self) -> list[str]:
+        return [n for n in hook_point_names(self.num_layers) if n in self._points]
+
+    @property
+    def config(self):  # noqa: ANN201 - ModelConfig, imported lazily to avoid a cycle
+        if self._config is None:
+            from .configs import infer_model_config
+
+            self._config = infer_model_config(self)
+        return self._config
+
+    @property
+    def model_type(self) -> str:
+        return self.arch.model_type
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        args = getattr(self.model, "args", None)
+        return getattr(args, "vocab_size", None)
+
+    @property
+    def quantization(self) -> Optional[dict[str, int]]:
+        """`{"bits", "group_size"}` of the first quantized layer, or None for a float model."""
+        for m in self.model.modules():
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+                return {"bits": int(m.bits), "group_size": int(m.group_size)}
+        return None
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """The activation dtype: that of the first float weight that is not a quant scale."""
+        for k, v in tree_flatten(self.model.parameters()):
+            if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(("scales", "biases")):
+                return v.dtype
+        return mx.float32
+
+    def expand_layer_specs(self, specs: LayerSpec) -> list[str]:
+        return expand_layer_specs(specs, self.num_layers, hidden_size=self.hidden_size)
+
+    def tokenize(self, inputs: Inputs) -> TokenBatch:
+        return to_token_batch(self.tokenizer, inputs, self.vocab_size)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _normalise_hooks(self, hooks: Optional[HookSpec]) -> list[tuple[str, Hook]]:
+        if hooks is None:
+            return []
+        pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
+        out = []
+        for pair in pairs:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise ValueError(f"hooks must be a dict {{name: hook}} or (name, hook) pairs; "
+                                 f"got {pair!r}")
+            spec, fn = pair
+            if not callable(fn):
+                raise ValueError(f"hook for {spec!r} is not callable: {fn!r}")
+            for name in self.expand_layer_specs(spec):
+                if name not in self._points:
+                    raise ValueError(f"hook point {name!r} does not exist in this "
+                                     f"{self.model_type} model (no submodule found there)")
+                out.append((name, fn))
+        return out
+
+    @contextlib.contextmanager
+    def hooks(self, hooks: Optional[HookSpec]) -> Iterator["HookedModel"]:
+        """Install hooks for the duration of the block; always removed on exit, nests."""
+        pairs = self._normalise_hooks(hooks)
+        installed: list[tuple[str, Hook]] = []
+        try:
+            for name, fn in pairs:
+                self._points[name].add_hook(fn)
+                installed.append((name, fn))
+            yield self
+        finally:
+            for name, fn in reversed(installed):
+                self._points[name].remove_hook(fn)
+
+    @contextlib.contextmanager
+    def _hooks_suspended(self) -> Iterator[None]:
+        frames = {id(w._mlux_frame): w._mlux_frame for w in self._points.values()}.values()
+        saved = [(f, f.active) for f in frames]
+        try:
+            for f, _ in saved:
+                f.active = 0
+            yield
+        finally:
+            for f, active in saved:
+                f.active = active
+
+    def active_hooks(self) -> dict[str, int]:
+        return {n: len(w._mlux_hooks) for n, w in self._points.items() if w._mlux_hooks}
+
+    # -- running --------------------------------------------------------------------------------
+    def _supports_padded_batch(self) -> bool:
+        """Can this architecture run left-padded rows with per-row offsets? Probed once."""
+        if self._padded_batch_ok is None:
+            caches = make_batch_cache(self.model, [1, 0])
+            ok = caches is not None
+            if ok:
+                try:
+                    with self._hooks_suspended():
+                        mx.eval(self.model(mx.array([[0, 1], [1, 2]]), cache=caches))
+                except Exception:  # e.g. positions built with numpy from the cache offset
+                    ok = False
+            self._padded_batch_ok = ok
+        return self._padded_batch_ok
+
+    def forward(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
+        """Logits `(B, T, V)`. Padded batches run masked, so each row equals its own run."""
+        batch = inputs if isinstance(inputs, TokenBatch) else self.tokenize(inputs)
+        if not batch.is_padded or cache is not None:
+            return self.model(batch.tokens, cache=cache)
+        if self._supports_padded_batch():
+            return self.model(batch.tokens, cache=make_batch_cache(self.model, batch.left_padding))
+        rows = [self.model(batch.tokens[i : i + 1, pad:]) for i, pad in
+                enumerate(batch.left_padding)]
+        return mx.concatenate([_left_pad(r, batch.tokens.shape[1]) for r in rows], axis=0)
+
+    def __call__(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
+        return self.forward(inputs, cache=cache)
+
+    def run_with_hooks(
+        self, inputs: Inputs, hooks: Optional[HookSpec], *, cache: Any = None
+    ) -> mx.array:
+        """Logits `(B, T, V)` of one forward with `hooks` installed."""
+        with self.hooks(hooks):
+            logits = self.forward(inputs, cache=cache)
+            mx.eval(logits)
+        return logits
+
+    def run_with_cache(
+        self,
+        inputs: Inputs,
+        names: Optional[LayerSpec] = None,
+        *,
+        hooks: Optional[HookSpec] = None,
+        cache: Any = None,
+        reduce: Optional[Callable[[mx.array], mx.array]] = None,
+    ) -> tuple[mx.array, dict[str, mx.array]]:
+        """Logits and the activations at `names` (default: every residual), evaluated.
+
+        `hooks` run before the capture (capture sees their effect); `reduce` maps each captured
+        `(B, T, D)` array before it is kept (e.g. `lambda x: x[:, -1]`) to save memory.
+        """
+        names = self.expand_layer_specs("all" if names is None else names)
+        store: dict[str, mx.array] = {}
+
+        def capture(name: str) -> Hook:
+            def hook(x: mx.array, ctx: Any) -> None:
+                store[name] = x if reduce is None else reduce(x)
+
+            return hook
+
+        batch = self.tokenize(inputs)
+        row_wise = batch.is_padded and cache is None and not self._supports_padded_batch()
+        if row_wise:  # per-row fallback: capture each row alone, left-pad to the batch width
+            per_row = [self.run_with_cache(batch.tokens[i : i + 1, pad:], names, hooks=hooks,
+                                           reduce=reduce)
+                       for i, pad in enumerate(batch.left_padding)]
+            width = batch.tokens.shape[1]
+            logits = mx.concatenate([_left_pad(lg, width) for lg, _ in per_row], axis=0)
+            acts = {n: mx.concatenate([_left_pad(c[n], width) if reduce is None else c[n]
+                                       for _, c in per_row], axis=0) for n in names}
+            return logits, acts
+        capture_hooks = [(n, capture(n)) for n in names]
+        with self.hooks(hooks), self.hooks(capture_hooks):
+            logits = self.forward(batch, cache=cache)
+            missing = [n for n in names if n not in store]
+            if missing:
+                raise RuntimeError(f"hook points {missing} did not fire in {self.model_type}")
+            mx.eval(logits, store)
+        return logits, {n: store[n] for n in names}
+
+    def __repr__(self) -> str:
+        q = self.quantization
+        precision = f"{q['bits']}-bit" if q else str(self.dtype)
+        return (f"HookedModel({self.model_id!r}, {self.model_type}, layers={self.num_layers}, "
+                f"hidden={self.hidden_size}, {precision})")
+
+
+def _left_pad(x: mx.array, width: int) -> mx.array:
+    """Zero-pad axis 1 on the left up to `width`."""
+    pad = width - x.shape[1]
+    if pad <= 0:
+        return x
+    return mx.concatenate([mx.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype), x], axis=1)
+
+
+def _model_id_of(model: nn.Module) -> Optional[str]:
+    args = getattr(model, "args", None)
+    for key in ("name_or_path", "_name_or_path"):
+        value = getattr(args, key, None)
+        if isinstance(value, str) and value:
+            return value
+    return None

@@ -1,0 +1,35 @@
+"""Samplers with their own random key, so a seed reproduces a run without touching MLX's
+global RNG (which mlx-lm's samplers use and which cannot be saved and restored)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import mlx.core as mx
+from mlx_lm.sample_utils import apply_top_p, make_sampler
+
+__all__ = ["Sampler", "make_seeded_sampler"]
+
+Sampler = Callable[[mx.array], mx.array]
+
+
+def make_seeded_sampler(
+    temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None
+) -> Sampler:
+    """A sampler of log-probabilities `(B, V)` -> tokens `(B,)`: greedy at temperature 0; with a
+    seed, each call draws with the next key split off that seed's key."""
+    if temperature < 0 or temperature != temperature:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0 or seed is None:
+        return make_sampler(temp=temperature, top_p=top_p if top_p < 1 else 0.0)
+    state = {"key": mx.random.key(seed)}
+
+    def sampler(logprobs: mx.array) -> mx.array:
+        state["key"], key = mx.random.split(state["key"])
+        if top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1 / temperature), key=key)
+
+    return sampler
