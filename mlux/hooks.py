@@ -115,7 +115,7 @@ class HookWrapper(nn.Module):
     (`attention_i`) / MLP (`mlp_i`) submodule, and runs the hooks installed on that point."""
 
     def __init__(self, module: nn.Module, name: str, layer: int, frame: BlockFrame) -> None:
-        # Module.__init__ is skipped on purpose: `_training`/`_no_grad` belong to the wrapped module.
+        # Module.__init__ is skipped on purpose: `_training`, `_no_grad` stay the wrapped module's.
         dict.__init__(self)
         object.__setattr__(self, "_mlux_module", module)
         object.__setattr__(self, "_mlux_name", name)

@@ -38,7 +38,7 @@ class HookedModel:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_repo: str, **load_kwargs: Any) -> "HookedModel":
+    def from_pretrained(cls, path_or_repo: str, **load_kwargs: Any) -> HookedModel:
         """Load through `mlx_lm.load`: a local model directory, a hub id, or a built-in name."""
         import mlx_lm
 
@@ -163,7 +163,7 @@ class HookedModel:
         return out
 
     @contextlib.contextmanager
-    def hooks(self, hooks: Optional[HookSpec]) -> Iterator["HookedModel"]:
+    def hooks(self, hooks: Optional[HookSpec]) -> Iterator[HookedModel]:
         """Install hooks for the duration of the block; always removed on exit, nests."""
         pairs = self._normalise_hooks(hooks)
         installed: list[tuple[str, Hook]] = []
@@ -193,14 +193,23 @@ class HookedModel:
 
     # -- running --------------------------------------------------------------------------------
     def _supports_padded_batch(self) -> bool:
-        """Can this architecture run left-padded rows with per-row offsets? Probed once."""
+        """Does this architecture run left-padded rows exactly as it runs each row alone?
+
+        Probed once with three rows of different lengths, against the rows run one by one: some
+        mlx-lm models fail on batch masks, and a few broadcast them wrongly without failing.
+        """
         if self._padded_batch_ok is None:
-            caches = make_batch_cache(self.model, [1, 0])
+            rows = [[1], [2, 1], [0, 2, 1]]
+            caches = make_batch_cache(self.model, [2, 1, 0])
             ok = caches is not None
             if ok:
+                tokens = mx.array([[0, 0, 1], [0, 2, 1], [0, 2, 1]])
                 try:
                     with self._hooks_suspended():
-                        mx.eval(self.model(mx.array([[0, 1], [1, 2]]), cache=caches))
+                        batched = self.model(tokens, cache=caches)[:, -1]
+                        alone = [self.model(mx.array([r]))[0, -1] for r in rows]
+                        ok = all(mx.allclose(batched[i], a, rtol=1e-2, atol=1e-2).item()
+                                 for i, a in enumerate(alone))
                 except Exception:  # e.g. positions built with numpy from the cache offset
                     ok = False
             self._padded_batch_ok = ok

@@ -62,7 +62,7 @@ def last_token_activations(
         # Left padding puts every prompt's last real token at position T-1.
         _, acts = hooked.run_with_cache(list(prompts[s : s + batch_size]), names,
                                         reduce=lambda x: x[:, -1].astype(mx.float32))
-        for i, n in zip(layers, names):
+        for i, n in zip(layers, names, strict=True):
             parts[i].append(acts[n])
     return {i: mx.concatenate(p, axis=0) for i, p in parts.items()}
 
