@@ -1,0 +1,167 @@
+"""Extraction against hand computations, PCA on a planted direction, ablation, and errors."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from mlux import (
+    ContrastiveSteering,
+    HookedModel,
+    SteeringVector,
+    compute_steering_vector,
+    create_ablation_hook,
+    create_steering_hook,
+    extract_steering_vectors,
+    generate_from_cache,
+    prefill_with_cache,
+    steering_hooks,
+)
+from mlux.steering import _pca_direction
+from mlux.testing import save_tiny_model
+
+POS = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w5 w9 w20"]
+NEG = ["w30 w31", "w32 w33 w34", "w35", "w36 w37 w38 w39 w40"]
+
+
+@pytest.fixture(scope="module", params=[None, 4], ids=["fp32", "4bit"])
+def hooked(request, tmp_path_factory):
+    path = save_tiny_model(tmp_path_factory.mktemp("m") / "llama", "llama",
+                           quantize_bits=request.param)
+    return HookedModel.from_pretrained(str(path))
+
+
+def last_residual(hooked, prompt, layer):
+    _, acts = hooked.run_with_cache(prompt, [f"residuals_{layer}"])
+    return acts[f"residuals_{layer}"][0, -1].astype(mx.float32)
+
+
+def test_mean_diff_equals_hand_computation_one_prompt_at_a_time(hooked):
+    vec = compute_steering_vector(hooked, POS, NEG, 2)
+    pos = mx.stack([last_residual(hooked, p, 2) for p in POS]).mean(0)
+    neg = mx.stack([last_residual(hooked, p, 2) for p in NEG]).mean(0)
+    assert vec.dtype == mx.float32 and vec.shape == (hooked.hidden_size,)
+    assert mx.allclose(vec, pos - neg, atol=1e-4).item()
+
+
+def test_all_layers_from_one_batched_pass_match_single_layer_extraction(hooked):
+    calls = []
+    original = hooked.forward
+
+    def counting(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    hooked.forward = counting
+    try:
+        vecs = extract_steering_vectors(hooked, POS, NEG, "all", batch_size=8)
+    finally:
+        del hooked.forward
+    assert len(calls) == 1  # 8 prompts, one batch, every layer
+    for layer in range(hooked.num_layers):
+        single = compute_steering_vector(hooked, POS, NEG, layer, batch_size=1)
+        assert mx.allclose(vecs[layer], single, atol=1e-4).item()
+
+
+def test_pca_recovers_a_planted_direction():
+    key = mx.random.key(7)
+    k1, k2, k3, k4 = mx.random.split(key, 4)
+    planted = mx.random.normal((64,), key=k1)
+    planted = planted / mx.linalg.norm(planted)
+    base = mx.random.normal((24, 64), key=k2) * 3
+    strength = 2 + mx.random.uniform(shape=(24, 1), key=k3) * 3
+    neg = base
+    pos = base + strength * planted + mx.random.normal((24, 64), key=k4) * 0.1
+    vec = _pca_direction(pos, neg)
+    cos = (vec @ planted) / mx.linalg.norm(vec)
+    assert cos.item() > 0.99  # and its sign makes positives project higher
+    flipped = _pca_direction(neg, pos)
+    assert ((flipped @ planted) / mx.linalg.norm(flipped)).item() < -0.99
+
+
+def test_pca_through_the_model_is_signed_towards_positives(hooked):
+    vecs = extract_steering_vectors(hooked, POS, NEG, [1, 2], method="pca")
+    for layer, vec in vecs.items():
+        pos = mx.stack([last_residual(hooked, p, layer) for p in POS])
+        neg = mx.stack([last_residual(hooked, p, layer) for p in NEG])
+        assert ((pos - neg) @ vec > 0).mean().item() >= 0.5
+
+
+def test_ablation_removes_the_component(hooked):
+    d = compute_steering_vector(hooked, POS, NEG, 1)
+    unit = d / mx.linalg.norm(d)
+    _, before = hooked.run_with_cache(POS[0], ["residuals_1"])
+    _, after = hooked.run_with_cache(POS[0], ["residuals_1"],
+                                     hooks={"residuals_1": create_ablation_hook(d)})
+    assert mx.abs(before["residuals_1"] @ unit).max().item() > 0.1
+    assert mx.abs(after["residuals_1"] @ unit).max().item() < 1e-3
+    rest = before["residuals_1"] - (before["residuals_1"] @ unit)[..., None] * unit
+    assert mx.allclose(after["residuals_1"], rest, atol=1e-4).item()
+
+
+def test_multi_layer_steering_hooks(hooked):
+    vecs = extract_steering_vectors(hooked, POS, NEG, [1, 2])
+    pairs = steering_hooks(vecs, 2.0)
+    assert [n for n, _ in pairs] == ["residuals_1", "residuals_2"]
+    same = steering_hooks(vecs[1], 2.0, layers=[0, 1, 3])
+    assert [n for n, _ in same] == ["residuals_0", "residuals_1", "residuals_3"]
+    sv = SteeringVector(directions=vecs)
+    assert [n for n, _ in steering_hooks(sv, 1.0)] == ["residuals_1", "residuals_2"]
+    with pytest.raises(ValueError, match=r"no vector for layers \[3\]"):
+        steering_hooks(vecs, 1.0, layers=[3])
+
+
+def test_contrastive_compare_equals_separate_generations(hooked):
+    steer = ContrastiveSteering(hooked, POS, NEG, [1, 2])
+    assert sorted(steer.vectors) == [1, 2]
+    out = steer.compare("w5 w6", alphas=[0.0, 4.0, -4.0], max_tokens=8)
+    assert list(out) == [0.0, 4.0, -4.0]
+    tokens = hooked.tokenize("w5 w6").tokens[0].tolist()
+    cache, logits = prefill_with_cache(hooked, tokens)
+    baseline = hooked.tokenizer.decode(generate_from_cache(hooked, cache, logits, max_tokens=8))
+    assert out[0.0] == baseline
+    assert steer.generate("w5 w6", alpha=4.0, max_tokens=8) == out[4.0]
+    assert out[4.0] != out[0.0] or out[-4.0] != out[0.0]
+    everywhere = ContrastiveSteering(hooked, POS, NEG, 2, positions="all")
+    assert everywhere.compare("w5 w6", alphas=[0.0], max_tokens=8)[0.0] == baseline
+    assert steer.vector.layers == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"positive": [], "negative": NEG}, "positive prompt list is empty"),
+        ({"positive": POS, "negative": []}, "negative prompt list is empty"),
+        ({"positive": "w5", "negative": NEG}, "must be a list of strings"),
+        ({"positive": POS, "negative": ["", "w5"]}, "non-empty strings"),
+        ({"positive": POS, "negative": NEG[:3], "method": "pca"}, "paired prompts"),
+        ({"positive": POS, "negative": NEG, "method": "ica"}, "unknown method 'ica'"),
+        ({"positive": POS, "negative": NEG, "layers": 9}, r"out of range.*0\.\.3"),
+        ({"positive": POS, "negative": NEG, "layers": "mlp_1"}, "read from residuals_i"),
+    ],
+)
+def test_extraction_errors(hooked, kwargs, message):
+    kwargs = {"layers": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        extract_steering_vectors(hooked, kwargs.pop("positive"), kwargs.pop("negative"),
+                                 **kwargs)
+
+
+def test_vector_errors(hooked):
+    with pytest.raises(ValueError, match="NaN or inf"):
+        create_steering_hook(mx.array([1.0, float("nan")]), 1.0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        create_steering_hook(mx.array([1.0, float("inf")]), 1.0)
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        create_steering_hook(mx.ones((4,)), float("nan"))
+    wrong = {"residuals_1": create_steering_hook(mx.ones((hooked.hidden_size + 1,)), 1.0)}
+    with pytest.raises(ValueError, match=f"size {hooked.hidden_size + 1} but residuals_1 has "
+                                         f"hidden size {hooked.hidden_size}"):
+        hooked.run_with_hooks("w5 w6", wrong)
+    assert hooked.active_hooks() == {}
+    with pytest.raises(ValueError, match="unknown positions 'middle'"):
+        create_steering_hook(mx.ones((4,)), 1.0, positions="middle")
+    with pytest.raises(ValueError, match="needs prompt_length"):
+        create_steering_hook(mx.ones((4,)), 1.0, positions="generated")
+    with pytest.raises(ValueError, match="zero vector"):
+        create_ablation_hook(mx.zeros((4,)))
