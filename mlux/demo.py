@@ -1,0 +1,125 @@
+"""`mlux demo`: extract a vector, show baseline vs steered text, and a per-layer effect table.
+
+On the built-in model it steers a feature the model was trained on; with `--model` it uses a
+small happy/sad contrast set on any mlx-lm model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from .behavior import behavior_rates
+from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from .generate import generate_from_cache, prefill_with_cache
+from .interventions import create_steering_hook
+from .model import HookedModel
+from .steering import extract_steering_vectors
+
+__all__ = ["HAPPY_SAD", "DemoTask", "demo_task", "run_demo"]
+
+HAPPY_SAD = (
+    ("I feel so happy and grateful today.", "What a wonderful, joyful morning!",
+     "Everything went perfectly, I love it.", "We laughed and celebrated all night.",
+     "This is the best news I have heard.", "I am delighted and full of hope."),
+    ("I feel so sad and lonely today.", "What a miserable, gloomy morning.",
+     "Everything went wrong, I hate it.", "We cried and grieved all night.",
+     "This is the worst news I have heard.", "I am heartbroken and without hope."),
+)
+_HAPPY_WORDS = frozenset("happy joy joyful glad love wonderful great delighted hope smile "
+                         "laugh grateful beautiful best excited".split())
+_SAD_WORDS = frozenset("sad lonely miserable gloomy cry cried grief hate worst heartbroken "
+                       "tears sorrow pain alone hopeless".split())
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    feature: str
+    target: str  # the value whose rate the table reports
+    positive: Sequence[str]
+    negative: Sequence[str]
+    prompts: Sequence[str]
+    scorer: Callable[[str], Optional[bool]]
+    alphas: tuple[float, ...]
+
+
+def _word_scorer(text: str) -> Optional[bool]:
+    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    happy = sum(w in _HAPPY_WORDS for w in words)
+    sad = sum(w in _SAD_WORDS for w in words)
+    return None if happy == sad else happy > sad
+
+
+def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
+    """Contrast prompts, test prompts and scorer for the demo on `model_name`."""
+    if model_name in BUILTIN_MODELS:
+        from .toy import CONTRAST_PROMPTS, FEATURES, TEST_PROMPTS, feature_label
+
+        feature = feature or "sentiment"
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; the built-in model has "
+                             f"{', '.join(FEATURES)}")
+        target = FEATURES[feature][0]
+        pos, neg = CONTRAST_PROMPTS[feature]
+
+        def scorer(text: str) -> Optional[bool]:
+            label = feature_label(text, feature)
+            return None if label is None else label == target
+
+        return DemoTask(feature, target, pos, neg, TEST_PROMPTS, scorer, (-8.0, 0.0, 8.0))
+    if feature not in (None, "happy_sad", "sentiment"):
+        raise ValueError(f"feature {feature!r} is only for the built-in model; other models get "
+                         "the happy/sad contrast")
+    prompts = ("Tell me about your day.", "Describe the weather.", "Write about a city.",
+               "What happened at the party?")
+    return DemoTask("happy_sad", "happy", HAPPY_SAD[0], HAPPY_SAD[1], prompts, _word_scorer,
+                    (-4.0, 0.0, 4.0))
+
+
+def run_demo(model: str = DEFAULT_MODEL, feature: Optional[str] = None, max_tokens: int = 24,
+             seed: int = 0, samples: int = 2, print_fn: Callable[[str], None] = print) -> int:
+    t0 = time.perf_counter()
+    hooked = HookedModel.from_pretrained(model)
+    task = demo_task(model, feature)
+    q = hooked.quantization
+    precision = f"{q['bits']}-bit" if q else str(hooked.dtype).replace("mlx.core.", "")
+    print_fn(f"mlux demo: steering {task.feature!r} on {model} ({hooked.model_type}, "
+             f"{hooked.num_layers} layers, hidden {hooked.hidden_size}, {precision})")
+    t1 = time.perf_counter()
+    vectors = extract_steering_vectors(hooked, task.positive, task.negative, "all")
+    print_fn(f"extracted a vector at every layer from {len(task.positive)} + "
+             f"{len(task.negative)} contrast prompts in one batched pass "
+             f"({time.perf_counter() - t1:.2f} s)\n")
+    layer = hooked.config.get_recommended_layers("default")[0]
+    prompt = task.prompts[0]
+    ids = hooked.tokenize(prompt).tokens[0].tolist()
+    cache, logits = prefill_with_cache(hooked, ids)
+    print_fn(f"prompt {prompt!r}, layer {layer}, greedy, one prefill for every alpha:")
+    for alpha in task.alphas:
+        hook = create_steering_hook(vectors[layer], alpha, positions="generated",
+                                    prompt_length=len(ids))
+        out = generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
+                                  hooks={f"residuals_{layer}": hook} if alpha else None)
+        label = "baseline" if alpha == 0 else f"alpha {alpha:+g}"
+        print_fn(f"  {label:>10} | {hooked.tokenizer.decode(out)}")
+    cells = behavior_rates(hooked, vectors, task.prompts, task.scorer, alphas=task.alphas,
+                           samples_per_prompt=samples, max_tokens=max_tokens, seed=seed)
+    n = len(task.prompts) * samples
+    print_fn(f"\nrate of {task.target!r} over {n} sampled continuations per cell "
+             f"(temperature 1, seeds fixed), and distinct-2 (coherence) at the largest alpha:")
+    header = " | ".join(f"alpha {a:+g}" for a in task.alphas)
+    print_fn(f"  layer | norm   | {header} | distinct-2")
+    by_layer: dict[int, list] = {}
+    for c in cells:
+        by_layer.setdefault(c.layer, []).append(c)
+    for lyr, row in by_layer.items():
+        norm = float((vectors[lyr] ** 2).sum().sqrt().item())
+        rates = " | ".join(f"{c.rate:>8.0%}" for c in row)
+        print_fn(f"  {lyr:>5} | {norm:6.2f} | {rates} | {row[-1].distinct_2:.2f}")
+    spread = {lyr: row[-1].rate - row[0].rate for lyr, row in by_layer.items()}
+    best = max(spread, key=lambda k: (spread[k], -k))
+    print_fn(f"\nlargest effect at layer {best} ({spread[best]:+.0%} between "
+             f"alpha {task.alphas[0]:+g} and {task.alphas[-1]:+g}); "
+             f"total {time.perf_counter() - t0:.1f} s")
+    return 0
