@@ -6,6 +6,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .batch import Steering, decode_batch, generate_batch, merge_prefills, row_steering_hooks
 from .generate import generate_from_cache, prefill_with_cache
 from .interventions import Positions, resolve_positions, steering_hooks
 from .model import HookedModel
@@ -72,26 +73,41 @@ class ContrastiveSteering:
         top_p: float = 1.0,
         seed: Optional[int] = None,
     ) -> dict[float, str]:
-        """Continuation text (prompt excluded) per alpha; alphas that leave the prompt untouched
-        share one prefill."""
+        """Continuation text (prompt excluded) per alpha, all alphas decoded as one batch.
+
+        When the steering leaves the prompt untouched (positions "generated"), the prompt is
+        prefilled once and that cache is shared by every row.
+        """
+        alphas = [float(a) for a in alphas]
         if not alphas:
             raise ValueError("compare needs at least one alpha")
         tokens = self._tokens(prompt)
-        n = len(tokens)
-        shared = None
-        out: dict[float, str] = {}
-        for alpha in alphas:
-            hooks = self.hooks(float(alpha), prompt_length=n)
-            if self._touches_prompt(float(alpha), n):
-                cache, logits = prefill_with_cache(self.hooked, tokens, hooks=hooks)
-            else:
-                shared = shared or prefill_with_cache(self.hooked, tokens)
-                cache, logits = shared
-            ids = generate_from_cache(self.hooked, cache, logits, max_tokens=max_tokens,
-                                      hooks=hooks, temperature=temperature, top_p=top_p,
-                                      seed=seed)
-            out[float(alpha)] = self.hooked.tokenizer.decode(ids)
-        return out
+        n, rows = len(tokens), len(alphas)
+        steering = [Steering(self.vectors, a, positions=self.positions) if a else None
+                    for a in alphas]
+        sample = {"temperature": temperature, "top_p": top_p,
+                  "seed": None if seed is None else [seed] * rows}
+        if not self.hooked._supports_padded_batch():
+            outs = [self._one(tokens, a, max_tokens, temperature, top_p, seed) for a in alphas]
+        elif any(self._touches_prompt(a, n) for a in alphas):
+            outs = generate_batch(self.hooked, [tokens] * rows, max_tokens=max_tokens,
+                                  steering=steering, **sample)
+        else:
+            cache, logits = prefill_with_cache(self.hooked, tokens)
+            hooks = row_steering_hooks(self.hooked, steering, [n] * rows)
+            outs = decode_batch(self.hooked, merge_prefills([cache] * rows),
+                                mx.repeat(logits[None], rows, axis=0), max_tokens=max_tokens,
+                                hooks=hooks, **sample)
+        return {a: self.hooked.tokenizer.decode(ids) for a, ids in zip(alphas, outs,
+                                                                        strict=True)}
+
+    def _one(self, tokens: list[int], alpha: float, max_tokens: int, temperature: float,
+             top_p: float, seed: Optional[int]) -> list[int]:
+        """One alpha on its own (architectures that can't batch)."""
+        hooks = self.hooks(alpha, prompt_length=len(tokens)) if alpha else None
+        cache, logits = prefill_with_cache(self.hooked, tokens, hooks=hooks)
+        return generate_from_cache(self.hooked, cache, logits, max_tokens=max_tokens,
+                                   hooks=hooks, temperature=temperature, top_p=top_p, seed=seed)
 
     def generate(
         self,

@@ -6,7 +6,7 @@ thing whether the prompt runs in one pass, in prefill chunks, or token by token 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
@@ -16,6 +16,7 @@ __all__ = [
     "Positions",
     "create_ablation_hook",
     "create_additive_hook",
+    "create_row_steering_hook",
     "create_steering_hook",
     "resolve_positions",
     "steering_hooks",
@@ -120,6 +121,36 @@ def create_steering_hook(
         return cast[x.dtype]
 
     return _positional(delta_of, start, end)
+
+
+def create_row_steering_hook(
+    deltas: mx.array, starts: Sequence[float], ends: Sequence[float]
+) -> Hook:
+    """Add `deltas[b]` to batch row b at its absolute positions in `[starts[b], ends[b])`.
+
+    Positions are per row (`ctx.positions()`), so left padding and the KV cache are accounted
+    for; a zero row leaves its row untouched.
+    """
+    table = _as_f32(deltas, "per-row deltas")
+    if table.ndim != 2 or len(starts) != table.shape[0] or len(ends) != table.shape[0]:
+        raise ValueError(f"per-row steering needs (B, D) deltas and B starts/ends; got "
+                         f"{table.shape}, {len(starts)}, {len(ends)}")
+    lo = mx.array([float(s) for s in starts])[:, None]  # (B, 1)
+    hi = mx.array([min(float(e), 2.0**31) for e in ends])[:, None]
+    table = table[:, None, :]  # (B, 1, D)
+    cast: dict[Any, mx.array] = {}
+
+    def hook(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[0] != table.shape[0] or x.shape[-1] != table.shape[-1]:
+            raise ValueError(f"per-row steering for {table.shape[0]} rows of size "
+                             f"{table.shape[-1]}; {ctx.name} has shape {tuple(x.shape)}")
+        if x.dtype not in cast:
+            cast[x.dtype] = table.astype(x.dtype)
+        pos = ctx.positions()  # (1|B, T)
+        inside = ((pos >= lo) & (pos < hi))[..., None]
+        return x + mx.where(inside, cast[x.dtype], 0).astype(x.dtype)
+
+    return hook
 
 
 def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:

@@ -1,0 +1,203 @@
+"""Batched generation: many rows decoded together, each with its own steering.
+
+Rows are left-padded into mlx-lm's batch caches (`BatchKVCache`), whose masks hide the padding
+and whose per-row offsets give each row the positions it would have alone; so row i of a batch
+yields the tokens generating row i alone would (greedy). Decoding one row is bound by memory
+bandwidth, so a batch of rows costs little more than one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache
+
+from .generate import PREFILL_CHUNK, eos_ids
+from .inputs import make_batch_cache
+from .interventions import Positions, create_row_steering_hook, resolve_positions
+from .model import HookedModel, HookSpec
+from .sampling import make_seeded_sampler
+
+__all__ = [
+    "Steering",
+    "decode_batch",
+    "generate_batch",
+    "merge_prefills",
+    "row_steering_hooks",
+    "stream_batch",
+]
+
+
+@dataclass(frozen=True)
+class Steering:
+    """One steering term for one row: `alpha * vector` at `layers` and `positions`.
+
+    `vector` is a `(D,)` array (added at every layer in `layers`), a `{layer: (D,)}` dict or a
+    `SteeringVector` (its own layers unless `layers` narrows them).
+    """
+
+    vector: Any
+    alpha: float = 1.0
+    layers: Optional[Sequence[int]] = None
+    positions: Positions = "all"
+
+    def per_layer(self) -> dict[int, mx.array]:
+        directions = getattr(self.vector, "directions", self.vector)
+        if isinstance(directions, dict):
+            chosen = list(directions) if self.layers is None else list(self.layers)
+            missing = [i for i in chosen if i not in directions]
+            if missing:
+                raise ValueError(f"no vector for layers {missing}; the vector has layers "
+                                 f"{sorted(directions)}")
+            return {i: mx.array(directions[i], dtype=mx.float32) for i in chosen}
+        if not self.layers:
+            raise ValueError("a single (D,) steering vector needs layers=[...]")
+        return {i: mx.array(directions, dtype=mx.float32) for i in self.layers}
+
+
+RowSteering = Union[None, Steering, Sequence[Steering]]
+
+
+def row_steering_hooks(
+    hooked: HookedModel, rows: Sequence[RowSteering], prompt_lengths: Sequence[int]
+) -> list[tuple[str, Any]]:
+    """One hook per steered layer carrying every row's delta and position window; rows that
+    don't steer a layer get a zero delta there (so row i at layer 8 leaves layer 12 alone)."""
+    terms: dict[tuple[int, int], list[tuple[mx.array, int, float]]] = {}
+    for r, row in enumerate(rows):
+        row_terms = [] if row is None else [row] if isinstance(row, Steering) else list(row)
+        for term in row_terms:
+            start, end = resolve_positions(term.positions, prompt_lengths[r])
+            for layer, vec in term.per_layer().items():
+                if vec.shape != (hooked.hidden_size,):
+                    raise ValueError(f"steering vector for layer {layer} has shape "
+                                     f"{tuple(vec.shape)}; the model's hidden size is "
+                                     f"{hooked.hidden_size}")
+                terms.setdefault((layer, r), []).append((vec * term.alpha, start, end))
+    hooks = []
+    for layer in sorted({lyr for lyr, _ in terms}):
+        # Terms of one row at one layer must share a window to fold into one delta.
+        width = max(len(terms.get((layer, r), [])) for r in range(len(rows)))
+        for k in range(width):
+            deltas, starts, ends = [], [], []
+            for r in range(len(rows)):
+                row_terms = terms.get((layer, r), [])
+                vec, start, end = row_terms[k] if k < len(row_terms) else (None, 0, 0)
+                deltas.append(mx.zeros((hooked.hidden_size,)) if vec is None else vec)
+                starts.append(start)
+                ends.append(end)
+            hooks.append((f"residuals_{layer}",
+                          create_row_steering_hook(mx.stack(deltas), starts, ends)))
+    return hooks
+
+
+def merge_prefills(caches: Sequence[list[Any]]) -> list[Any]:
+    """Stack single-row prompt caches (e.g. one prefill repeated) into one left-padded batch
+    cache; the originals are not modified."""
+    layers = len(caches[0])
+    out = []
+    for i in range(layers):
+        first = caches[0][i]
+        if not isinstance(first, KVCache):
+            raise ValueError(f"cannot batch a {type(first).__name__} prefill; use generate_batch")
+        out.append(first.merge([c[i] for c in caches]))
+    return out
+
+
+def stream_batch(
+    hooked: HookedModel,
+    cache: list[Any],
+    logits: mx.array,
+    *,
+    max_tokens: Union[int, Sequence[int]],
+    hooks: Optional[HookSpec] = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: Optional[Union[int, Sequence[int]]] = None,
+) -> Iterator[list[Optional[int]]]:
+    """Decode every row of a prefilled batch cache; yield one list per step with each row's new
+    token, or None for rows that already stopped (EOS or their `max_tokens`)."""
+    rows = logits.shape[0]
+    limits = [max_tokens] * rows if isinstance(max_tokens, int) else list(max_tokens)
+    if len(limits) != rows or any(not isinstance(m, int) or m < 0 for m in limits):
+        raise ValueError(f"max_tokens must be a non-negative int or one per row ({rows})")
+    seeds = ([None] * rows if seed is None else
+             [seed + r for r in range(rows)] if isinstance(seed, int) else list(seed))
+    samplers = [make_seeded_sampler(temperature, top_p, s) for s in seeds]
+    greedy = temperature == 0
+    stop = eos_ids(hooked.tokenizer)
+
+    def sample(lg: mx.array) -> mx.array:
+        logprobs = lg - mx.logsumexp(lg, axis=-1, keepdims=True)
+        if greedy:
+            return mx.argmax(logprobs, axis=-1)
+        return mx.concatenate([s(logprobs[r : r + 1]) for r, s in enumerate(samplers)])
+
+    done = [m == 0 for m in limits]
+    counts = [0] * rows
+    with hooked.hooks(hooks):
+        y = sample(logits)
+        mx.async_eval(y)
+        while not all(done):
+            if max(lim - c for lim, c, d in zip(limits, counts, done, strict=True) if not d) > 1:
+                next_y = sample(hooked.model(y[:, None], cache=cache)[:, -1])
+                mx.async_eval(next_y)
+            step: list[Optional[int]] = []
+            for r, token in enumerate(y.tolist()):
+                if done[r] or token in stop:
+                    done[r] = True
+                    step.append(None)
+                    continue
+                step.append(token)
+                counts[r] += 1
+                done[r] = counts[r] >= limits[r]
+            yield step
+            if not all(done):
+                y = next_y
+
+
+def decode_batch(hooked: HookedModel, cache: list[Any], logits: mx.array, **kwargs: Any
+                 ) -> list[list[int]]:
+    """All tokens of `stream_batch`, per row."""
+    out: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    for step in stream_batch(hooked, cache, logits, **kwargs):
+        for r, token in enumerate(step):
+            if token is not None:
+                out[r].append(token)
+    return out
+
+
+def generate_batch(
+    hooked: HookedModel,
+    prompts: Sequence[Union[str, Sequence[int]]],
+    *,
+    max_tokens: Union[int, Sequence[int]],
+    hooks: Optional[HookSpec] = None,
+    steering: Optional[Sequence[RowSteering]] = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: Optional[Union[int, Sequence[int]]] = None,
+    chunk_size: int = PREFILL_CHUNK,
+) -> list[list[int]]:
+    """Generate every prompt in one batch; row i equals generating prompt i alone with row i's
+    steering (greedy). `hooks` apply to the whole batch (per-row forms allowed); `steering`
+    gives each row its own `Steering` terms (or None), positions counted per row."""
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("generate_batch takes a non-empty list of prompts")
+    batch = hooked.tokenize(list(prompts))
+    lengths = batch.lengths
+    if steering is not None and len(steering) != len(lengths):
+        raise ValueError(f"steering has {len(steering)} rows for {len(lengths)} prompts")
+    row_hooks = row_steering_hooks(hooked, steering, lengths) if steering else []
+    cache = make_batch_cache(hooked.model, batch.left_padding)
+    if cache is None or (batch.is_padded and not hooked._supports_padded_batch()):
+        raise ValueError(f"{hooked.model_type} models cannot run left-padded batches in mlx-lm; "
+                         "generate these prompts one at a time (generate_from_cache)")
+    with hooked.hooks(hooks), hooked.hooks(row_hooks):
+        for start in range(0, batch.tokens.shape[1], chunk_size):
+            logits = hooked.model(batch.tokens[:, start : start + chunk_size], cache=cache)
+            mx.eval(logits, [c.state for c in cache])
+        return decode_batch(hooked, cache, logits[:, -1], max_tokens=max_tokens,
+                            temperature=temperature, top_p=top_p, seed=seed)
