@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "sentiment or formality; other models: happy/sad contrast)")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+
+    from .serve import register as register_serve
+
+    register_serve(sub)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""`mlux serve`: an OpenAI-compatible HTTP API whose requests may carry a `steering` object.
+
+Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (streaming as
+server-sent events, as the OpenAI API does it). Requests without `steering` are the plain model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from ..model import HookedModel
+from ..vector_library import VectorLibrary
+from .engine import Engine, Job
+from .protocol import APIError, GenerationRequest, Limits, parse_request
+
+__all__ = ["create_server_app"]
+
+bp = Blueprint("openai", __name__)
+
+
+def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = None,
+                      limits: Optional[Limits] = None, max_batch: int = 8) -> Flask:
+    app = Flask(__name__)
+    app.extensions["mlux_serve"] = {
+        "hooked": hooked,
+        "engine": Engine(hooked, max_batch=max_batch),
+        "library": VectorLibrary(vectors) if vectors else None,
+        "limits": limits or Limits(),
+        "model_id": hooked.model_id or "mlux-model",
+    }
+    app.register_blueprint(bp)
+
+    @app.errorhandler(APIError)
+    def api_error(e: APIError):  # noqa: ANN202
+        return jsonify(e.body()), e.status
+
+    @app.errorhandler(404)
+    def not_found(e: Any):  # noqa: ANN202
+        return jsonify(APIError(f"no route {request.path}", None, 404, "not_found").body()), 404
+
+    @app.errorhandler(405)
+    def bad_method(e: Any):  # noqa: ANN202
+        err = APIError(f"{request.method} is not allowed on {request.path}", None, 405)
+        return jsonify(err.body()), 405
+
+    return app
+
+
+def _state() -> dict[str, Any]:
+    return current_app.extensions["mlux_serve"]
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError("the request body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _load_vector(name: str) -> Any:
+    library = _state()["library"]
+    if library is None:
+        raise ValueError("the server has no vector library (start it with --vectors DIR)")
+    return library.load(name)
+
+
+def _parse(body: dict[str, Any], tokens: list[int]) -> GenerationRequest:
+    st = _state()
+    hooked = st["hooked"]
+    return parse_request(body, tokens, limits=st["limits"], num_layers=hooked.num_layers,
+                         hidden_size=hooked.hidden_size, load_vector=_load_vector)
+
+
+@bp.get("/v1/models")
+def models():  # noqa: ANN201
+    return jsonify({"object": "list", "data": [
+        {"id": _state()["model_id"], "object": "model", "created": 0, "owned_by": "mlux"}]})
+
+
+@bp.post("/v1/completions")
+def completions():  # noqa: ANN201
+    body = _body()
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise APIError("'prompt' must be a non-empty string", "prompt")
+    return _respond(body, _state()["hooked"].tokenizer.encode(prompt), chat=False)
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():  # noqa: ANN201
+    body = _body()
+    messages = body.get("messages")
+    if (not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages)):
+        raise APIError("'messages' must be a non-empty list of {role, content} strings",
+                       "messages")
+    tokenizer = _state()["hooked"].tokenizer
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        tokens = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    else:  # no template: plain concatenation, as mlx-lm's server does
+        tokens = tokenizer.encode("\n".join(m["content"] for m in messages))
+    return _respond(body, list(tokens), chat=True)
+
+
+def _respond(body: dict[str, Any], tokens: list[int], *, chat: bool) -> Response:
+    req = _parse(body, tokens)
+    st = _state()
+    job = st["engine"].submit(req)
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    meta = {"id": rid, "created": int(time.time()), "model": st["model_id"]}
+    if req.stream:
+        return Response(_sse(job, meta, chat, st["hooked"].tokenizer),
+                        mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
+    ids = list(job.tokens())
+    text = st["hooked"].tokenizer.decode(ids)
+    usage = {"prompt_tokens": len(tokens), "completion_tokens": len(ids),
+             "total_tokens": len(tokens) + len(ids)}
+    reason = job.finish.reason if job.finish else "stop"
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "finish_reason": reason}
+        return jsonify({**meta, "object": "chat.completion", "choices": [choice],
+                        "usage": usage})
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+    return jsonify({**meta, "object": "text_completion", "choices": [choice], "usage": usage})
+
+
+def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator[str]:
+    """Stream text deltas; a client that disconnects closes this generator, which cancels.
+    (It runs after the request context is gone, so it is handed what it needs.)"""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(delta: Optional[str], reason: Optional[str], first: bool = False) -> str:
+        if chat:
+            d: dict[str, Any] = {"role": "assistant"} if first else {}
+            if delta:
+                d["content"] = delta
+            choice = {"index": 0, "delta": d, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
+        return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
+
+    ids: list[int] = []
+    sent = ""
+    try:
+        yield event(None, None, first=True)
+        for token in job.tokens():
+            ids.append(token)
+            text = tokenizer.decode(ids)
+            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+                continue
+            yield event(text[len(sent):], None)
+            sent = text
+        text = tokenizer.decode(ids)
+        yield event(text[len(sent):], job.finish.reason if job.finish else "stop")
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()
