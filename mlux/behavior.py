@@ -4,14 +4,14 @@ continuations, per layer and alpha, with one prefill per prompt shared by every 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
 from .batch import Steering, decode_batch, merge_prefills, row_steering_hooks
 from .evaluation import distinct_n, repetition_rate
 from .generate import generate_from_cache, prefill_with_cache
-from .interventions import create_steering_hook
+from .interventions import steering_hooks
 from .model import HookedModel
 
 __all__ = ["BehaviorCell", "Scorer", "behavior_rates"]
@@ -23,7 +23,7 @@ Scorer = Callable[[str], Optional[bool]]  # True = target behaviour, False = not
 class BehaviorCell:
     """One (layer, alpha) cell: how often the scorer saw the behaviour, and how coherent."""
 
-    layer: Optional[int]
+    layer: Union[int, list[int], None]
     alpha: float
     rate: float  # of the samples the scorer could label
     labelled: int
@@ -31,30 +31,34 @@ class BehaviorCell:
     distinct_2: float
     repetition_3: float
     texts: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)  # every sample, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[int, float, Any]],
+LayerKey = Union[int, tuple[int, ...]]  # one layer, or several steered together
+
+
+def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, float]],
                    seeds: list[int], *, max_tokens: int, temperature: float, max_batch: int,
                    ) -> list[list[int]]:
-    """Continue one prompt once per row `(layer, alpha, vector)`; one prefill for all rows,
+    """Continue one prompt once per row `({layer: vector}, alpha)`; one prefill for all rows,
     decoded as batches when the architecture allows it."""
     n = len(ids)
     cache, logits = prefill_with_cache(hooked, ids)
     out: list[list[int]] = []
     if not hooked._supports_padded_batch():
-        for (layer, alpha, vec), s in zip(rows, seeds, strict=True):
-            hook = create_steering_hook(vec, alpha, positions="generated", prompt_length=n)
-            out.append(generate_from_cache(
-                hooked, cache, logits, max_tokens=max_tokens, temperature=temperature, seed=s,
-                hooks={f"residuals_{layer}": hook} if alpha else None))
+        for (vecs, alpha), s in zip(rows, seeds, strict=True):
+            hooks = steering_hooks(vecs, alpha, positions="generated", prompt_length=n)
+            out.append(generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
+                                           temperature=temperature, seed=s,
+                                           hooks=hooks if alpha else None))
         return out
     for g in range(0, len(rows), max_batch):
         group, group_seeds = rows[g : g + max_batch], seeds[g : g + max_batch]
-        steering = [Steering({layer: vec}, alpha, positions="generated") if alpha else None
-                    for layer, alpha, vec in group]
+        steering = [Steering(vecs, alpha, positions="generated") if alpha else None
+                    for vecs, alpha in group]
         hooks = row_steering_hooks(hooked, steering, [n] * len(group))
         out += decode_batch(hooked, merge_prefills([cache] * len(group)),
                             mx.repeat(logits[None], len(group), axis=0), max_tokens=max_tokens,
@@ -66,53 +70,71 @@ def behavior_rates(
     hooked: HookedModel,
     vectors: Mapping[int, mx.array],
     prompts: Sequence[str],
-    scorer: Scorer,
+    scorer: Optional[Scorer],
     *,
     alphas: Iterable[float],
-    layers: Optional[Iterable[int]] = None,
+    layers: Optional[Iterable[LayerKey]] = None,
     samples_per_prompt: int = 2,
     max_tokens: int = 24,
     temperature: float = 1.0,
     seed: int = 0,
     keep_texts: int = 4,
+    keep_tokens: bool = False,
     max_batch: int = 32,
 ) -> list[BehaviorCell]:
     """Steer generated positions with `alpha * vectors[layer]` and score each continuation.
 
-    Every prompt is prefilled once and every (layer, alpha, sample) continues from that cache,
-    as rows of one batch. Seeds depend on (prompt, sample) only, so cells differ by their
-    steering, not their luck; alpha 0 is generated once and shared by every layer.
+    A `layers` entry may be a tuple: those layers are steered together. Every prompt is
+    prefilled once and every (layers, alpha, sample) continues from that cache, as rows of one
+    batch. Seeds depend on (prompt, sample) only, so cells differ by their steering, not their
+    luck; alpha 0 is generated once and shared by every layer.
     """
     layers = list(vectors) if layers is None else list(layers)
     alphas = [float(a) for a in alphas]
     if not prompts:
         raise ValueError("behaviour measurement needs at least one prompt")
-    missing = [i for i in layers if i not in vectors]
+    keys = [k if isinstance(k, tuple) else (k,) for k in layers]
+    missing = sorted({i for k in keys for i in k if i not in vectors})
     if missing:
         raise ValueError(f"no vector for layers {missing}")
-    cells = [(layer, alpha) for layer in layers for alpha in alphas]
-    unique = list(dict.fromkeys((layer if a else None, a) for layer, a in cells))
+    cells = [(key, alpha) for key in keys for alpha in alphas]
+    unique = list(dict.fromkeys((key if a else (), a) for key, a in cells))
     texts: dict[tuple, list[tuple[str, list[int]]]] = {u: [] for u in unique}
     for pi, prompt in enumerate(prompts):
         ids = hooked.tokenize(prompt).tokens[0].tolist()
         rows = [(u, s) for u in unique for s in range(samples_per_prompt)]
-        spec = [(u[0] if u[0] is not None else layers[0], u[1],
-                 vectors[u[0] if u[0] is not None else layers[0]]) for u, _ in rows]
+        spec = [({i: vectors[i] for i in u[0]}, u[1]) for u, _ in rows]
         seeds = [seed + 1000 * pi + s for _, s in rows]
         outs = _generate_rows(hooked, ids, spec, seeds, max_tokens=max_tokens,
                               temperature=temperature, max_batch=max_batch)
         for (u, _), toks in zip(rows, outs, strict=True):
             texts[u].append((hooked.tokenizer.decode(toks), toks))
     result = []
-    for layer, alpha in cells:
-        got = texts[(layer if alpha else None, alpha)]
-        verdicts = [scorer(t) for t, _ in got]
+    for key, alpha in cells:
+        got = texts[(key if alpha else (), alpha)]
+        verdicts = [_score(scorer, t) for t, _ in got]
         labelled = [v for v in verdicts if v is not None]
         result.append(BehaviorCell(
-            layer=layer, alpha=alpha,
+            layer=key[0] if len(key) == 1 else list(key), alpha=alpha,
             rate=sum(map(bool, labelled)) / len(labelled) if labelled else float("nan"),
             labelled=len(labelled), samples=len(got),
             distinct_2=sum(distinct_n(toks, 2) for _, toks in got) / len(got),
             repetition_3=sum(repetition_rate(toks, 3) for _, toks in got) / len(got),
-            texts=[t for t, _ in got[:keep_texts]]))
+            texts=[t for t, _ in got[:keep_texts]],
+            token_ids=[toks for _, toks in got] if keep_tokens else []))
     return result
+
+
+def _score(scorer: Optional[Scorer], text: str) -> Optional[bool]:
+    if scorer is None:
+        return None
+    try:
+        verdict = scorer(text)
+    except Exception as e:  # name the culprit instead of failing deep inside a sweep
+        name = getattr(scorer, "__name__", repr(scorer))
+        raise RuntimeError(f"behaviour function {name} raised {e!r} on the text "
+                           f"{text[:80]!r}") from e
+    if verdict is not None and not isinstance(verdict, (bool, int)):
+        raise RuntimeError(f"behaviour function must return True, False or None; got "
+                           f"{type(verdict).__name__}")
+    return None if verdict is None else bool(verdict)

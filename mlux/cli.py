@@ -9,7 +9,20 @@ from typing import Callable, Optional, Sequence
 
 from .builtin import DEFAULT_MODEL
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_guarded"]
+
+
+def run_guarded(fn: Callable[[], int], name: str) -> int:
+    """Run a command, turning expected failures into one clear line instead of a traceback."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        print(f"mlux {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlux {name}: interrupted; finished cells are saved, rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
 
 
 def _load(model: str):  # noqa: ANN202
@@ -73,19 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
 
+    from .experiments import alpha_calibration, layer_sweep, strength_sweep
     from .serve import register as register_serve
 
+    for name, module, text in (
+            ("layer-sweep", layer_sweep, "rank layers by how well a vector steers there"),
+            ("calibrate", alpha_calibration, "find where each layer's output degenerates"),
+            ("strength-sweep", strength_sweep, "behaviour rate per strength, with controls")):
+        p = sub.add_parser(name, help=text, description=module.__doc__)
+        module.build_parser(p)
+        p.set_defaults(func=module.run_cli)
     register_serve(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"mlux {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: args.func(args), args.command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+"""Alpha calibration: how hard can each layer be pushed before the output degenerates?
+
+Per layer: the vector's norm, then a geometric sweep of alpha. At each alpha the steered
+continuations are measured for repetition, distinct-2 collapse, non-finite activations,
+perplexity under the *unsteered* model and KL of the next-token distribution from the
+baseline. The first alpha that trips a threshold is the degeneration point; the one before is
+`max_safe_alpha`. Across layers `max_safe_alpha ~= c / norm`, and `c` (with its spread) gives
+a starting range for any layer.
+
+    python -m mlux.experiments.alpha_calibration --output results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+import mlx.core as mx
+
+from ..behavior import behavior_rates
+from ..evaluation import kl_divergence, perplexity
+from ..generate import prefill_with_cache
+from ..interventions import create_steering_hook
+from ..model import HookedModel
+from ..steering import extract_steering_vectors, last_token_activations
+from .common import (
+    ResultFile,
+    add_common_arguments,
+    layer_ints,
+    plot_path,
+    prompts_from_args,
+    save_plot,
+    timed_cell,
+)
+
+__all__ = ["THRESHOLDS", "CalibrationResult", "alpha_calibration", "main"]
+
+# A cell degenerates when any of these trips (relative to the unsteered baseline).
+THRESHOLDS = {"distinct_2_ratio": 0.6, "repetition_3": 0.5, "perplexity_ratio": 4.0,
+              "kl": 4.0}
+
+
+@dataclass
+class CalibrationResult:
+    layers: list[dict[str, Any]]
+    baseline: dict[str, float]
+    c: float  # median of max_safe_alpha * norm
+    c_spread: dict[str, float]
+    recommended: dict[int, list[float]]  # layer -> [low, high] starting alpha range
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _measure(hooked: HookedModel, vectors: dict, prompts: Sequence[str], layer: int,
+             alpha: float, common: dict[str, Any]) -> dict[str, Any]:
+    cell = behavior_rates(hooked, vectors, prompts, None, alphas=[alpha], layers=[layer],
+                          keep_tokens=True, **common)[0]
+    ppl, kl, finite = [], [], True
+    for i, prompt in enumerate(prompts):
+        ids = hooked.tokenize(prompt).tokens[0].tolist()
+        per = common["samples_per_prompt"]
+        for toks in cell.token_ids[i * per : (i + 1) * per]:
+            ppl.append(perplexity(hooked, ids, toks))
+        hook = {f"residuals_{layer}": create_steering_hook(vectors[layer], alpha)}
+        _, base = prefill_with_cache(hooked, ids)
+        _, steered = prefill_with_cache(hooked, ids, hooks=hook)
+        finite = finite and bool(mx.all(mx.isfinite(steered)).item())
+        kl.append(kl_divergence(base, steered) if finite else float("inf"))
+    good = [p for p in ppl if p == p and p != float("inf")]
+    return {"alpha": alpha, "distinct_2": cell.distinct_2, "repetition_3": cell.repetition_3,
+            "perplexity": statistics.median(good) if good else float("inf"),
+            "kl": statistics.mean(kl), "finite": finite, "texts": cell.texts[:2]}
+
+
+def _degenerate(m: dict[str, Any], base: dict[str, float]) -> list[str]:
+    why = []
+    if not m["finite"]:
+        why.append("non-finite activations")
+    if m["distinct_2"] < THRESHOLDS["distinct_2_ratio"] * base["distinct_2"]:
+        why.append("distinct-2 collapse")
+    if m["repetition_3"] > max(THRESHOLDS["repetition_3"], 2 * base["repetition_3"]):
+        why.append("repetition")
+    if m["perplexity"] > THRESHOLDS["perplexity_ratio"] * base["perplexity"]:
+        why.append("perplexity")
+    if m["kl"] > THRESHOLDS["kl"]:
+        why.append("KL from baseline")
+    return why
+
+
+def alpha_calibration(
+    hooked: HookedModel,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    prompts: Sequence[str],
+    *,
+    layers: Optional[Sequence[int]] = None,
+    alphas: Optional[Sequence[float]] = None,
+    samples_per_prompt: int = 2,
+    max_tokens: int = 24,
+    temperature: float = 1.0,
+    seed: int = 0,
+    result: Optional[ResultFile] = None,
+) -> CalibrationResult:
+    """`alphas` default to a geometric grid of pushes from 0.05 to 20 times the layer's mean
+    residual norm (as multiples of each layer's own vector)."""
+    layers = list(range(hooked.num_layers)) if layers is None else list(layers)
+    vectors = extract_steering_vectors(hooked, positive, negative, layers)
+    acts = last_token_activations(hooked, [*positive, *negative], layers)
+    common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
+                  temperature=temperature, seed=seed)
+
+    def cell(key: str, fn: Any) -> Any:
+        return timed_cell(result, key, fn) if result is not None else fn()
+
+    base = cell("baseline", lambda: _measure(hooked, vectors, prompts, layers[0], 0.0, common))
+    rows = []
+    for layer in layers:
+        norm = float(mx.linalg.norm(vectors[layer]).item())
+        residual = float(mx.linalg.norm(acts[layer], axis=-1).mean().item())
+        grid = alphas or [residual / norm * 0.05 * (400 ** (k / 9)) for k in range(10)]
+        sweep = [cell(f"layer_{layer}_alpha_{a:.6g}",
+                      lambda a=a, layer=layer: _measure(hooked, vectors, prompts, layer, a,
+                                                        common))
+                 for a in grid]
+        for m in sweep:
+            m["degenerate"] = _degenerate(m, base)
+        first = next((i for i, m in enumerate(sweep) if m["degenerate"]), None)
+        safe = grid[-1] if first is None else (grid[first - 1] if first > 0 else 0.0)
+        rows.append({"layer": layer, "vector_norm": norm, "residual_norm": residual,
+                     "sweep": sweep, "degenerates_at": None if first is None else grid[first],
+                     "max_safe_alpha": safe, "c": safe * norm})
+    cs = [r["c"] for r in rows if r["c"] > 0]
+    c = statistics.median(cs) if cs else 0.0
+    spread = {"min": min(cs, default=0.0), "max": max(cs, default=0.0),
+              "std": statistics.pstdev(cs) if len(cs) > 1 else 0.0}
+    rec = {r["layer"]: [0.25 * c / r["vector_norm"], 0.5 * c / r["vector_norm"]] for r in rows}
+    out = CalibrationResult(rows, {k: base[k] for k in ("distinct_2", "repetition_3",
+                                                        "perplexity")}, c, spread, rec)
+    if result is not None:
+        result.finish({"c": c, "c_spread": spread, "recommended": rec,
+                       "max_safe_alpha": {r["layer"]: r["max_safe_alpha"] for r in rows}})
+    return out
+
+
+def plot(res: CalibrationResult, path: Any) -> Any:
+    def draw(ax: Any) -> None:
+        for r in res.layers:
+            xs = [m["alpha"] * r["vector_norm"] for m in r["sweep"]]
+            ax.plot(xs, [m["distinct_2"] for m in r["sweep"]], "o-", label=f"layer {r['layer']}")
+        ax.axvline(res.c, color="red", ls="--", label=f"c = {res.c:.1f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("push |alpha * vector| (residual-stream units)")
+        ax.set_ylabel("distinct-2 of steered text")
+        ax.set_title("Alpha calibration: coherence against steering strength")
+        ax.legend(loc="best", fontsize="small")
+
+    return save_plot(path, draw)
+
+
+def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m mlux.experiments.alpha_calibration",
+                                     description=__doc__.splitlines()[0])
+    add_common_arguments(p, "alpha_calibration.json")
+    p.add_argument("--layers", default=None, help="layers to calibrate (default: all)")
+    p.add_argument("--alphas", default=None, help="comma-separated alphas (default: auto grid)")
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .common import parse_floats
+
+    hooked = HookedModel.from_pretrained(args.model)
+    pos, neg, test = prompts_from_args(args)
+    layers = layer_ints(hooked, args.layers)
+    alphas = parse_floats(args.alphas, "--alphas") if args.alphas else None
+    settings = {"layers": layers, "alphas": alphas, "samples": args.samples,
+                "max_tokens": args.max_tokens, "temperature": args.temperature,
+                "seed": args.seed, "thresholds": THRESHOLDS, "positive": pos, "negative": neg,
+                "prompts": test}
+    result = ResultFile(args.output, "alpha_calibration", hooked, settings, fresh=args.fresh)
+    res = alpha_calibration(hooked, pos, neg, test, layers=layers, alphas=alphas,
+                            samples_per_prompt=args.samples, max_tokens=args.max_tokens,
+                            temperature=args.temperature, seed=args.seed, result=result)
+    print("layer | norm   | degenerates at | max safe alpha | c")
+    for r in res.layers:
+        deg = "-" if r["degenerates_at"] is None else f"{r['degenerates_at']:.3g}"
+        print(f"{r['layer']:>5} | {r['vector_norm']:6.2f} | {deg:>14} | "
+              f"{r['max_safe_alpha']:14.3g} | {r['c']:.3g}")
+    print(f"c = {res.c:.3g} (min {res.c_spread['min']:.3g}, max {res.c_spread['max']:.3g}); "
+          f"start at alpha in [0.25, 0.5] * c / norm. Wrote {args.output} and "
+          f"{plot(res, plot_path(args))}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import run_guarded
+
+    return run_guarded(lambda: run_cli(build_parser().parse_args(argv)), "alpha_calibration")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Experiment modules on a tiny model: JSON against the documented schemas, plots, resume,
+and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mlux import HookedModel
+from mlux.cli import main as mlux_main
+from mlux.experiments import alpha_calibration, layer_sweep, strength_sweep
+from mlux.experiments.common import ResultFile
+from mlux.testing import save_tiny_model
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "mlux" / "experiments" / "schemas"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    model = save_tiny_model(root / "model", "llama")
+    (root / "pos.txt").write_text("w5 w6 w7\nw8 w9\nw10 w11 w12\n")
+    (root / "neg.txt").write_text("w30 w31\nw32 w33 w34\nw35\n")
+    (root / "prompts.txt").write_text("w40 w41\nw42\n")
+    (root / "empty.txt").write_text("\n\n")
+    return root, str(model)
+
+
+def common_args(root, model, out):
+    return ["--model", model, "--positive", str(root / "pos.txt"), "--negative",
+            str(root / "neg.txt"), "--prompts", str(root / "prompts.txt"), "--behavior",
+            "contains:w20,w21,w22,w23", "--samples", "1", "--max-tokens", "6", "--output",
+            str(out)]
+
+
+def validate(path, kind):
+    data = json.loads(Path(path).read_text())
+    jsonschema.validate(data, json.loads((SCHEMAS / f"{kind}.schema.json").read_text()))
+    assert data["model"]["num_layers"] == 4 and data["finished"]
+    return data
+
+
+def is_png(path):
+    return Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("verb", "kind", "extra"),
+    [
+        ("layer-sweep", "layer_sweep", ["--alpha", "0.5", "--layers", "1,2"]),
+        ("calibrate", "alpha_calibration", ["--layers", "residuals_1-2", "--alphas", "1,100"]),
+        ("strength-sweep", "strength_sweep", ["--layer", "1", "--strengths=-3,0,3",
+                                              "--instruction", "w20"]),
+    ],
+)
+def test_cli_writes_schema_valid_json_and_a_png(setup, tmp_path, verb, kind, extra, capsys):
+    root, model = setup
+    out = tmp_path / f"{kind}.json"
+    assert mlux_main([verb, *common_args(root, model, out), *extra]) == 0
+    data = validate(out, kind)
+    assert is_png(out.with_suffix(".png"))
+    assert data["settings"]
+    assert "wrote" in capsys.readouterr().out.lower()
+
+
+def test_python_module_entry_point(setup, tmp_path):
+    root, model = setup
+    out = tmp_path / "ls.json"
+    assert layer_sweep.main([*common_args(root, model, out), "--layers", "0"]) == 0
+    validate(out, "layer_sweep")
+
+
+def test_interrupted_layer_sweep_resumes_without_redoing_cells(setup, tmp_path):
+    root, model = setup
+    hooked = HookedModel.from_pretrained(model)
+    pos, neg = ["w5 w6", "w8 w9"], ["w30 w31", "w32"]
+    calls = {"n": 0, "fail_at": 6}
+
+    def scorer(text):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return "w20" in text
+
+    settings = {"run": 1}
+    out = tmp_path / "resume.json"
+    kw = dict(layers=[0, 1, 2], samples_per_prompt=1, max_tokens=5)
+    with pytest.raises(KeyboardInterrupt):
+        layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw,
+                                result=ResultFile(out, "layer_sweep", hooked, settings))
+    saved = json.loads(out.read_text())["cells"]
+    assert set(saved) == {"baseline", "layer_0", "layer_1"}  # finished cells survived
+    calls.update(n=0, fail_at=-1)
+    resumed = layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw,
+                                      result=ResultFile(out, "layer_sweep", hooked, settings))
+    assert calls["n"] == 2  # only layer 2's two cells ran again
+    calls.update(n=0)
+    fresh = layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw)
+    assert resumed.rows == fresh.rows
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layers", "residuals_9"], "out of range"),
+        (["--prompts", "EMPTY"], "holds no prompts"),
+        (["--prompts", "MISSING"], "does not exist"),
+        (["--behavior", "no_such_module:fn"], "unknown behaviour"),
+        (["--behavior", "tests.test_experiments:raising_behavior"], "raised ValueError"),
+        (["--output", "/nonexistent-dir/out.json"], "nonexistent-dir"),
+    ],
+)
+def test_bad_input_is_one_clear_error(setup, tmp_path, capsys, extra, message):
+    root, model = setup
+    args = common_args(root, model, tmp_path / "x.json") + ["--layers", "1"]
+    for i, a in enumerate(extra):
+        extra[i] = {"EMPTY": str(root / "empty.txt"), "MISSING": str(root / "nope.txt")}.get(a, a)
+    assert mlux_main(["layer-sweep", *args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def raising_behavior(text):
+    raise ValueError("boom")
+
+
+def test_result_file_refuses_other_settings(setup, tmp_path):
+    root, model = setup
+    hooked = HookedModel.from_pretrained(model)
+    ResultFile(tmp_path / "r.json", "layer_sweep", hooked, {"a": 1})
+    with pytest.raises(ValueError, match="other settings.*--fresh"):
+        ResultFile(tmp_path / "r.json", "layer_sweep", hooked, {"a": 2})
+    assert ResultFile(tmp_path / "r.json", "layer_sweep", hooked, {"a": 2}, fresh=True)
+
+
+def test_strength_sweep_accepts_model_and_tokenizer(setup):
+    root, model = setup
+    hooked = HookedModel.from_pretrained(model)
+    import mlx.core as mx
+
+    vec = {1: mx.ones((hooked.hidden_size,))}
+    rows = strength_sweep.strength_sweep(hooked.model, hooked.tokenizer, vec, ["w40"],
+                                         lambda t: "w20" in t, [0.0, 5.0], samples_per_prompt=1,
+                                         max_tokens=4)
+    assert [r["strength"] for r in rows] == [0.0, 5.0]
+    assert {"behavior_rate", "coherence", "samples", "control_rate"} <= set(rows[0])
+    best = strength_sweep.find_best_layers(hooked, None, ["w5 w6", "w8"], ["w30", "w31 w32"],
+                                           ["w40"], lambda t: "w20" in t, layers=[0, 1],
+                                           samples_per_prompt=1, max_tokens=4)
+    assert len(best["best_layers"]) == 2 and set(best["per_layer"]) == {0, 1}
+    assert alpha_calibration.THRESHOLDS
