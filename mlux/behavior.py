@@ -50,10 +50,10 @@ def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, f
     out: list[list[int]] = []
     if not hooked._supports_padded_batch():
         for (vecs, alpha), s in zip(rows, seeds, strict=True):
-            hooks = steering_hooks(vecs, alpha, positions="generated", prompt_length=n)
+            hooks = (steering_hooks(vecs, alpha, positions="generated", prompt_length=n)
+                     if alpha else None)
             out.append(generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
-                                           temperature=temperature, seed=s,
-                                           hooks=hooks if alpha else None))
+                                           temperature=temperature, seed=s, hooks=hooks))
         return out
     for g in range(0, len(rows), max_batch):
         group, group_seeds = rows[g : g + max_batch], seeds[g : g + max_batch]

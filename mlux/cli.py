@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     from .experiments import alpha_calibration, layer_sweep, strength_sweep
+    from .experiments.steering_explorer import register as register_explore
     from .serve import register as register_serve
 
     for name, module, text in (
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.build_parser(p)
         p.set_defaults(func=module.run_cli)
     register_serve(sub)
+    register_explore(sub)
     return parser
 
 

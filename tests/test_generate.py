@@ -32,8 +32,12 @@ def naive_greedy(hooked, prompt, hooks, n):
     return seq[len(prompt):]
 
 
-def direction(hooked, seed=0, scale=3.0):
-    return mx.random.normal((hooked.hidden_size,), key=mx.random.key(seed)) * scale
+def direction(hooked, seed=0, scale=1.0):
+    """A random direction as long as `scale` x the mean residual norm: a push that matters."""
+    v = mx.random.normal((hooked.hidden_size,), key=mx.random.key(seed))
+    _, acts = hooked.run_with_cache([PROMPT], ["residuals_1"])
+    typical = mx.linalg.norm(acts["residuals_1"].astype(mx.float32), axis=-1).mean()
+    return v / mx.linalg.norm(v) * typical * scale
 
 
 @pytest.mark.parametrize("bits", [None, 4])
@@ -104,7 +108,7 @@ def test_one_prefill_serves_many_continuations():
 
 
 def test_rotating_cache_is_restored_after_it_wraps():
-    hooked = hooked_model("gemma2", sliding_window=8)
+    hooked = hooked_model("gemma3_text", sliding_window=8)
     cache, logits = prefill_with_cache(hooked, PROMPT[:6])
     first = generate_from_cache(hooked, cache, logits, max_tokens=12)
     assert generate_from_cache(hooked, cache, logits, max_tokens=12) == first
@@ -125,13 +129,14 @@ def test_stream_closed_early_restores_cache_and_hooks():
 def test_stops_at_eos():
     hooked = hooked_model()
     cache, logits = prefill_with_cache(hooked, PROMPT)
-    tokens = generate_from_cache(hooked, cache, logits, max_tokens=6)
+    tokens = generate_from_cache(hooked, cache, logits, max_tokens=8)
+    stop_at = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
 
     class Tok:
-        eos_token_ids = {tokens[2]}
+        eos_token_ids = {tokens[stop_at]}
 
     hooked.tokenizer = Tok()
-    assert generate_from_cache(hooked, cache, logits, max_tokens=6) == tokens[:2]
+    assert generate_from_cache(hooked, cache, logits, max_tokens=8) == tokens[:stop_at]
 
 
 def test_float16_model_stays_float16():
