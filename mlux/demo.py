@@ -67,7 +67,7 @@ def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
             label = feature_label(text, feature)
             return None if label is None else label == target
 
-        return DemoTask(feature, target, pos, neg, TEST_PROMPTS, scorer, (-8.0, 0.0, 8.0))
+        return DemoTask(feature, target, pos, neg, TEST_PROMPTS, scorer, (-4.0, 0.0, 4.0))
     if feature not in (None, "happy_sad", "sentiment"):
         raise ValueError(f"feature {feature!r} is only for the built-in model; other models get "
                          "the happy/sad contrast")

@@ -135,17 +135,8 @@ def stream_from_cache(
             _restore(cache, start, saved)
 
 
-def generate_from_cache(
-    hooked: HookedModel,
-    cache: list[Any],
-    logits: mx.array,
-    *,
-    max_tokens: int,
-    hooks: Optional[HookSpec] = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: Optional[int] = None,
-) -> list[int]:
-    """All tokens of `stream_from_cache` as a list (EOS not included)."""
-    return list(stream_from_cache(hooked, cache, logits, max_tokens=max_tokens, hooks=hooks,
-                                  temperature=temperature, top_p=top_p, seed=seed))
+def generate_from_cache(hooked: HookedModel, cache: list[Any], logits: mx.array,
+                        **kwargs: Any) -> list[int]:
+    """All tokens of `stream_from_cache` (same arguments: `max_tokens`, `hooks`, `temperature`,
+    `top_p`, `seed`) as a list, EOS not included; the cache is left as it was found."""
+    return list(stream_from_cache(hooked, cache, logits, **kwargs))

@@ -29,6 +29,7 @@ from ..steering import extract_steering_vectors, last_token_activations
 from .common import (
     ResultFile,
     add_common_arguments,
+    cli_main,
     layer_ints,
     plot_path,
     prompts_from_args,
@@ -197,9 +198,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..cli import run_guarded
-
-    return run_guarded(lambda: run_cli(build_parser().parse_args(argv)), "alpha_calibration")
+    return cli_main(build_parser, run_cli, argv, "alpha_calibration")
 
 
 if __name__ == "__main__":

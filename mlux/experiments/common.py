@@ -106,6 +106,15 @@ def timed_cell(result: ResultFile, key: str, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def cli_main(build_parser: Callable[[], argparse.ArgumentParser],
+             run_cli: Callable[[argparse.Namespace], int], argv: Optional[Sequence[str]],
+             name: str) -> int:
+    """`python -m mlux.experiments.<name>`: parse, run, one clear line on expected errors."""
+    from ..cli import run_guarded
+
+    return run_guarded(lambda: run_cli(build_parser().parse_args(argv)), name)
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """Prompts from a .txt (one per line), .json (list of strings) or .jsonl ("prompt"/"text")."""
     p = Path(path)

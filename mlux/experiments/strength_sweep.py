@@ -23,6 +23,7 @@ from ..steering import extract_steering_vectors
 from .common import (
     ResultFile,
     add_common_arguments,
+    cli_main,
     parse_floats,
     plot_path,
     prompts_from_args,
@@ -206,9 +207,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..cli import run_guarded
-
-    return run_guarded(lambda: run_cli(build_parser().parse_args(argv)), "strength_sweep")
+    return cli_main(build_parser, run_cli, argv, "strength_sweep")
 
 
 if __name__ == "__main__":
