@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
 
+    from .collect.cli import register as register_collect
     from .experiments import alpha_calibration, layer_sweep, strength_sweep
     from .experiments.steering_explorer import register as register_explore
     from .serve import register as register_serve
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=module.run_cli)
     register_serve(sub)
     register_explore(sub)
+    register_collect(sub)
     return parser
 
 

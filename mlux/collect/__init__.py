@@ -1,0 +1,63 @@
+"""Activation collection over data sets, per-layer sparse autoencoders, layer separability.
+
+    from mlux.collect import collect, train_saes, analyze_layers
+    result = collect("configs/models/mlux-toy.yaml")          # shards + manifest, resumable
+    saes = train_saes(result.result_dir)                       # one SAE per hook point
+    report = analyze_layers(result.result_dir)                 # where do categories separate?
+"""
+
+from __future__ import annotations
+
+from .analysis import analyze_layers, fit_logistic_probe, layer_separability
+from .collector import CollectionResult, collect, load_model_for, resolve_hook_points
+from .config import (
+    CollectConfig,
+    DataSection,
+    InferenceSection,
+    ModelSection,
+    OutputSection,
+    SAESection,
+    config_from_dict,
+    load_config,
+)
+from .data import Dataset, balance_categories, load_dataset, read_prompts
+from .plan import CollectionPlan, make_plan
+from .sae import SAEConfig, SparseAutoencoder, encode_activations, feature_to_steering_vector
+from .sae_train import SAETrainResult, evaluate_sae, train_sae, train_saes
+from .shards import Manifest, read_shard_tensor
+from .store import ActivationStore
+
+__all__ = [
+    "ActivationStore",
+    "CollectConfig",
+    "CollectionPlan",
+    "CollectionResult",
+    "DataSection",
+    "Dataset",
+    "InferenceSection",
+    "Manifest",
+    "ModelSection",
+    "OutputSection",
+    "SAEConfig",
+    "SAESection",
+    "SAETrainResult",
+    "SparseAutoencoder",
+    "analyze_layers",
+    "balance_categories",
+    "collect",
+    "config_from_dict",
+    "encode_activations",
+    "evaluate_sae",
+    "feature_to_steering_vector",
+    "fit_logistic_probe",
+    "layer_separability",
+    "load_config",
+    "load_dataset",
+    "load_model_for",
+    "make_plan",
+    "read_prompts",
+    "read_shard_tensor",
+    "resolve_hook_points",
+    "train_sae",
+    "train_saes",
+]

@@ -1,0 +1,207 @@
+"""`collect`: run a data set through a model and store activations as resumable shards.
+
+Work is done in chunks of `output.shard_size` prompts per category. A chunk's shards (one per
+hook point) and generations are written atomically, then the manifest lists the chunk; a rerun
+skips every listed chunk whose files are intact, so a crash loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+from tqdm import tqdm
+
+from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
+from mlux.model import HookedModel
+
+from .capture import BatchActivations, capture_batch, encode_prompts, generate_rows
+from .config import CollectConfig, load_config
+from .data import category_slug, load_dataset
+from .plan import CollectionPlan, make_plan
+from .shards import Manifest, write_shard
+
+__all__ = ["CollectionResult", "collect", "load_model_for", "resolve_hook_points"]
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    result_dir: Path
+    plan: CollectionPlan
+    manifest: Optional[Manifest]  # None for a dry run
+    chunks_written: int
+    chunks_skipped: int
+
+
+def load_model_for(config: CollectConfig) -> HookedModel:
+    """Load `model.name` and cast it to `model.dtype` (unless `auto`)."""
+    hooked = HookedModel.from_pretrained(config.model.name)
+    if config.model.dtype != "auto":
+        hooked.model.set_dtype(getattr(mx, config.model.dtype))
+    return hooked
+
+
+def resolve_hook_points(hooked: HookedModel, specs: Any) -> list[str]:
+    """Expand `model.activation_layers`; the plan reports the >20 warning, so it is muted here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            names = hooked.expand_layer_specs(specs)
+        except ValueError as e:
+            raise ValueError(f"model.activation_layers: {e}") from None
+    missing = [n for n in names if n not in hooked.hook_points]
+    if missing:
+        raise ValueError(f"model.activation_layers: {missing} do not exist in this "
+                         f"{hooked.model_type} model")
+    return names
+
+
+def _check_vocab(rows: dict[str, list[list[int]]], prompts: dict[str, list[str]],
+                 vocab_size: Optional[int]) -> None:
+    """Name the prompt whose ids the model cannot embed (tokenizer and weights disagree)."""
+    for c, rs in rows.items():
+        for i, r in enumerate(rs):
+            if vocab_size and max(r) >= vocab_size:
+                raise ValueError(f"prompt {prompts[c][i]!r} (category {c!r}) encodes to token "
+                                 f"id {max(r)}, beyond the model's vocabulary of {vocab_size}: "
+                                 "the tokenizer does not match the model's weights")
+
+
+def _fingerprint(config: CollectConfig, hooks: list[str], prompts: dict[str, list[str]]) -> str:
+    """What makes two runs' shards interchangeable (batch size and progress display don't)."""
+    key = {"model": [config.model.name, config.model.dtype], "hooks": hooks,
+           "inference": [list(config.inference.positions), config.inference.chat_template,
+                         config.inference.max_new_tokens, config.inference.save_activations],
+           "output": [config.output.shard_size, config.output.activation_dtype],
+           "prompts": prompts}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_dir(result_dir: Path) -> None:
+    """Fail before any work if the output directory cannot be created or written."""
+    try:
+        result_dir.mkdir(parents=True, exist_ok=True)
+        probe = atomic_write_bytes(result_dir / ".mlux-write-test", b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(e.errno or errno.EIO, f"output.result_dir {result_dir} is not writable: "
+                                            f"{e.strerror or e}") from None
+
+
+def _chunk_tensors(acts: dict[str, list[np.ndarray]], start: int, dtype: str
+                   ) -> dict[str, np.ndarray]:
+    n = len(next(iter(acts.values())))
+    out = {"sample_index": np.arange(start, start + n, dtype=np.int64)}
+    for pos, rows in acts.items():
+        if pos in ("last", "mean"):
+            out[pos] = np.stack(rows).astype(dtype)
+        else:
+            out[pos] = np.concatenate(rows).astype(dtype)
+            out[f"{pos}_offsets"] = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
+    return out
+
+
+def _header(config: CollectConfig, hooked: HookedModel, hooks: list[str],
+            prompts: dict[str, list[str]], lengths: dict[str, list[int]],
+            source: Path) -> dict[str, Any]:
+    return {
+        "fingerprint": _fingerprint(config, hooks, prompts),
+        "model": {"name": config.model.name, "model_type": hooked.model_type,
+                  "num_layers": hooked.num_layers, "hidden_size": hooked.hidden_size,
+                  "dtype": str(hooked.dtype), "quantization": hooked.quantization},
+        "config": config.to_dict(),
+        "data_source": str(source),
+        "hook_points": hooks,
+        "positions": list(config.inference.positions) if config.inference.save_activations
+        else [],
+        "activation_dtype": config.output.activation_dtype,
+        "shard_size": config.output.shard_size,
+        "categories": {c: {"dir": category_slug(c), "num_samples": len(p), "prompts": p,
+                           "prompt_tokens": lengths[c]} for c, p in prompts.items()},
+    }
+
+
+def _run_chunk(hooked: HookedModel, config: CollectConfig, hooks: list[str],
+               rows: list[list[int]], prompts: list[str], start: int,
+               bar: tqdm) -> tuple[BatchActivations, list[dict[str, Any]]]:
+    inf = config.inference
+    acts: BatchActivations = {h: {p: [] for p in inf.positions} for h in hooks}
+    texts: list[dict[str, Any]] = []
+    for b in range(0, len(rows), inf.batch_size):
+        batch = rows[b:b + inf.batch_size]
+        gen = (generate_rows(hooked, batch, inf.max_new_tokens) if inf.max_new_tokens
+               else [[] for _ in batch])
+        if inf.save_activations:
+            for h, per in capture_batch(hooked, batch, gen, hooks, inf.positions).items():
+                for p, values in per.items():
+                    acts[h][p].extend(values)
+        if inf.max_new_tokens:
+            texts.extend({"index": start + b + i, "prompt": prompts[b + i], "tokens": g,
+                          "completion": hooked.tokenizer.decode(g)} for i, g in enumerate(gen))
+        bar.update(len(batch))
+    return acts, texts
+
+
+def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedModel] = None,
+            progress: bool = True, dry_run: bool = False,
+            echo: Callable[[str], None] = print) -> CollectionResult:
+    """Collect the activations a config describes (a `CollectConfig` or a YAML path).
+
+    Prints the plan (hook points, storage and memory estimates, suggested batch size) first;
+    `dry_run` stops there. `hooked` reuses an already loaded model as is. Reruns resume.
+    """
+    if not isinstance(config, CollectConfig):
+        config = load_config(config)
+    dataset = load_dataset(config.data, config.source)
+    hooked = hooked if hooked is not None else load_model_for(config)
+    hooks = resolve_hook_points(hooked, config.model.activation_layers)
+    inf, out = config.inference, config.output
+    rows = {c: encode_prompts(hooked, p, chat_template=inf.chat_template)
+            for c, p in dataset.prompts.items()}
+    _check_vocab(rows, dataset.prompts, hooked.vocab_size)
+    lengths = {c: [len(r) for r in rs] for c, rs in rows.items()}
+    weights = sum(v.nbytes for _, v in tree_flatten(hooked.model.parameters()))
+    plan = make_plan(config, hook_points=hooks, hidden_size=hooked.hidden_size,
+                     vocab_size=hooked.vocab_size or 0, weights_bytes=weights, lengths=lengths)
+    echo(plan.describe())
+    result_dir = Path(out.result_dir).expanduser()
+    if dry_run:
+        return CollectionResult(result_dir, plan, None, 0, 0)
+    _prepare_dir(result_dir)
+    manifest = Manifest.open(result_dir, _header(config, hooked, hooks, dataset.prompts,
+                                                 lengths, dataset.source))
+    work = [(c, i, s, min(s + out.shard_size, len(rs))) for c, rs in rows.items()
+            for i, s in enumerate(range(0, len(rs), out.shard_size))]
+    todo = [w for w in work if not manifest.chunk_done(w[0], w[1])]
+    done_samples = sum(stop - start for _, _, start, stop in work) - sum(
+        stop - start for _, _, start, stop in todo)
+    with tqdm(total=len(dataset), initial=done_samples, unit="prompt", desc="collect",
+              disable=not progress, file=sys.stderr) as bar:
+        for category, index, start, stop in todo:
+            acts, texts = _run_chunk(hooked, config, hooks, rows[category][start:stop],
+                                     dataset.prompts[category][start:stop], start, bar)
+            shards = {}
+            for h in hooks if inf.save_activations else []:
+                rel = manifest.shard_relpath(category, h, index)
+                meta = {"hook": h, "category": category, "index": str(index)}
+                info = write_shard(result_dir / rel, _chunk_tensors(acts.pop(h), start,
+                                                                    out.activation_dtype), meta)
+                shards[h] = {"path": rel, "num_samples": stop - start, **info}
+            gen_rel = manifest.generations_relpath(category, index) if texts else None
+            if gen_rel:
+                (result_dir / gen_rel).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(result_dir / gen_rel, texts)
+            manifest.record_chunk(category, index, start, stop, shards, gen_rel)
+            manifest.save()
+    manifest.data["complete"] = True
+    manifest.save()
+    return CollectionResult(result_dir, plan, manifest, len(todo), len(work) - len(todo))
