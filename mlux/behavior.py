@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .batch import Steering, decode_batch, merge_prefills, row_steering_hooks
+from .batch import Steering, decode_batch, generate_batch, merge_prefills, row_steering_hooks
 from .evaluation import distinct_n, repetition_rate
 from .generate import generate_from_cache, prefill_with_cache
 from .interventions import steering_hooks
@@ -42,27 +42,34 @@ LayerKey = Union[int, tuple[int, ...]]  # one layer, or several steered together
 
 def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, float]],
                    seeds: list[int], *, max_tokens: int, temperature: float, max_batch: int,
-                   ) -> list[list[int]]:
-    """Continue one prompt once per row `({layer: vector}, alpha)`; one prefill for all rows,
-    decoded as batches when the architecture allows it."""
+                   positions: str) -> list[list[int]]:
+    """Continue one prompt once per row `({layer: vector}, alpha)`, decoded as batches when the
+    architecture allows it. With `positions="generated"` one prefill serves every row; with
+    `"all"` each row's prompt is steered too, so rows prefill together as one batch."""
     n = len(ids)
-    cache, logits = prefill_with_cache(hooked, ids)
-    out: list[list[int]] = []
+    steer = [Steering(vecs, alpha, positions=positions) if alpha else None for vecs, alpha in rows]
     if not hooked._supports_padded_batch():
+        shared = prefill_with_cache(hooked, ids) if positions == "generated" else None
+        out = []
         for (vecs, alpha), s in zip(rows, seeds, strict=True):
-            hooks = (steering_hooks(vecs, alpha, positions="generated", prompt_length=n)
+            hooks = (steering_hooks(vecs, alpha, positions=positions, prompt_length=n)
                      if alpha else None)
+            cache, logits = shared or prefill_with_cache(hooked, ids, hooks=hooks)
             out.append(generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
                                            temperature=temperature, seed=s, hooks=hooks))
         return out
+    out = []
+    shared = prefill_with_cache(hooked, ids) if positions == "generated" else None
     for g in range(0, len(rows), max_batch):
-        group, group_seeds = rows[g : g + max_batch], seeds[g : g + max_batch]
-        steering = [Steering(vecs, alpha, positions="generated") if alpha else None
-                    for vecs, alpha in group]
-        hooks = row_steering_hooks(hooked, steering, [n] * len(group))
+        group, group_seeds = steer[g : g + max_batch], seeds[g : g + max_batch]
+        sample = dict(max_tokens=max_tokens, temperature=temperature, seed=group_seeds)
+        if shared is None:
+            out += generate_batch(hooked, [ids] * len(group), steering=group, **sample)
+            continue
+        cache, logits = shared
+        hooks = row_steering_hooks(hooked, group, [n] * len(group))
         out += decode_batch(hooked, merge_prefills([cache] * len(group)),
-                            mx.repeat(logits[None], len(group), axis=0), max_tokens=max_tokens,
-                            hooks=hooks, temperature=temperature, seed=group_seeds)
+                            mx.repeat(logits[None], len(group), axis=0), hooks=hooks, **sample)
     return out
 
 
@@ -81,18 +88,22 @@ def behavior_rates(
     keep_texts: int = 4,
     keep_tokens: bool = False,
     max_batch: int = 32,
+    positions: str = "generated",
 ) -> list[BehaviorCell]:
-    """Steer generated positions with `alpha * vectors[layer]` and score each continuation.
+    """Steer with `alpha * vectors[layer]` and score each continuation.
 
-    A `layers` entry may be a tuple: those layers are steered together. Every prompt is
-    prefilled once and every (layers, alpha, sample) continues from that cache, as rows of one
-    batch. Seeds depend on (prompt, sample) only, so cells differ by their steering, not their
-    luck; alpha 0 is generated once and shared by every layer.
+    A `layers` entry may be a tuple: those layers are steered together. With `positions`
+    "generated" every prompt is prefilled once and every (layers, alpha, sample) continues
+    from that cache, as rows of one batch; with "all" the prompt is steered too. Seeds depend
+    on (prompt, sample) only, so cells differ by their steering, not their luck; alpha 0 is
+    generated once and shared by every layer.
     """
     layers = list(vectors) if layers is None else list(layers)
     alphas = [float(a) for a in alphas]
     if not prompts:
         raise ValueError("behaviour measurement needs at least one prompt")
+    if positions not in ("generated", "all"):
+        raise ValueError(f"positions must be 'generated' or 'all', got {positions!r}")
     keys = [k if isinstance(k, tuple) else (k,) for k in layers]
     missing = sorted({i for k in keys for i in k if i not in vectors})
     if missing:
@@ -106,7 +117,7 @@ def behavior_rates(
         spec = [({i: vectors[i] for i in u[0]}, u[1]) for u, _ in rows]
         seeds = [seed + 1000 * pi + s for _, s in rows]
         outs = _generate_rows(hooked, ids, spec, seeds, max_tokens=max_tokens,
-                              temperature=temperature, max_batch=max_batch)
+                              temperature=temperature, max_batch=max_batch, positions=positions)
         for (u, _), toks in zip(rows, outs, strict=True):
             texts[u].append((hooked.tokenizer.decode(toks), toks))
     result = []

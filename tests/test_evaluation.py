@@ -94,14 +94,16 @@ def test_perplexity_matches_hand_computation(hooked):
     assert perplexity(hooked, prompt, cont) == pytest.approx(math.exp(nll / 3), rel=1e-4)
 
 
-def test_batched_behaviour_rates_equal_row_by_row(hooked):
+@pytest.mark.parametrize("positions", ["generated", "all"])
+def test_batched_behaviour_rates_equal_row_by_row(hooked, positions):
     v = {1: mx.random.normal((64,), key=mx.random.key(1)) * 2,
          2: mx.random.normal((64,), key=mx.random.key(2)) * 2}
 
     def scorer(text):
         return "w10" in text.split() if text else None
 
-    args = dict(alphas=[-2.0, 0.0, 2.0], samples_per_prompt=2, max_tokens=6, seed=5)
+    args = dict(alphas=[-2.0, 0.0, 2.0], samples_per_prompt=2, max_tokens=6, seed=5,
+                positions=positions)
     batched = behavior_rates(hooked, v, ["w5 w6", "w7"], scorer, **args)
     hooked._padded_batch_ok = False  # force the sequential fallback
     try:
