@@ -12,8 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from .behavior import behavior_rates
 from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from .generate import generate_from_cache, prefill_with_cache
-from .interventions import create_steering_hook
+from .contrastive import ContrastiveSteering
 from .model import HookedModel
 from .steering import extract_steering_vectors
 
@@ -42,6 +41,7 @@ class DemoTask:
     prompts: Sequence[str]
     scorer: Callable[[str], Optional[bool]]
     alphas: tuple[float, ...]
+    layer: Optional[int] = None  # None: the model config's first recommended layer
 
 
 def _word_scorer(text: str) -> Optional[bool]:
@@ -67,7 +67,11 @@ def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
             label = feature_label(text, feature)
             return None if label is None else label == target
 
-        return DemoTask(feature, target, pos, neg, TEST_PROMPTS, scorer, (-4.0, 0.0, 4.0))
+        # Calibrated on the built-in model (its card's steering table): formality's vector is
+        # long relative to the stream, so it needs a smaller alpha.
+        layer, alpha = {"sentiment": (2, 2.0), "formality": (3, 0.75)}[feature]
+        return DemoTask(feature, target, pos, neg, TEST_PROMPTS, scorer, (-alpha, 0.0, alpha),
+                        layer)
     if feature not in (None, "happy_sad", "sentiment"):
         raise ValueError(f"feature {feature!r} is only for the built-in model; other models get "
                          "the happy/sad contrast")
@@ -78,7 +82,7 @@ def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
 
 
 def run_demo(model: str = DEFAULT_MODEL, feature: Optional[str] = None, max_tokens: int = 24,
-             seed: int = 0, samples: int = 2, print_fn: Callable[[str], None] = print) -> int:
+             seed: int = 0, samples: int = 4, print_fn: Callable[[str], None] = print) -> int:
     t0 = time.perf_counter()
     hooked = HookedModel.from_pretrained(model)
     task = demo_task(model, feature)
@@ -91,31 +95,30 @@ def run_demo(model: str = DEFAULT_MODEL, feature: Optional[str] = None, max_toke
     print_fn(f"extracted a vector at every layer from {len(task.positive)} + "
              f"{len(task.negative)} contrast prompts in one batched pass "
              f"({time.perf_counter() - t1:.2f} s)\n")
-    layer = hooked.config.get_recommended_layers("default")[0]
+    layer = task.layer if task.layer is not None else \
+        hooked.config.get_recommended_layers("default")[0]
     prompt = task.prompts[0]
-    ids = hooked.tokenize(prompt).tokens[0].tolist()
-    cache, logits = prefill_with_cache(hooked, ids)
-    print_fn(f"prompt {prompt!r}, layer {layer}, greedy, one prefill for every alpha:")
-    for alpha in task.alphas:
-        hook = create_steering_hook(vectors[layer], alpha, positions="generated",
-                                    prompt_length=len(ids))
-        out = generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
-                                  hooks={f"residuals_{layer}": hook} if alpha else None)
+    steer = ContrastiveSteering(hooked, task.positive, task.negative, layer, positions="all")
+    print_fn(f"prompt {prompt!r}, layer {layer}, greedy, every alpha a row of one batch:")
+    for alpha, text in steer.compare(prompt, alphas=task.alphas, max_tokens=max_tokens).items():
         label = "baseline" if alpha == 0 else f"alpha {alpha:+g}"
-        print_fn(f"  {label:>10} | {hooked.tokenizer.decode(out)}")
+        print_fn(f"  {label:>10} | {text}")
     cells = behavior_rates(hooked, vectors, task.prompts, task.scorer, alphas=task.alphas,
-                           samples_per_prompt=samples, max_tokens=max_tokens, seed=seed)
+                           samples_per_prompt=samples, max_tokens=max_tokens, seed=seed,
+                           positions="all")
     n = len(task.prompts) * samples
-    print_fn(f"\nrate of {task.target!r} over {n} sampled continuations per cell "
-             f"(temperature 1, seeds fixed), and distinct-2 (coherence) at the largest alpha:")
-    header = " | ".join(f"alpha {a:+g}" for a in task.alphas)
+    print_fn(f"\nper-layer effect: rate of {task.target!r} over {n} sampled continuations per "
+             f"cell (temperature 1, seeds fixed); distinct-2 (coherence) at alpha "
+             f"{task.alphas[-1]:+g}:")
+    heads = [f"alpha {a:+g}" for a in task.alphas]
+    header = " | ".join(heads)
     print_fn(f"  layer | norm   | {header} | distinct-2")
     by_layer: dict[int, list] = {}
     for c in cells:
         by_layer.setdefault(c.layer, []).append(c)
     for lyr, row in by_layer.items():
         norm = float((vectors[lyr] ** 2).sum().sqrt().item())
-        rates = " | ".join(f"{c.rate:>8.0%}" for c in row)
+        rates = " | ".join(f"{c.rate:>{len(h)}.0%}" for c, h in zip(row, heads, strict=True))
         print_fn(f"  {lyr:>5} | {norm:6.2f} | {rates} | {row[-1].distinct_2:.2f}")
     spread = {lyr: row[-1].rate - row[0].rate for lyr, row in by_layer.items()}
     best = max(spread, key=lambda k: (spread[k], -k))
