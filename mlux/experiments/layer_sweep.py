@@ -63,6 +63,7 @@ def layer_sweep(
     temperature: float = 1.0,
     seed: int = 0,
     top_k: int = 3,
+    positions: str = "all",
     result: Optional[ResultFile] = None,
     progress: bool = False,
 ) -> LayerSweepResult:
@@ -70,7 +71,7 @@ def layer_sweep(
     vectors = extract_steering_vectors(hooked, positive, negative, layers)
     acts = last_token_activations(hooked, [*positive, *negative], layers)
     common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                  temperature=temperature, seed=seed)
+                  temperature=temperature, seed=seed, positions=positions)
 
     def cell(key: str, fn: Any) -> Any:
         return timed_cell(result, key, fn) if result is not None else fn()
@@ -142,6 +143,8 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--layers", default=None, help='e.g. "5,10,15,20" or "residuals_2-8"')
     p.add_argument("--raw", action="store_true", help="alpha multiplies the raw vector")
+    p.add_argument("--positions", choices=("all", "generated"), default="all",
+                   help="steer every position, or generated tokens only (one shared prefill)")
     p.add_argument("--top-k", type=int, default=3)
     return p
 
@@ -152,6 +155,7 @@ def run_cli(args: argparse.Namespace) -> int:
     scorer, behavior = resolve_scorer(args.behavior, args.model)
     layers = layer_ints(hooked, args.layers)
     settings = {"alpha": args.alpha, "relative": not args.raw, "layers": layers,
+                "positions": args.positions,
                 "behavior": behavior, "samples": args.samples, "max_tokens": args.max_tokens,
                 "temperature": args.temperature, "seed": args.seed, "positive": pos,
                 "negative": neg, "prompts": test}
@@ -161,7 +165,8 @@ def run_cli(args: argparse.Namespace) -> int:
     res = layer_sweep(hooked, pos, neg, test, scorer, layers=layers, alpha=args.alpha,
                       relative=not args.raw, samples_per_prompt=args.samples,
                       max_tokens=args.max_tokens, temperature=args.temperature,
-                      seed=args.seed, top_k=args.top_k, result=result, progress=True)
+                      seed=args.seed, top_k=args.top_k, positions=args.positions,
+                      result=result, progress=True)
     print(f"unsteered rate of {behavior}: {res.baseline_rate:.0%}")
     print("layer | norm   | alpha  | -alpha | +alpha | effect")
     for r in res.rows:
