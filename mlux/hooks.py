@@ -146,7 +146,7 @@ class HookWrapper(nn.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         frame = self._mlux_frame
-        if not frame.active:
+        if not frame.active or not (self._mlux_is_block or self._mlux_hooks):
             return self._mlux_module(*args, **kwargs)
         if self._mlux_is_block:
             # Read the cache offset before the block runs: its attention advances the cache.

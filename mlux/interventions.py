@@ -58,15 +58,15 @@ def _as_f32(value: Any, what: str) -> mx.array:
     return arr
 
 
-def _window_mask(ctx: HookContext, start: float, end: float) -> Optional[mx.array]:
-    """None if every position of this forward is inside [start, end); else a (B|1, T, 1) mask,
-    or False (as a 0-d array) when none is."""
+def _window_mask(ctx: HookContext, start: float, end: float) -> Union[None, bool, mx.array]:
+    """None if every position of this forward is inside [start, end), False if none is, else
+    a (B|1, T, 1) mask."""
     if ctx.row_offsets is None:
         first, last = ctx.offset, ctx.offset + ctx.length - 1
         if first >= start and last < end:
             return None
         if last < start or first >= end:
-            return mx.array(False)
+            return False
     pos = ctx.positions()
     inside = pos >= start if end == float("inf") else (pos >= start) & (pos < end)
     return inside[..., None]
@@ -75,7 +75,7 @@ def _window_mask(ctx: HookContext, start: float, end: float) -> Optional[mx.arra
 def _positional(delta_of: Any, start: float, end: float) -> Hook:
     def hook(x: mx.array, ctx: HookContext) -> Optional[mx.array]:
         mask = _window_mask(ctx, start, end)
-        if mask is not None and mask.ndim == 0:
+        if mask is False:
             return None
         delta = delta_of(x, ctx)
         return x + (delta if mask is None else mx.where(mask, delta, 0).astype(x.dtype))
