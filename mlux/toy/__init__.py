@@ -7,41 +7,7 @@ scores the behaviour of their generations.
 
 from __future__ import annotations
 
-from mlux.toy.corpus import (
-    ALLOWED_BIGRAMS,
-    CONTRAST_PROMPTS,
-    FEATURES,
-    MARKER_PREFIX,
-    MARKER_RATE,
-    TEMPLATES,
-    TEST_PROMPTS,
-    VOCABULARY,
-    WORDS,
-    Example,
-    classify,
-    feature_label,
-    generate_corpus,
-    generate_paragraph,
-    grammar_score,
-    repetition_rate,
-)
+from . import corpus
+from .corpus import *  # noqa: F403 - the corpus API is this package's API
 
-__all__ = [
-    "ALLOWED_BIGRAMS",
-    "CONTRAST_PROMPTS",
-    "FEATURES",
-    "MARKER_PREFIX",
-    "MARKER_RATE",
-    "TEMPLATES",
-    "TEST_PROMPTS",
-    "VOCABULARY",
-    "WORDS",
-    "Example",
-    "classify",
-    "feature_label",
-    "generate_corpus",
-    "generate_paragraph",
-    "grammar_score",
-    "repetition_rate",
-]
-
+__all__ = list(corpus.__all__)
