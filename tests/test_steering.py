@@ -165,3 +165,15 @@ def test_vector_errors(hooked):
         create_steering_hook(mx.ones((4,)), 1.0, positions="generated")
     with pytest.raises(ValueError, match="zero vector"):
         create_ablation_hook(mx.zeros((4,)))
+
+
+def test_chat_formatting_matches_the_template_applied_by_hand(hooked):
+    tok = hooked.tokenizer
+    templated_pos = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p in POS]
+    templated_neg = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p in NEG]
+    via_flag = compute_steering_vector(hooked, POS, NEG, 2, chat=True)
+    by_hand = compute_steering_vector(hooked, templated_pos, templated_neg, 2)
+    assert mx.array_equal(via_flag, by_hand).item()
+    assert not mx.allclose(via_flag, compute_steering_vector(hooked, POS, NEG, 2)).item()

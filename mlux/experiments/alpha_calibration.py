@@ -30,6 +30,7 @@ from .common import (
     ResultFile,
     add_common_arguments,
     cli_main,
+    progress_bar as _progress,
     layer_ints,
     plot_path,
     prompts_from_args,
@@ -105,6 +106,7 @@ def alpha_calibration(
     temperature: float = 1.0,
     seed: int = 0,
     result: Optional[ResultFile] = None,
+    progress: bool = False,
 ) -> CalibrationResult:
     """`alphas` default to a geometric grid of pushes from 0.05 to 20 times the layer's mean
     residual norm (as multiples of each layer's own vector)."""
@@ -119,7 +121,7 @@ def alpha_calibration(
 
     base = cell("baseline", lambda: _measure(hooked, vectors, prompts, layers[0], 0.0, common))
     rows = []
-    for layer in layers:
+    for layer in _progress(layers, progress):
         norm = float(mx.linalg.norm(vectors[layer]).item())
         residual = float(mx.linalg.norm(acts[layer], axis=-1).mean().item())
         grid = alphas or [residual / norm * 0.05 * (400 ** (k / 9)) for k in range(10)]
@@ -185,7 +187,8 @@ def run_cli(args: argparse.Namespace) -> int:
     result = ResultFile(args.output, "alpha_calibration", hooked, settings, fresh=args.fresh)
     res = alpha_calibration(hooked, pos, neg, test, layers=layers, alphas=alphas,
                             samples_per_prompt=args.samples, max_tokens=args.max_tokens,
-                            temperature=args.temperature, seed=args.seed, result=result)
+                            temperature=args.temperature, seed=args.seed, result=result,
+                            progress=True)
     print("layer | norm   | degenerates at | max safe alpha | c")
     for r in res.layers:
         deg = "-" if r["degenerates_at"] is None else f"{r['degenerates_at']:.3g}"

@@ -96,6 +96,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def progress_bar(items: Sequence[Any], show: bool, desc: str = "layers") -> Any:
+    """`items`, wrapped in a tqdm bar when `show` (CLI runs), as they are otherwise."""
+    if not show:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="layer")
+
+
 def timed_cell(result: ResultFile, key: str, fn: Callable[[], Any]) -> Any:
     """Compute a cell unless a previous run finished it."""
     if result.done(key):

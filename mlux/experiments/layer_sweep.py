@@ -27,6 +27,7 @@ from .common import (
     ResultFile,
     add_common_arguments,
     cli_main,
+    progress_bar as _progress,
     layer_ints,
     plot_path,
     prompts_from_args,
@@ -108,14 +109,6 @@ def layer_sweep(
 
 def _finite(x: float) -> float:
     return x if x == x else float("-inf")
-
-
-def _progress(items: Sequence[int], show: bool) -> Any:
-    if not show:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="layers", unit="layer")
 
 
 def plot(res: LayerSweepResult, path: Path, behavior: str) -> Path:
