@@ -30,9 +30,9 @@ from .common import (
     ResultFile,
     add_common_arguments,
     cli_main,
-    progress_bar as _progress,
     layer_ints,
     plot_path,
+    progress_bar,
     prompts_from_args,
     save_plot,
     timed_cell,
@@ -121,7 +121,7 @@ def alpha_calibration(
 
     base = cell("baseline", lambda: _measure(hooked, vectors, prompts, layers[0], 0.0, common))
     rows = []
-    for layer in _progress(layers, progress):
+    for layer in progress_bar(layers, progress):
         norm = float(mx.linalg.norm(vectors[layer]).item())
         residual = float(mx.linalg.norm(acts[layer], axis=-1).mean().item())
         grid = alphas or [residual / norm * 0.05 * (400 ** (k / 9)) for k in range(10)]

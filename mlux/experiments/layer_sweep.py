@@ -27,9 +27,9 @@ from .common import (
     ResultFile,
     add_common_arguments,
     cli_main,
-    progress_bar as _progress,
     layer_ints,
     plot_path,
+    progress_bar,
     prompts_from_args,
     resolve_scorer,
     save_plot,
@@ -81,7 +81,7 @@ def layer_sweep(
         hooked, vectors, test_prompts, scorer, alphas=[0.0], layers=layers[:1],
         **common)[0].to_dict())
     rows = []
-    bar = _progress(layers, progress)
+    bar = progress_bar(layers, progress)
     for layer in bar:
         norm = float(mx.linalg.norm(vectors[layer]).item())
         residual = float(mx.linalg.norm(acts[layer], axis=-1).mean().item())
