@@ -97,12 +97,15 @@ def test_batched_equals_unbatched(arch_bits):
     rows = [[5, 9, 13], [7, 21, 4, 30, 11, 2], [8, 8]]
     logits, acts = hooked.run_with_cache(rows, ["residuals_1", "mlp_-1"])
     width = logits.shape[1]
+    def close(x, ref):  # BLAS blocking differs with batch shape: compare relative to scale
+        return mx.abs(x - ref).max().item() <= 2e-5 * max(1.0, mx.abs(ref).max().item())
+
     for i, row in enumerate(rows):
         lg, a = hooked.run_with_cache([row], ["residuals_1", "mlp_-1"])
         pad = width - len(row)
-        assert mx.allclose(logits[i, pad:], lg[0], atol=1e-4).item()
+        assert close(logits[i, pad:], lg[0])
         for name in a:
-            assert mx.allclose(acts[name][i, pad:], a[name][0], atol=1e-4).item()
+            assert close(acts[name][i, pad:], a[name][0])
 
 
 def test_hook_changes_later_layers_only(arch_bits, reference):

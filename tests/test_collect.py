@@ -100,10 +100,10 @@ def test_shards_equal_run_with_cache_on_each_prompt_alone(tiny, data_file, tmp_p
             for h in hooks:
                 r = np.asarray(ref[h][0])
                 got = {p: rows_of(manifest, h, p, cat)[i] for p in manifest.positions}
-                np.testing.assert_allclose(got["last"], r[n - 1], rtol=1e-4, atol=1e-4)
-                np.testing.assert_allclose(got["mean"], r[:n].mean(0), rtol=1e-4, atol=1e-4)
-                np.testing.assert_allclose(got["all"], r[:n], rtol=1e-4, atol=1e-4)
-                np.testing.assert_allclose(got["generated"], r[n:], rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(got["last"], r[n - 1], rtol=1e-4, atol=1e-3)
+                np.testing.assert_allclose(got["mean"], r[:n].mean(0), rtol=1e-4, atol=1e-3)
+                np.testing.assert_allclose(got["all"], r[:n], rtol=1e-4, atol=1e-3)
+                np.testing.assert_allclose(got["generated"], r[n:], rtol=1e-4, atol=1e-3)
 
 
 def test_reduced_path_equals_run_with_cache_per_prompt(tiny, data_file, tmp_path):
@@ -116,9 +116,9 @@ def test_reduced_path_equals_run_with_cache_per_prompt(tiny, data_file, tmp_path
             for h in ("residuals_3", "mlp_1"):
                 r = np.asarray(ref[h][0])
                 np.testing.assert_allclose(rows_of(manifest, h, "mean", cat)[i], r.mean(0),
-                                           rtol=1e-4, atol=1e-4)
+                                           rtol=1e-4, atol=1e-3)
                 np.testing.assert_allclose(rows_of(manifest, h, "last", cat)[i], r[-1],
-                                           rtol=1e-4, atol=1e-4)
+                                           rtol=1e-4, atol=1e-3)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -280,4 +280,4 @@ def test_builtin_model_with_shipped_config(tmp_path):
             for h in manifest.hook_points:
                 np.testing.assert_allclose(rows_of(manifest, h, "last", cat)[i],
                                            np.asarray(ref[h][0, -1].astype(mx.float32)),
-                                           rtol=1e-4, atol=1e-4)
+                                           rtol=1e-4, atol=1e-3)
