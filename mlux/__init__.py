@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .batch import Steering, generate_batch
 from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from .configs import (
     MODEL_CONFIGS,
@@ -24,6 +25,7 @@ from .interventions import (
 from .layers import expand_layer_specs
 from .model import HookedModel
 from .steering import compute_steering_vector, extract_steering_vectors
+from .vector_library import VectorLibrary
 from .vectors import SteeringVector
 
 try:
@@ -42,7 +44,9 @@ __all__ = [
     "HookWrapper",
     "HookedModel",
     "ModelConfig",
+    "Steering",
     "SteeringVector",
+    "VectorLibrary",
     "__version__",
     "compute_steering_vector",
     "create_ablation_hook",
@@ -52,6 +56,7 @@ __all__ = [
     "estimate_memory",
     "expand_layer_specs",
     "extract_steering_vectors",
+    "generate_batch",
     "generate_from_cache",
     "get_model_config",
     "infer_model_config",
