@@ -106,3 +106,18 @@ def test_batch_errors():
                        steering=[Steering({1: mx.ones((5,))}, 1.0)])
     with pytest.raises(ValueError, match="non-empty list of prompts"):
         generate_batch(llama, [], max_tokens=2)
+
+
+def test_per_row_alpha_and_vector_forms_of_create_steering_hook():
+    from mlux import create_steering_hook
+
+    hooked = HookedModel(make_tiny_model("llama")[0], None)
+    v = mx.random.normal((hooked.hidden_size,), key=mx.random.key(9)) * 2
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[3]]
+    alphas = [0.0, 1.5, -1.5]
+    per_alpha = {"residuals_1": create_steering_hook(v, mx.array(alphas))}
+    per_vector = {"residuals_1": create_steering_hook(mx.stack([v * a for a in alphas]), 1.0)}
+    by_alpha = generate_batch(hooked, prompts, max_tokens=8, hooks=per_alpha)
+    assert generate_batch(hooked, prompts, max_tokens=8, hooks=per_vector) == by_alpha
+    for prompt, alpha, row in zip(prompts, alphas, by_alpha, strict=True):
+        assert row == solo(hooked, prompt, 1, alpha, v, max_tokens=8)
