@@ -1,0 +1,56 @@
+"""A behaviour-based layer sweep for the explorer: per layer, the rate of a behaviour over
+sampled continuations of test prompts, steered vs not (the experiments' `behavior_rates`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from ..behavior import behavior_rates
+from ..model import HookedModel
+from ..vectors import SteeringVector
+
+__all__ = ["behaviour_sweep", "toy_behaviour_sweeps"]
+
+
+def _finite(x: float) -> Optional[float]:
+    return x if x == x else None
+
+
+def behaviour_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[str],
+                    label: str, samples: int = 2) -> Callable[..., dict[str, Any]]:
+    """A sweep mode: `scorer` decides the behaviour, `prompts` are steered at every layer."""
+
+    def sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[int], *,
+              layers: Sequence[int], alpha: float, max_tokens: int) -> dict[str, Any]:
+        del tokens  # the behaviour is measured on the fixed test prompts, not the page's one
+        cells = behavior_rates(hooked, {i: vector[i] for i in layers}, prompts, scorer,
+                               alphas=[0.0, alpha], layers=list(layers),
+                               samples_per_prompt=samples, max_tokens=max_tokens,
+                               positions="all")
+        base = cells[0]
+        rows = [{"layer": c.layer, "norm": vector.norms[c.layer], "baseline": _finite(base.rate),
+                 "steered": _finite(c.rate), "delta": _finite(c.rate - base.rate),
+                 "text": c.texts[0] if c.texts else ""}
+                for c in cells if c.alpha == alpha]
+        return {"mode": label, "alpha": alpha, "layers": rows,
+                "baseline_text": base.texts[0] if base.texts else "",
+                "metric": f"rate of {label} over {len(prompts)} test prompts x {samples} "
+                          "sampled continuations (temperature 1), every position steered"}
+
+    return sweep
+
+
+def toy_behaviour_sweeps() -> dict[str, Callable[..., dict[str, Any]]]:
+    """One mode per feature value the built-in model was trained on."""
+    from ..toy import FEATURES, TEST_PROMPTS, feature_label
+
+    modes = {}
+    for feature, values in FEATURES.items():
+        target = values[0]
+
+        def scorer(text: str, feature: str = feature, target: str = target) -> Optional[bool]:
+            label = feature_label(text, feature)
+            return None if label is None else label == target
+
+        modes[f"behaviour:{target}"] = behaviour_sweep(scorer, TEST_PROMPTS, target)
+    return modes

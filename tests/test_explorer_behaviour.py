@@ -1,0 +1,36 @@
+"""The explorer's behaviour sweep on the built-in model agrees with the experiments' numbers."""
+
+from __future__ import annotations
+
+from mlux import HookedModel, extract_steering_vectors
+from mlux.behavior import behavior_rates
+from mlux.explorer import create_app
+from mlux.explorer.behaviour_sweep import toy_behaviour_sweeps
+from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS, feature_label
+
+
+def test_behaviour_sweep_mode(tmp_path):
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    app = create_app(hooked, vectors_dir=tmp_path, sweeps=toy_behaviour_sweeps())
+    c = app.test_client()
+    assert "behaviour:happy" in c.get("/api/model").json["sweeps"]
+    pos, neg = CONTRAST_PROMPTS["sentiment"]
+    vid = c.post("/api/compute", json={"positive": list(pos), "negative": list(neg)}).json["id"]
+    r = c.post("/api/sweep", json={"prompt": "the", "vector": {"id": vid}, "alpha": 2.0,
+                                   "layers": [0, 2], "mode": "behaviour:happy",
+                                   "max_tokens": 16})
+    assert r.status_code == 200, r.json
+    rows = {row["layer"]: row for row in r.json["layers"]}
+    # Independent reference: the same cells through the library.
+    vectors = extract_steering_vectors(hooked, pos, neg, [0, 2])
+
+    def scorer(text):
+        label = feature_label(text, "sentiment")
+        return None if label is None else label == "happy"
+
+    cells = behavior_rates(hooked, vectors, TEST_PROMPTS, scorer, alphas=[0.0, 2.0],
+                           layers=[0, 2], max_tokens=16, positions="all")
+    want = {c.layer: c.rate for c in cells if c.alpha == 2.0}
+    assert {k: v["steered"] for k, v in rows.items()} == want
+    assert rows[2]["steered"] >= 0.9 and rows[2]["baseline"] < 0.8
+    assert hooked.active_hooks() == {}
