@@ -19,7 +19,7 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
-__all__ = ["Inputs", "TokenBatch", "make_batch_cache", "to_token_batch", "encode"]
+__all__ = ["Inputs", "TokenBatch", "encode", "left_pad", "make_batch_cache", "to_token_batch"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 
@@ -116,3 +116,11 @@ def make_batch_cache(model: nn.Module, left_padding: Sequence[int]) -> Optional[
         else:
             return None
     return caches
+
+
+def left_pad(x: mx.array, width: int) -> mx.array:
+    """Zero-pad axis 1 on the left up to `width`."""
+    pad = width - x.shape[1]
+    if pad <= 0:
+        return x
+    return mx.concatenate([mx.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype), x], axis=1)

@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 from .arch import Architecture, detect_architecture, hidden_size_of
 from .builtin import builtin_model_path
 from .hooks import BlockFrame, Hook, HookWrapper
-from .inputs import Inputs, TokenBatch, make_batch_cache, to_token_batch
+from .inputs import Inputs, TokenBatch, left_pad, make_batch_cache, to_token_batch
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
 
 __all__ = ["HookedModel", "HookSpec"]
@@ -224,7 +224,7 @@ class HookedModel:
             return self.model(batch.tokens, cache=make_batch_cache(self.model, batch.left_padding))
         rows = [self.model(batch.tokens[i : i + 1, pad:]) for i, pad in
                 enumerate(batch.left_padding)]
-        return mx.concatenate([_left_pad(r, batch.tokens.shape[1]) for r in rows], axis=0)
+        return mx.concatenate([left_pad(r, batch.tokens.shape[1]) for r in rows], axis=0)
 
     def __call__(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
         return self.forward(inputs, cache=cache)
@@ -268,8 +268,8 @@ class HookedModel:
                                            reduce=reduce)
                        for i, pad in enumerate(batch.left_padding)]
             width = batch.tokens.shape[1]
-            logits = mx.concatenate([_left_pad(lg, width) for lg, _ in per_row], axis=0)
-            acts = {n: mx.concatenate([_left_pad(c[n], width) if reduce is None else c[n]
+            logits = mx.concatenate([left_pad(lg, width) for lg, _ in per_row], axis=0)
+            acts = {n: mx.concatenate([left_pad(c[n], width) if reduce is None else c[n]
                                        for _, c in per_row], axis=0) for n in names}
             return logits, acts
         capture_hooks = [(n, capture(n)) for n in names]
@@ -286,14 +286,6 @@ class HookedModel:
         precision = f"{q['bits']}-bit" if q else str(self.dtype)
         return (f"HookedModel({self.model_id!r}, {self.model_type}, layers={self.num_layers}, "
                 f"hidden={self.hidden_size}, {precision})")
-
-
-def _left_pad(x: mx.array, width: int) -> mx.array:
-    """Zero-pad axis 1 on the left up to `width`."""
-    pad = width - x.shape[1]
-    if pad <= 0:
-        return x
-    return mx.concatenate([mx.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype), x], axis=1)
 
 
 def _model_id_of(model: nn.Module) -> Optional[str]:
