@@ -8,25 +8,28 @@ bandwidth, so a batch of rows costs little more than one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from .generate import PREFILL_CHUNK, eos_ids
-from .inputs import make_batch_cache
+from .generate import PREFILL_CHUNK, eos_ids, prefill_with_cache, stream_from_cache
+from .inputs import TokenBatch, make_batch_cache, to_token_batch
 from .interventions import Positions, create_row_steering_hook, resolve_positions
 from .model import HookedModel, HookSpec
 from .sampling import make_seeded_sampler
 
 __all__ = [
     "Steering",
+    "collect_rows",
     "decode_batch",
     "generate_batch",
     "merge_prefills",
     "row_steering_hooks",
     "stream_batch",
+    "stream_rows",
 ]
 
 
@@ -158,15 +161,83 @@ def stream_batch(
                 y = next_y
 
 
-def decode_batch(hooked: HookedModel, cache: list[Any], logits: mx.array, **kwargs: Any
-                 ) -> list[list[int]]:
-    """All tokens of `stream_batch`, per row."""
-    out: list[list[int]] = [[] for _ in range(logits.shape[0])]
-    for step in stream_batch(hooked, cache, logits, **kwargs):
+def collect_rows(steps: Iterator[list[Optional[int]]], rows: int) -> list[list[int]]:
+    """Gather a step stream (one list per step, None for stopped rows) into per-row tokens."""
+    out: list[list[int]] = [[] for _ in range(rows)]
+    for step in steps:
         for r, token in enumerate(step):
             if token is not None:
                 out[r].append(token)
     return out
+
+
+def decode_batch(hooked: HookedModel, cache: list[Any], logits: mx.array, **kwargs: Any
+                 ) -> list[list[int]]:
+    """All tokens of `stream_batch`, per row."""
+    return collect_rows(stream_batch(hooked, cache, logits, **kwargs), logits.shape[0])
+
+
+def _prefill_batch(hooked: HookedModel, batch: TokenBatch, hooks: Optional[HookSpec],
+                   chunk_size: int) -> Optional[tuple[list[Any], mx.array]]:
+    """Prefill a left-padded batch into fresh batch caches: (cache, last logits (B, V)), or
+    None when this architecture can't run it as one masked batch."""
+    cache = make_batch_cache(hooked.model, batch.left_padding)
+    if cache is None or (batch.is_padded and not hooked._supports_padded_batch()):
+        return None
+    with hooked.hooks(hooks):
+        for start in range(0, batch.tokens.shape[1], chunk_size):
+            logits = hooked.model(batch.tokens[:, start : start + chunk_size], cache=cache)
+            mx.eval(logits, [c.state for c in cache])
+    return cache, logits[:, -1]
+
+
+def _terms(row: RowSteering) -> list[Steering]:
+    return [] if row is None else [row] if isinstance(row, Steering) else list(row)
+
+
+def stream_rows(
+    hooked: HookedModel,
+    tokens: list[int],
+    rows: Sequence[RowSteering],
+    *,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seeds: Optional[Sequence[Optional[int]]] = None,
+) -> Iterator[list[Optional[int]]]:
+    """Continue one prompt once per row of steering, yielding one list per step (a token, or
+    None, per row). One batch when the architecture allows it, sharing a single prefill when no
+    row steers the prompt; otherwise row after row through the plain cached path. Closing the
+    stream removes every hook and hands back every cache."""
+    n, b = len(tokens), len(rows)
+    seeds = [None] * b if seeds is None else list(seeds)
+    touches = [any(resolve_positions(t.positions, n)[0] < n for t in _terms(r)) for r in rows]
+    sample = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    hooks = row_steering_hooks(hooked, rows, [n] * b)
+    start = None
+    if hooked._supports_padded_batch():
+        if any(touches):
+            start = _prefill_batch(hooked, to_token_batch(None, [tokens] * b), hooks,
+                                   PREFILL_CHUNK)
+        else:  # the prompt is unsteered: prefill once, share it
+            cache, logits = prefill_with_cache(hooked, tokens)
+            with contextlib.suppress(ValueError):  # e.g. rotating caches that can't merge
+                start = merge_prefills([cache] * b), mx.repeat(logits[None], b, axis=0)
+    if start is not None:
+        yield from stream_batch(hooked, *start, hooks=hooks, seed=seeds, **sample)
+        return
+    shared = None
+    for r, row in enumerate(rows):
+        row_hooks = row_steering_hooks(hooked, [row], [n]) if row else None
+        if touches[r]:
+            cache, logits = prefill_with_cache(hooked, tokens, hooks=row_hooks)
+        else:
+            shared = shared or prefill_with_cache(hooked, tokens)
+            cache, logits = shared
+        gen = stream_from_cache(hooked, cache, logits, hooks=row_hooks, seed=seeds[r], **sample)
+        with contextlib.closing(gen):
+            for token in gen:
+                yield [token if i == r else None for i in range(b)]
 
 
 def generate_batch(
@@ -191,13 +262,10 @@ def generate_batch(
     if steering is not None and len(steering) != len(lengths):
         raise ValueError(f"steering has {len(steering)} rows for {len(lengths)} prompts")
     row_hooks = row_steering_hooks(hooked, steering, lengths) if steering else []
-    cache = make_batch_cache(hooked.model, batch.left_padding)
-    if cache is None or (batch.is_padded and not hooked._supports_padded_batch()):
-        raise ValueError(f"{hooked.model_type} models cannot run left-padded batches in mlx-lm; "
-                         "generate these prompts one at a time (generate_from_cache)")
-    with hooked.hooks(hooks), hooked.hooks(row_hooks):
-        for start in range(0, batch.tokens.shape[1], chunk_size):
-            logits = hooked.model(batch.tokens[:, start : start + chunk_size], cache=cache)
-            mx.eval(logits, [c.state for c in cache])
-        return decode_batch(hooked, cache, logits[:, -1], max_tokens=max_tokens,
+    with hooked.hooks(hooks):
+        start = _prefill_batch(hooked, batch, row_hooks, chunk_size)
+        if start is None:
+            raise ValueError(f"{hooked.model_type} models cannot run left-padded batches in "
+                             "mlx-lm; generate these prompts one at a time (generate_from_cache)")
+        return decode_batch(hooked, *start, hooks=row_hooks, max_tokens=max_tokens,
                             temperature=temperature, top_p=top_p, seed=seed)

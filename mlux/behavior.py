@@ -8,10 +8,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .batch import Steering, decode_batch, generate_batch, merge_prefills, row_steering_hooks
+from .batch import Steering, collect_rows, stream_rows
 from .evaluation import distinct_n, repetition_rate
-from .generate import generate_from_cache, prefill_with_cache
-from .interventions import steering_hooks
 from .model import HookedModel
 
 __all__ = ["BehaviorCell", "Scorer", "behavior_rates"]
@@ -43,33 +41,15 @@ LayerKey = Union[int, tuple[int, ...]]  # one layer, or several steered together
 def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, float]],
                    seeds: list[int], *, max_tokens: int, temperature: float, max_batch: int,
                    positions: str) -> list[list[int]]:
-    """Continue one prompt once per row `({layer: vector}, alpha)`, decoded as batches when the
-    architecture allows it. With `positions="generated"` one prefill serves every row; with
-    `"all"` each row's prompt is steered too, so rows prefill together as one batch."""
-    n = len(ids)
+    """Continue one prompt once per row `({layer: vector}, alpha)`, `max_batch` rows at a time
+    (one batch, one shared prefill when only generated positions are steered)."""
     steer = [Steering(vecs, alpha, positions=positions) if alpha else None for vecs, alpha in rows]
-    if not hooked._supports_padded_batch():
-        shared = prefill_with_cache(hooked, ids) if positions == "generated" else None
-        out = []
-        for (vecs, alpha), s in zip(rows, seeds, strict=True):
-            hooks = (steering_hooks(vecs, alpha, positions=positions, prompt_length=n)
-                     if alpha else None)
-            cache, logits = shared or prefill_with_cache(hooked, ids, hooks=hooks)
-            out.append(generate_from_cache(hooked, cache, logits, max_tokens=max_tokens,
-                                           temperature=temperature, seed=s, hooks=hooks))
-        return out
-    out = []
-    shared = prefill_with_cache(hooked, ids) if positions == "generated" else None
+    out: list[list[int]] = []
     for g in range(0, len(rows), max_batch):
-        group, group_seeds = steer[g : g + max_batch], seeds[g : g + max_batch]
-        sample = dict(max_tokens=max_tokens, temperature=temperature, seed=group_seeds)
-        if shared is None:
-            out += generate_batch(hooked, [ids] * len(group), steering=group, **sample)
-            continue
-        cache, logits = shared
-        hooks = row_steering_hooks(hooked, group, [n] * len(group))
-        out += decode_batch(hooked, merge_prefills([cache] * len(group)),
-                            mx.repeat(logits[None], len(group), axis=0), hooks=hooks, **sample)
+        group = steer[g : g + max_batch]
+        out += collect_rows(stream_rows(hooked, ids, group, max_tokens=max_tokens,
+                                        temperature=temperature, seeds=seeds[g : g + max_batch]),
+                            len(group))
     return out
 
 

@@ -6,8 +6,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .batch import Steering, decode_batch, generate_batch, merge_prefills, row_steering_hooks
-from .generate import generate_from_cache, prefill_with_cache
+from .batch import Steering, collect_rows, stream_rows
 from .interventions import Positions, resolve_positions, steering_hooks
 from .model import HookedModel
 from .steering import apply_chat, extract_steering_vectors, resolve_layers
@@ -60,9 +59,6 @@ class ContrastiveSteering:
         text = apply_chat(self.hooked, [prompt])[0] if self.chat else prompt
         return self.hooked.tokenize(text).tokens[0].tolist()
 
-    def _touches_prompt(self, alpha: float, prompt_length: int) -> bool:
-        return alpha != 0 and resolve_positions(self.positions, prompt_length)[0] < prompt_length
-
     def compare(
         self,
         prompt: str,
@@ -81,33 +77,14 @@ class ContrastiveSteering:
         alphas = [float(a) for a in alphas]
         if not alphas:
             raise ValueError("compare needs at least one alpha")
-        tokens = self._tokens(prompt)
-        n, rows = len(tokens), len(alphas)
-        steering = [Steering(self.vectors, a, positions=self.positions) if a else None
-                    for a in alphas]
-        sample = {"temperature": temperature, "top_p": top_p,
-                  "seed": None if seed is None else [seed] * rows}
-        if not self.hooked._supports_padded_batch():
-            outs = [self._one(tokens, a, max_tokens, temperature, top_p, seed) for a in alphas]
-        elif any(self._touches_prompt(a, n) for a in alphas):
-            outs = generate_batch(self.hooked, [tokens] * rows, max_tokens=max_tokens,
-                                  steering=steering, **sample)
-        else:
-            cache, logits = prefill_with_cache(self.hooked, tokens)
-            hooks = row_steering_hooks(self.hooked, steering, [n] * rows)
-            outs = decode_batch(self.hooked, merge_prefills([cache] * rows),
-                                mx.repeat(logits[None], rows, axis=0), max_tokens=max_tokens,
-                                hooks=hooks, **sample)
+        rows = [Steering(self.vectors, a, positions=self.positions) if a else None
+                for a in alphas]
+        outs = collect_rows(stream_rows(
+            self.hooked, self._tokens(prompt), rows, max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p,
+            seeds=None if seed is None else [seed] * len(rows)), len(rows))
         return {a: self.hooked.tokenizer.decode(ids) for a, ids in zip(alphas, outs,
                                                                         strict=True)}
-
-    def _one(self, tokens: list[int], alpha: float, max_tokens: int, temperature: float,
-             top_p: float, seed: Optional[int]) -> list[int]:
-        """One alpha on its own (architectures that can't batch)."""
-        hooks = self.hooks(alpha, prompt_length=len(tokens)) if alpha else None
-        cache, logits = prefill_with_cache(self.hooked, tokens, hooks=hooks)
-        return generate_from_cache(self.hooked, cache, logits, max_tokens=max_tokens,
-                                   hooks=hooks, temperature=temperature, top_p=top_p, seed=seed)
 
     def generate(
         self,

@@ -90,7 +90,12 @@ def test_compare_batch_equals_sequential_generate(tmp_path):
         both = steer.compare("w5 w6", alphas=[-3.0, 0.0, 3.0], max_tokens=8, temperature=1.0,
                              seed=11)
         for alpha, text in both.items():
-            ids = steer._one(hooked.tokenize("w5 w6").tokens[0].tolist(), alpha, 8, 1.0, 1.0, 11)
+            # Independent reference: this alpha alone through prefill + generate_from_cache.
+            tokens = hooked.tokenize("w5 w6").tokens[0].tolist()
+            hooks = steer.hooks(alpha, prompt_length=len(tokens)) if alpha else None
+            cache, logits = prefill_with_cache(hooked, tokens, hooks=hooks)
+            ids = generate_from_cache(hooked, cache, logits, max_tokens=8, hooks=hooks,
+                                      temperature=1.0, seed=11)
             assert text == hooked.tokenizer.decode(ids)
 
 

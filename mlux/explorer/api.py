@@ -149,8 +149,8 @@ def generation_events(state: ExplorerState, req: GenerateRequest, vector: Steeri
     yield "start", {"rows": [{"row": r, "alpha": a} for r, a in enumerate(alphas)],
                     "prompt_tokens": len(tokens), "layers": req.layers}
     texts = [RowText(hooked.tokenizer) for _ in rows]
-    steps = stream_rows(hooked, tokens, rows, positions=req.positions,
-                        max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed)
+    steps = stream_rows(hooked, tokens, rows, max_tokens=req.max_tokens,
+                        temperature=req.temperature, seed=req.seed)
     with contextlib.closing(steps):
         for step in steps:
             yield "tokens", {"tokens": [{"row": r, "id": t, "piece": texts[r].add(t)}

@@ -11,10 +11,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import mlx.core as mx
 
-from mlux.batch import Steering, merge_prefills, row_steering_hooks, stream_batch
-from mlux.generate import PREFILL_CHUNK, prefill_with_cache, stream_from_cache
-from mlux.inputs import make_batch_cache
-from mlux.interventions import steering_hooks
+from mlux.batch import Steering
+from mlux.batch import stream_rows as batch_stream_rows
 from mlux.model import HookedModel
 from mlux.steering import apply_chat
 from mlux.vectors import SteeringVector
@@ -39,68 +37,25 @@ def prompt_tokens(hooked: HookedModel, prompt: str, chat: bool) -> list[int]:
     return hooked.tokenize(text).tokens[0].tolist()
 
 
-def _batched_start(hooked: HookedModel, tokens: list[int], rows: Sequence[Optional[Steering]],
-                   positions: str) -> Optional[tuple[list[Any], mx.array, list[Any]]]:
-    """(batch cache, last logits (B, V), row hooks), or None when this model can't batch."""
-    if not hooked._supports_padded_batch():
-        return None
-    n, b = len(tokens), len(rows)
-    hooks = row_steering_hooks(hooked, rows, [n] * b)
-    if positions == "generated":  # the prompt is unsteered: prefill once, share it
-        cache, logits = prefill_with_cache(hooked, tokens)
-        try:
-            return merge_prefills([cache] * b), mx.repeat(logits[None], b, axis=0), hooks
-        except ValueError:  # e.g. rotating caches that can't merge
-            return None
-    cache = make_batch_cache(hooked.model, [0] * b)
-    if cache is None:
-        return None
-    batch = mx.array([tokens] * b)
-    with hooked.hooks(hooks):
-        for start in range(0, n, PREFILL_CHUNK):
-            out = hooked.model(batch[:, start : start + PREFILL_CHUNK], cache=cache)
-            mx.eval(out, [c.state for c in cache])
-    return cache, out[:, -1], hooks
-
-
 def stream_rows(
     hooked: HookedModel,
     tokens: list[int],
     rows: Sequence[Optional[Steering]],
     *,
-    positions: str,
     max_tokens: int,
     temperature: float = 0.0,
     seed: Optional[int] = None,
 ) -> Iterator[dict[int, int]]:
-    """Yield `{row: token}` per decoding step. Rows decode as one batch when the model allows
-    it, else one after another; either way closing the generator removes every hook."""
-    start = _batched_start(hooked, tokens, rows, positions)
-    if start is not None:
-        cache, logits, hooks = start
-        seeds = None if seed is None else [seed] * len(rows)  # same luck for every row
-        steps = stream_batch(hooked, cache, logits, max_tokens=max_tokens, hooks=hooks,
-                             temperature=temperature, seed=seeds)
-        with contextlib.closing(steps):
-            for step in steps:
-                tokens = {r: t for r, t in enumerate(step) if t is not None}
-                if tokens:  # a step where the last rows stopped carries no token
-                    yield tokens
-        return
-    shared: Optional[tuple[list[Any], mx.array]] = None
-    for r, row in enumerate(rows):
-        hooks = None if row is None else steering_hooks(
-            row.per_layer(), row.alpha, positions=positions, prompt_length=len(tokens))
-        if hooks is not None and positions == "all":
-            cache, logits = prefill_with_cache(hooked, tokens, hooks=hooks)
-        else:
-            shared = shared or prefill_with_cache(hooked, tokens)
-            cache, logits = shared
-        gen = stream_from_cache(hooked, cache, logits, max_tokens=max_tokens, hooks=hooks,
-                                temperature=temperature, seed=seed)
-        with contextlib.closing(gen):
-            for token in gen:
-                yield {r: token}
+    """`{row: token}` per decoding step, from `mlux.batch.stream_rows` (one batch where the
+    model allows it); every row gets the same seed, so rows differ by steering, not luck."""
+    seeds = None if seed is None else [seed] * len(rows)
+    steps = batch_stream_rows(hooked, tokens, rows, max_tokens=max_tokens,
+                              temperature=temperature, seeds=seeds)
+    with contextlib.closing(steps):
+        for step in steps:
+            step_tokens = {r: t for r, t in enumerate(step) if t is not None}
+            if step_tokens:  # a step where the last rows stopped carries no token
+                yield step_tokens
 
 
 class RowText:
@@ -181,7 +136,7 @@ def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[i
     the baseline, row i+1 steers layers[i])."""
     rows = [None, *(Steering({lyr: vector[lyr]}, alpha, positions="generated") for lyr in layers)]
     gens: list[list[int]] = [[] for _ in rows]
-    steps = stream_rows(hooked, tokens, rows, positions="generated", max_tokens=max_tokens)
+    steps = stream_rows(hooked, tokens, rows, max_tokens=max_tokens)
     with contextlib.closing(steps):
         for step in steps:
             for r, token in step.items():
