@@ -17,6 +17,7 @@ __all__ = [
     "apply_chat",
     "compute_steering_vector",
     "extract_steering_vectors",
+    "extract_with_activations",
     "last_token_activations",
     "resolve_layers",
 ]
@@ -82,7 +83,7 @@ def _pca_direction(pos: mx.array, neg: mx.array) -> mx.array:
     return d * mx.mean(proj)
 
 
-def extract_steering_vectors(
+def extract_with_activations(
     hooked: HookedModel,
     positive: Sequence[str],
     negative: Sequence[str],
@@ -91,11 +92,9 @@ def extract_steering_vectors(
     method: str = "mean_diff",
     chat: bool = False,
     batch_size: int = 16,
-) -> dict[int, mx.array]:
-    """Per-layer `(D,)` float32 directions: `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style).
-
-    `chat=True` wraps each prompt in the tokenizer's chat template first.
-    """
+) -> tuple[dict[int, mx.array], dict[int, mx.array]]:
+    """`extract_steering_vectors`, plus the float32 last-token activations `(N, D)` it was
+    computed from (positives first), for callers that need both from the one pass."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
@@ -118,7 +117,25 @@ def extract_steering_vectors(
             raise ValueError(f"the vector at layer {i} is not finite (activations overflowed)")
         out[i] = vec
     mx.eval(out)
-    return out
+    return out, acts
+
+
+def extract_steering_vectors(
+    hooked: HookedModel,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    layers: Union[int, str, Iterable[Any]],
+    *,
+    method: str = "mean_diff",
+    chat: bool = False,
+    batch_size: int = 16,
+) -> dict[int, mx.array]:
+    """Per-layer `(D,)` float32 directions: `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style).
+
+    `chat=True` wraps each prompt in the tokenizer's chat template first.
+    """
+    return extract_with_activations(hooked, positive, negative, layers, method=method,
+                                    chat=chat, batch_size=batch_size)[0]
 
 
 def compute_steering_vector(

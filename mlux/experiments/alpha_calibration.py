@@ -25,7 +25,7 @@ from ..evaluation import kl_divergence, perplexity
 from ..generate import prefill_with_cache
 from ..interventions import create_steering_hook
 from ..model import HookedModel
-from ..steering import extract_steering_vectors, last_token_activations
+from ..steering import extract_with_activations
 from .common import (
     ResultFile,
     add_common_arguments,
@@ -111,8 +111,7 @@ def alpha_calibration(
     """`alphas` default to a geometric grid of pushes from 0.05 to 20 times the layer's mean
     residual norm (as multiples of each layer's own vector)."""
     layers = list(range(hooked.num_layers)) if layers is None else list(layers)
-    vectors = extract_steering_vectors(hooked, positive, negative, layers)
-    acts = last_token_activations(hooked, [*positive, *negative], layers)
+    vectors, acts = extract_with_activations(hooked, positive, negative, layers)
     common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
                   temperature=temperature, seed=seed)
 

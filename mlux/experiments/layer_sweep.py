@@ -22,7 +22,7 @@ import mlx.core as mx
 
 from ..behavior import Scorer, behavior_rates
 from ..model import HookedModel
-from ..steering import extract_steering_vectors, last_token_activations
+from ..steering import extract_with_activations
 from .common import (
     ResultFile,
     add_common_arguments,
@@ -69,8 +69,7 @@ def layer_sweep(
     progress: bool = False,
 ) -> LayerSweepResult:
     layers = list(range(hooked.num_layers)) if layers is None else list(layers)
-    vectors = extract_steering_vectors(hooked, positive, negative, layers)
-    acts = last_token_activations(hooked, [*positive, *negative], layers)
+    vectors, acts = extract_with_activations(hooked, positive, negative, layers)
     common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
                   temperature=temperature, seed=seed, positions=positions)
 
