@@ -17,7 +17,12 @@ from mlx_lm.models.cache import KVCache
 
 from .generate import PREFILL_CHUNK, eos_ids, prefill_with_cache, stream_from_cache
 from .inputs import TokenBatch, make_batch_cache, to_token_batch
-from .interventions import Positions, create_row_steering_hook, resolve_positions
+from .interventions import (
+    Positions,
+    create_row_steering_hook,
+    directions_at,
+    resolve_positions,
+)
 from .model import HookedModel, HookSpec
 from .sampling import make_seeded_sampler
 
@@ -47,17 +52,8 @@ class Steering:
     positions: Positions = "all"
 
     def per_layer(self) -> dict[int, mx.array]:
-        directions = getattr(self.vector, "directions", self.vector)
-        if isinstance(directions, dict):
-            chosen = list(directions) if self.layers is None else list(self.layers)
-            missing = [i for i in chosen if i not in directions]
-            if missing:
-                raise ValueError(f"no vector for layers {missing}; the vector has layers "
-                                 f"{sorted(directions)}")
-            return {i: mx.array(directions[i], dtype=mx.float32) for i in chosen}
-        if not self.layers:
-            raise ValueError("a single (D,) steering vector needs layers=[...]")
-        return {i: mx.array(directions, dtype=mx.float32) for i in self.layers}
+        return {i: mx.array(v, dtype=mx.float32)
+                for i, v in directions_at(self.vector, self.layers).items()}
 
 
 RowSteering = Union[None, Steering, Sequence[Steering]]

@@ -18,6 +18,7 @@ __all__ = [
     "create_additive_hook",
     "create_row_steering_hook",
     "create_steering_hook",
+    "directions_at",
     "resolve_positions",
     "steering_hooks",
 ]
@@ -212,6 +213,27 @@ def create_ablation_hook(
     return _positional(delta_of, start, end)
 
 
+def directions_at(vectors: Any, layers: Optional[Iterable[int]] = None) -> dict[int, Any]:
+    """`{layer: (D,) direction}` from a `{layer: vector}` dict or a `SteeringVector` (narrowed
+    to `layers` when given), or from one `(D,)` vector placed at every layer in `layers`."""
+    directions = getattr(vectors, "directions", vectors)
+    if isinstance(directions, Mapping):
+        chosen = list(directions) if layers is None else list(layers)
+        missing = [i for i in chosen if i not in directions]
+        if missing:
+            raise ValueError(f"no vector for layers {missing}; the vector has layers "
+                             f"{sorted(directions)}")
+        out = {i: directions[i] for i in chosen}
+    else:
+        if not layers:
+            raise ValueError("a single (D,) steering vector needs layers=[...] to say where to "
+                             "add it")
+        out = {i: directions for i in layers}
+    if not out:
+        raise ValueError("no layers to steer")
+    return out
+
+
 def steering_hooks(
     vectors: Any,
     alpha: Union[float, mx.array] = 1.0,
@@ -222,20 +244,7 @@ def steering_hooks(
 ) -> list[tuple[str, Hook]]:
     """`(residuals_i, hook)` pairs for `HookedModel.hooks`: one vector per layer (a dict or a
     `SteeringVector`), or one `(D,)` vector at every layer in `layers`."""
-    directions = getattr(vectors, "directions", vectors)
-    if isinstance(directions, Mapping):
-        chosen = list(directions) if layers is None else list(layers)
-        missing = [i for i in chosen if i not in directions]
-        if missing:
-            raise ValueError(f"no vector for layers {missing}; vectors exist for "
-                             f"{sorted(directions)}")
-        per_layer = {i: directions[i] for i in chosen}
-    else:
-        if layers is None:
-            raise ValueError("a single vector needs layers=[...] to say where to add it")
-        per_layer = {i: directions for i in layers}
-    if not per_layer:
-        raise ValueError("no layers to steer")
+    per_layer = directions_at(vectors, layers)
     return [
         (f"residuals_{i}", create_steering_hook(v, alpha, positions=positions,
                                                 prompt_length=prompt_length))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 
 from ..behavior import behavior_rates
+from ..interventions import directions_at
 from ..model import HookedModel
 from ..steering import extract_steering_vectors
 from .common import (
@@ -39,15 +40,6 @@ def _hooked(model: Any, tokenizer: Any) -> HookedModel:
     if isinstance(model, HookedModel):
         return model
     return HookedModel(model, tokenizer)
-
-
-def _directions(vector: Any, layers: Optional[Sequence[int]]) -> dict[int, mx.array]:
-    directions = getattr(vector, "directions", vector)
-    if isinstance(directions, dict):
-        return {i: directions[i] for i in (layers or directions)}
-    if not layers:
-        raise ValueError("a (D,) steering vector needs layers=[...]")
-    return {i: mx.array(directions, dtype=mx.float32) for i in layers}
 
 
 def random_like(vectors: dict[int, mx.array], seed: int = 0) -> dict[int, mx.array]:
@@ -78,7 +70,8 @@ def strength_sweep(
     `control_rate` for a random direction of equal norm. `model` may be a `HookedModel`
     (then `tokenizer` may be None); a vector with several layers steers them together."""
     hooked = _hooked(model, tokenizer)
-    vectors = _directions(steering_vector, layers)
+    vectors = {i: mx.array(v, dtype=mx.float32)
+               for i, v in directions_at(steering_vector, layers).items()}
     common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
                   temperature=temperature, seed=seed)
     steered = _multi(hooked, vectors, test_prompts, is_target_behavior_fn, strengths, common)
