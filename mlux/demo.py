@@ -54,7 +54,7 @@ def _word_scorer(text: str) -> Optional[bool]:
 def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
     """Contrast prompts, test prompts and scorer for the demo on `model_name`."""
     if model_name in BUILTIN_MODELS:
-        from .toy import CONTRAST_PROMPTS, FEATURES, TEST_PROMPTS, feature_label
+        from .toy import CONTRAST_PROMPTS, FEATURES, TEST_PROMPTS, feature_scorer
 
         feature = feature or "sentiment"
         if feature not in FEATURES:
@@ -62,11 +62,7 @@ def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
                              f"{', '.join(FEATURES)}")
         target = FEATURES[feature][0]
         pos, neg = CONTRAST_PROMPTS[feature]
-
-        def scorer(text: str) -> Optional[bool]:
-            label = feature_label(text, feature)
-            return None if label is None else label == target
-
+        scorer = feature_scorer(feature, target)
         # Calibrated on the built-in model (its card's steering table): formality's vector is
         # long relative to the stream, so it needs a smaller alpha.
         layer, alpha = {"sentiment": (2, 2.0), "formality": (3, 0.75)}[feature]

@@ -20,6 +20,7 @@ from ..model import HookedModel
 __all__ = [
     "ResultFile",
     "add_common_arguments",
+    "best_by_effect",
     "contrast_prompts",
     "load_prompts",
     "resolve_scorer",
@@ -105,6 +106,12 @@ def progress_bar(items: Sequence[Any], show: bool, desc: str = "layers") -> Any:
     return tqdm(items, desc=desc, unit="layer")
 
 
+def best_by_effect(effects: dict[int, float], top_k: int) -> list[int]:
+    """Layers by decreasing effect (unmeasurable NaN effects last, ties to the lower layer)."""
+    return sorted(effects, key=lambda i: (-(effects[i] if effects[i] == effects[i]
+                                           else float("-inf")), i))[:top_k]
+
+
 def timed_cell(result: ResultFile, key: str, fn: Callable[[], Any]) -> Any:
     """Compute a cell unless a previous run finished it."""
     if result.done(key):
@@ -156,24 +163,22 @@ def contrast_prompts(model: str, feature: Optional[str]) -> tuple[list[str], lis
     return list(task.positive), list(task.negative), list(task.prompts)
 
 
-def resolve_scorer(spec: Optional[str], model: str) -> tuple[Scorer, str]:
+def resolve_scorer(spec: Optional[str], model: str,
+                   feature: Optional[str] = None) -> tuple[Scorer, str]:
     """A behaviour function from a name: `toy:FEATURE=VALUE` (built-in model), `refusal`,
-    `contains:w1,w2`, or `package.module:function`."""
+    `contains:w1,w2`, or `package.module:function`. None: the scorer of the default contrast
+    task (the built-in model's `feature`, else the happy/sad word count)."""
     if spec is None:
-        spec = "toy:sentiment=happy" if model in BUILTIN_MODELS else "contains:happy,joy,love"
+        from ..demo import demo_task
+
+        task = demo_task(model if model in BUILTIN_MODELS else "", feature)
+        name = f"toy:{task.feature}={task.target}" if model in BUILTIN_MODELS else "happy_sad"
+        return task.scorer, name
     if spec.startswith("toy:"):
-        from ..toy import FEATURES, feature_label
+        from ..toy import feature_scorer
 
         feature, _, value = spec[4:].partition("=")
-        if feature not in FEATURES or value not in FEATURES[feature]:
-            raise ValueError(f"unknown toy behaviour {spec!r}; valid: " + ", ".join(
-                f"toy:{f}={v}" for f, vs in FEATURES.items() for v in vs))
-
-        def toy(text: str) -> Optional[bool]:
-            label = feature_label(text, feature)
-            return None if label is None else label == value
-
-        return toy, spec
+        return feature_scorer(feature, value), spec
     if spec == "refusal":
         return is_refusal, spec
     if spec.startswith("contains:"):

@@ -26,6 +26,7 @@ from ..steering import extract_with_activations
 from .common import (
     ResultFile,
     add_common_arguments,
+    best_by_effect,
     cli_main,
     layer_ints,
     plot_path,
@@ -99,15 +100,11 @@ def layer_sweep(
         rows.append(cell(f"layer_{layer}", run))
     floor = 0.5 * base["distinct_2"]
     coherent = [r for r in rows if min(r["distinct_2_positive"], r["distinct_2_negative"]) >= floor]
-    ranked = sorted(coherent, key=lambda r: (-_finite(r["effect"]), r["layer"]))
-    out = LayerSweepResult(rows, base["rate"], [r["layer"] for r in ranked[:top_k]])
+    best = best_by_effect({r["layer"]: r["effect"] for r in coherent}, top_k)
+    out = LayerSweepResult(rows, base["rate"], best)
     if result is not None:
         result.finish({"baseline_rate": out.baseline_rate, "best_layers": out.best_layers})
     return out
-
-
-def _finite(x: float) -> float:
-    return x if x == x else float("-inf")
 
 
 def plot(res: LayerSweepResult, path: Path, behavior: str) -> Path:
@@ -144,7 +141,7 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
 def run_cli(args: argparse.Namespace) -> int:
     hooked = HookedModel.from_pretrained(args.model)
     pos, neg, test = prompts_from_args(args)
-    scorer, behavior = resolve_scorer(args.behavior, args.model)
+    scorer, behavior = resolve_scorer(args.behavior, args.model, args.feature)
     layers = layer_ints(hooked, args.layers)
     settings = {"alpha": args.alpha, "relative": not args.raw, "layers": layers,
                 "positions": args.positions,

@@ -24,6 +24,7 @@ from ..steering import extract_steering_vectors
 from .common import (
     ResultFile,
     add_common_arguments,
+    best_by_effect,
     cli_main,
     parse_floats,
     plot_path,
@@ -131,12 +132,8 @@ def find_best_layers(
         rates = [r["behavior_rate"] for r in rows]
         per_layer[layer] = {"sweep": rows, "effect": rates[-1] - rates[0],
                             "vector_norm": float(mx.linalg.norm(vectors[layer]).item())}
-    ranked = sorted(layers, key=lambda i: (-_finite(per_layer[i]["effect"]), i))
-    return {"best_layers": ranked[:top_k], "per_layer": per_layer, "vectors": vectors}
-
-
-def _finite(x: float) -> float:
-    return x if x == x else float("-inf")
+    best = best_by_effect({i: per_layer[i]["effect"] for i in layers}, top_k)
+    return {"best_layers": best, "per_layer": per_layer, "vectors": vectors}
 
 
 def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -157,7 +154,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     hooked = HookedModel.from_pretrained(args.model)
     pos, neg, test = prompts_from_args(args)
-    scorer, behavior = resolve_scorer(args.behavior, args.model)
+    scorer, behavior = resolve_scorer(args.behavior, args.model, args.feature)
     strengths = parse_floats(args.strengths, "--strengths")
     layer = args.layer if args.layer is not None else \
         hooked.config.get_recommended_layers("default")[0]

@@ -42,15 +42,8 @@ def behaviour_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[s
 
 def toy_behaviour_sweeps() -> dict[str, Callable[..., dict[str, Any]]]:
     """One mode per feature value the built-in model was trained on."""
-    from ..toy import FEATURES, TEST_PROMPTS, feature_label
+    from ..toy import FEATURES, TEST_PROMPTS, feature_scorer
 
-    modes = {}
-    for feature, values in FEATURES.items():
-        target = values[0]
-
-        def scorer(text: str, feature: str = feature, target: str = target) -> Optional[bool]:
-            label = feature_label(text, feature)
-            return None if label is None else label == target
-
-        modes[f"behaviour:{target}"] = behaviour_sweep(scorer, TEST_PROMPTS, target)
-    return modes
+    return {f"behaviour:{values[0]}": behaviour_sweep(feature_scorer(feature, values[0]),
+                                                      TEST_PROMPTS, values[0])
+            for feature, values in FEATURES.items()}

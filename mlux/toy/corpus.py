@@ -7,7 +7,7 @@ every sentence carries both features and a model must track them across the whol
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain, pairwise, product
 from types import MappingProxyType
@@ -28,6 +28,7 @@ __all__ = [
     "Example",
     "classify",
     "feature_label",
+    "feature_scorer",
     "generate_corpus",
     "generate_paragraph",
     "grammar_score",
@@ -251,6 +252,21 @@ def classify(text: str) -> dict[str, dict[str, Any]]:
 def feature_label(text: str, feature: str) -> str | None:
     """Majority label of one feature (`"sentiment"` or `"formality"`) in `text`."""
     return classify(text)[feature]["label"]
+
+
+def feature_scorer(feature: str, value: str) -> Callable[[str], bool | None]:
+    """A behaviour function: True if `text` is labelled `value`, False if the other value,
+    None if the feature can't be told (a tie)."""
+    if feature not in FEATURES or value not in FEATURES[feature]:
+        raise ValueError(f"unknown toy behaviour {feature}={value}; valid: " + ", ".join(
+            f"{f}={v}" for f, vs in FEATURES.items() for v in vs))
+
+    def scorer(text: str) -> bool | None:
+        label = feature_label(text, feature)
+        return None if label is None else label == value
+
+    scorer.__name__ = f"toy:{feature}={value}"
+    return scorer
 
 
 def grammar_score(text: str) -> float:
