@@ -24,7 +24,7 @@ from .interventions import (
     resolve_positions,
 )
 from .model import HookedModel, HookSpec
-from .sampling import make_seeded_sampler
+from .sampling import make_seeded_sampler, sample_rows
 
 __all__ = [
     "Steering",
@@ -125,14 +125,10 @@ def stream_batch(
     seeds = ([None] * rows if seed is None else
              [seed + r for r in range(rows)] if isinstance(seed, int) else list(seed))
     samplers = [make_seeded_sampler(temperature, top_p, s) for s in seeds]
-    greedy = temperature == 0
     stop = eos_ids(hooked.tokenizer)
 
     def sample(lg: mx.array) -> mx.array:
-        logprobs = lg - mx.logsumexp(lg, axis=-1, keepdims=True)
-        if greedy:
-            return mx.argmax(logprobs, axis=-1)
-        return mx.concatenate([s(logprobs[r : r + 1]) for r, s in enumerate(samplers)])
+        return sample_rows(lg, samplers, greedy=temperature == 0)
 
     done = [m == 0 for m in limits]
     counts = [0] * rows

@@ -3,12 +3,12 @@ global RNG (which mlx-lm's samplers use and which cannot be saved and restored).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_top_p, make_sampler
 
-__all__ = ["Sampler", "make_seeded_sampler"]
+__all__ = ["Sampler", "make_seeded_sampler", "sample_rows"]
 
 Sampler = Callable[[mx.array], mx.array]
 
@@ -33,3 +33,12 @@ def make_seeded_sampler(
         return mx.random.categorical(logprobs * (1 / temperature), key=key)
 
     return sampler
+
+
+def sample_rows(logits: mx.array, samplers: Sequence[Sampler], greedy: bool) -> mx.array:
+    """One token per row of `logits` `(B, V)`: argmax for all rows at once when `greedy`,
+    else row r drawn by `samplers[r]` (each with its own seed)."""
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    if greedy:
+        return mx.argmax(logprobs, axis=-1)
+    return mx.concatenate([s(logprobs[r : r + 1]) for r, s in enumerate(samplers)])

@@ -17,9 +17,9 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from mlux.batch import Steering
+from mlux.detokenize import RowText
 from mlux.explorer.app import ExplorerState, get_state
 from mlux.explorer.engine import (
-    RowText,
     generated_projections,
     prompt_tokens,
     stream_rows,

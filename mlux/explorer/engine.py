@@ -18,7 +18,6 @@ from mlux.steering import apply_chat
 from mlux.vectors import SteeringVector
 
 __all__ = [
-    "RowText",
     "SweepFn",
     "generated_projections",
     "projection_sweep",
@@ -56,28 +55,6 @@ def stream_rows(
             step_tokens = {r: t for r, t in enumerate(step) if t is not None}
             if step_tokens:  # a step where the last rows stopped carries no token
                 yield step_tokens
-
-
-class RowText:
-    """Incremental detokenisation of one row: each token's new text, held back while the
-    decoded text ends in an incomplete UTF-8 sequence."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.pieces: list[str] = []
-        self.text = ""
-
-    def add(self, token: int) -> str:
-        self.ids.append(int(token))
-        full = self.tokenizer.decode(self.ids)
-        if full.endswith("\ufffd"):
-            self.pieces.append("")
-            return ""
-        piece = full[len(self.text):] if full.startswith(self.text) else full
-        self.text = full
-        self.pieces.append(piece)
-        return piece
 
 
 def unit_vectors(vector: SteeringVector, layers: Sequence[int]) -> dict[int, mx.array]:

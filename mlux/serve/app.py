@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from ..detokenize import RowText
 from ..model import HookedModel
 from ..vector_library import VectorLibrary
 from .engine import Engine, Job
@@ -149,19 +150,15 @@ def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
         return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
 
-    ids: list[int] = []
-    sent = ""
+    text = RowText(tokenizer)
     try:
         yield event(None, None, first=True)
         for token in job.tokens():
-            ids.append(token)
-            text = tokenizer.decode(ids)
-            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
-                continue
-            yield event(text[len(sent):], None)
-            sent = text
-        text = tokenizer.decode(ids)
-        yield event(text[len(sent):], job.finish.reason if job.finish else "stop")
+            piece = text.add(token)
+            if piece:
+                yield event(piece, None)
+        rest = tokenizer.decode(text.ids)[len(text.text):]  # anything still held back
+        yield event(rest, job.finish.reason if job.finish else "stop")
         yield "data: [DONE]\n\n"
     finally:
         job.cancel()

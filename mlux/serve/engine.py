@@ -19,7 +19,7 @@ from ..batch import row_steering_hooks
 from ..generate import eos_ids, prefill_with_cache, stream_from_cache
 from ..inputs import make_batch_cache, to_token_batch
 from ..model import HookedModel
-from ..sampling import make_seeded_sampler
+from ..sampling import make_seeded_sampler, sample_rows
 from .protocol import GenerationRequest
 
 __all__ = ["Engine", "Finished", "Job"]
@@ -134,10 +134,8 @@ class Engine:
                                   [len(j.request.prompt_tokens) for j in jobs])
 
     def _sample(self, jobs: list[Job], logits: mx.array) -> mx.array:
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        if all(j.request.temperature == 0 for j in jobs):
-            return mx.argmax(logprobs, axis=-1)
-        return mx.concatenate([j.sampler(logprobs[r : r + 1]) for r, j in enumerate(jobs)])
+        return sample_rows(logits, [j.sampler for j in jobs],
+                           greedy=all(j.request.temperature == 0 for j in jobs))
 
     def _admit(self, fresh: list[Job], rows: list[Job], state: dict[str, Any]) -> None:
         """Prefill newcomers as their own left-padded batch, then append them to the rows."""
