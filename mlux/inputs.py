@@ -19,7 +19,7 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
-__all__ = ["Inputs", "TokenBatch", "encode", "left_pad", "make_batch_cache", "to_token_batch"]
+__all__ = ["Inputs", "RowGroup", "TokenBatch", "encode", "left_pad", "make_batch_cache", "to_token_batch"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 
@@ -39,6 +39,16 @@ class TokenBatch:
     @property
     def is_padded(self) -> bool:
         return any(self.left_padding)
+
+
+@dataclass
+class RowGroup:
+    """Rows of a batch that run through the model together: their indices in the batch, their
+    tokens `(b, T)` and the cache they run on (None: no cache)."""
+
+    rows: list[int]
+    tokens: mx.array
+    cache: Optional[list[Any]]
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -23,21 +23,26 @@ __all__ = [
     "steering_hooks",
 ]
 
-# "all" | "prompt" | "generated" | k (from absolute position k on) | (start, end) half-open
+# Absolute positions of the *input* tokens whose residuals are steered; n = prompt length.
+#   tokens:    t0  t1  ...  t(n-2) | t(n-1)  g0  g1 ...
+#   predicts:  t1  t2  ...  t(n-1) | g0      g1  g2 ...
+#              \---- "prompt" ----/ \------ "generated" ------/   (together: "all")
+# "generated" starts at n - 1 because that position's output predicts the first new token.
 Positions = Union[str, int, tuple[int, Optional[int]]]
 _POSITION_CHOICES = "'all', 'prompt', 'generated', an int k (from position k on) or (start, end)"
 
 
 def resolve_positions(positions: Positions, prompt_length: Optional[int]) -> tuple[int, float]:
-    """Turn a where-to-steer option into a half-open range [start, end) of absolute positions."""
+    """Turn a where-to-steer option into a half-open range [start, end) of absolute positions:
+    "all" = [0, inf), "prompt" = [0, n - 1), "generated" = [n - 1, inf)."""
     if positions in ("prompt", "generated") and prompt_length is None:
         raise ValueError(f"positions={positions!r} needs prompt_length (the prompt's token count)")
     if positions == "all":
         return 0, float("inf")
     if positions == "prompt":
-        return 0, prompt_length
+        return 0, max(prompt_length - 1, 0)
     if positions == "generated":
-        return prompt_length, float("inf")
+        return max(prompt_length - 1, 0), float("inf")
     if isinstance(positions, int) and not isinstance(positions, bool) and positions >= 0:
         return positions, float("inf")
     if (isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[0], int)
@@ -57,6 +62,18 @@ def _as_f32(value: Any, what: str) -> mx.array:
     if not bool(mx.all(mx.isfinite(arr)).item()):
         raise ValueError(f"{what} contains NaN or inf values")
     return arr
+
+
+def _one_direction(vector: Any) -> Any:
+    """The `(D,)` array of a one-layer `SteeringVector` (or the array itself)."""
+    directions = getattr(vector, "directions", None)
+    if not isinstance(directions, Mapping):
+        return vector
+    if len(directions) != 1:
+        raise ValueError(f"this SteeringVector has layers {sorted(directions)}; a hook takes one "
+                         "direction: use steering_hooks(vector, alpha) for every layer, or "
+                         "vector[layer] for one")
+    return next(iter(directions.values()))
 
 
 def _window_mask(ctx: HookContext, start: float, end: float) -> Union[None, bool, mx.array]:
@@ -95,7 +112,7 @@ def create_steering_hook(
 
     `vector` is `(D,)` or per-row `(B, D)`; `alpha` a float or per-row `(B,)` (0 = unsteered row).
     """
-    vec = _as_f32(getattr(vector, "direction", vector), "steering vector")
+    vec = _as_f32(_one_direction(vector), "steering vector")
     if vec.ndim not in (1, 2) or vec.shape[-1] == 0:
         raise ValueError(f"steering vector must have shape (D,) or (B, D), got {vec.shape}")
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
@@ -136,6 +153,7 @@ def create_row_steering_hook(
     if table.ndim != 2 or len(starts) != table.shape[0] or len(ends) != table.shape[0]:
         raise ValueError(f"per-row steering needs (B, D) deltas and B starts/ends; got "
                          f"{table.shape}, {len(starts)}, {len(ends)}")
+    lo_max, hi_min = max(float(s) for s in starts), min(float(e) for e in ends)
     lo = mx.array([float(s) for s in starts])[:, None]  # (B, 1)
     hi = mx.array([min(float(e), 2.0**31) for e in ends])[:, None]
     table = table[:, None, :]  # (B, 1, D)
@@ -147,6 +165,8 @@ def create_row_steering_hook(
                              f"{table.shape[-1]}; {ctx.name} has shape {tuple(x.shape)}")
         if x.dtype not in cast:
             cast[x.dtype] = table.astype(x.dtype)
+        if ctx.row_offsets is None and lo_max <= ctx.offset and ctx.offset + ctx.length <= hi_min:
+            return x + cast[x.dtype]  # rows share positions, all inside every row's window
         pos = ctx.positions()  # (1|B, T)
         inside = ((pos >= lo) & (pos < hi))[..., None]
         return x + mx.where(inside, cast[x.dtype], 0).astype(x.dtype)
@@ -195,7 +215,7 @@ def create_ablation_hook(
     direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None
 ) -> Hook:
     """Project `direction` out of the stream: x - (x . d) d with d unit-norm (computed in f32)."""
-    d = _as_f32(getattr(direction, "direction", direction), "ablation direction")
+    d = _as_f32(_one_direction(direction), "ablation direction")
     if d.ndim != 1:
         raise ValueError(f"ablation direction must have shape (D,), got {d.shape}")
     norm = float(mx.linalg.norm(d).item())

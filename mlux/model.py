@@ -9,14 +9,19 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.models.cache import make_prompt_cache
 
 from .arch import Architecture, detect_architecture, hidden_size_of
 from .builtin import builtin_model_path
 from .hooks import BlockFrame, Hook, HookWrapper
-from .inputs import Inputs, TokenBatch, left_pad, make_batch_cache, to_token_batch
+from .inputs import Inputs, RowGroup, TokenBatch, left_pad, make_batch_cache, to_token_batch
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
 
 __all__ = ["HookedModel", "HookSpec"]
+
+
+class _Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by `capture`'s last recording hook to end the forward pass early."""
 
 HookSpec = Union[Mapping[str, Hook], Iterable[tuple[str, Hook]]]
 
@@ -33,6 +38,8 @@ class HookedModel:
         self.hidden_size = hidden_size_of(model, self.arch.blocks)
         self._points: dict[str, HookWrapper] = {}
         self._padded_batch_ok: Optional[bool] = None
+        # Steering added to every row mlux's decoder starts (`SteeringVector.apply`).
+        self.ambient_steering: list[Any] = []
         self._config = None
         self._install_wrappers()
 
@@ -192,7 +199,8 @@ class HookedModel:
         return {n: len(w._mlux_hooks) for n, w in self._points.items() if w._mlux_hooks}
 
     # -- running --------------------------------------------------------------------------------
-    def _supports_padded_batch(self) -> bool:
+    @property
+    def padded_batches(self) -> bool:
         """Does this architecture run left-padded rows exactly as it runs each row alone?
 
         Probed once with three rows of different lengths, against the rows run one by one: some
@@ -215,16 +223,39 @@ class HookedModel:
             self._padded_batch_ok = ok
         return self._padded_batch_ok
 
+    def split_batch(self, batch: TokenBatch, *, cache: bool = False) -> list[RowGroup]:
+        """How a left-padded batch runs: as one masked batch with batch caches, or - the one
+        fallback, for architectures that can't run padded batches - each row alone, unpadded.
+
+        `cache=True` gives every group a fresh cache to decode on; otherwise only padded
+        batches get one (for their mask).
+        """
+        rows = list(range(batch.tokens.shape[0]))
+        if not batch.is_padded and not cache:
+            return [RowGroup(rows, batch.tokens, None)]
+        if self.padded_batches:
+            return [RowGroup(rows, batch.tokens, make_batch_cache(self.model, batch.left_padding))]
+        return [RowGroup([i], batch.tokens[i : i + 1, pad:],
+                         make_prompt_cache(self.model) if cache else None)
+                for i, pad in enumerate(batch.left_padding)]
+
     def forward(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
         """Logits `(B, T, V)`. Padded batches run masked, so each row equals its own run."""
         batch = inputs if isinstance(inputs, TokenBatch) else self.tokenize(inputs)
-        if not batch.is_padded or cache is not None:
+        if cache is not None:
             return self.model(batch.tokens, cache=cache)
-        if self._supports_padded_batch():
-            return self.model(batch.tokens, cache=make_batch_cache(self.model, batch.left_padding))
-        rows = [self.model(batch.tokens[i : i + 1, pad:]) for i, pad in
-                enumerate(batch.left_padding)]
-        return mx.concatenate([left_pad(r, batch.tokens.shape[1]) for r in rows], axis=0)
+        return self._join(batch, [self.model(g.tokens, cache=g.cache)
+                                  for g in self.split_batch(batch)])
+
+    @staticmethod
+    def _join(batch: TokenBatch, parts: list[mx.array]) -> mx.array:
+        """Per-group outputs back into one batch; outputs that kept their group's own length
+        (axis 1) are left-padded to the batch's."""
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.shape[1:] for p in parts}) > 1:
+            parts = [left_pad(p, batch.tokens.shape[1]) for p in parts]
+        return mx.concatenate(parts, axis=0)
 
     def __call__(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
         return self.forward(inputs, cache=cache)
@@ -251,35 +282,56 @@ class HookedModel:
 
         `hooks` run before the capture (capture sees their effect); `reduce` maps each captured
         `(B, T, D)` array before it is kept (e.g. `lambda x: x[:, -1]`) to save memory.
+        Use `capture` when the logits are not needed: it stops at the deepest hook point.
         """
+        logits, acts = self._record(inputs, names, hooks, reduce, cache, stop_early=False)
+        assert logits is not None
+        return logits, acts
+
+    def capture(
+        self,
+        inputs: Inputs,
+        names: Optional[LayerSpec] = None,
+        *,
+        hooks: Optional[HookSpec] = None,
+        reduce: Optional[Callable[[mx.array], mx.array]] = None,
+    ) -> dict[str, mx.array]:
+        """The activations at `names` (default: every residual), evaluated, from blocks run
+        only up to the deepest requested hook point: no final norm, no LM head, no KV cache."""
+        return self._record(inputs, names, hooks, reduce, None, stop_early=True)[1]
+
+    def _record(self, inputs: Inputs, names: Optional[LayerSpec], hooks: Optional[HookSpec],
+                reduce: Optional[Callable[[mx.array], mx.array]], cache: Any, *,
+                stop_early: bool) -> tuple[Optional[mx.array], dict[str, mx.array]]:
         names = self.expand_layer_specs("all" if names is None else names)
         store: dict[str, mx.array] = {}
 
-        def capture(name: str) -> Hook:
+        def record(name: str) -> Hook:
             def hook(x: mx.array, ctx: Any) -> None:
                 store[name] = x if reduce is None else reduce(x)
+                if stop_early and len(store) == len(names):
+                    raise _Stop  # every activation asked for is in: skip the rest of the model
 
             return hook
 
         batch = self.tokenize(inputs)
-        row_wise = batch.is_padded and cache is None and not self._supports_padded_batch()
-        if row_wise:  # per-row fallback: capture each row alone, left-pad to the batch width
-            per_row = [self.run_with_cache(batch.tokens[i : i + 1, pad:], names, hooks=hooks,
-                                           reduce=reduce)
-                       for i, pad in enumerate(batch.left_padding)]
-            width = batch.tokens.shape[1]
-            logits = mx.concatenate([left_pad(lg, width) for lg, _ in per_row], axis=0)
-            acts = {n: mx.concatenate([left_pad(c[n], width) if reduce is None else c[n]
-                                       for _, c in per_row], axis=0) for n in names}
-            return logits, acts
-        capture_hooks = [(n, capture(n)) for n in names]
-        with self.hooks(hooks), self.hooks(capture_hooks):
-            logits = self.forward(batch, cache=cache)
-            missing = [n for n in names if n not in store]
-            if missing:
-                raise RuntimeError(f"hook points {missing} did not fire in {self.model_type}")
-            mx.eval(logits, store)
-        return logits, {n: store[n] for n in names}
+        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache)]
+                  if cache is not None else self.split_batch(batch))
+        logits, parts = [], []
+        with self.hooks(hooks), self.hooks([(n, record(n)) for n in names]):
+            for group in groups:
+                store.clear()
+                try:
+                    logits.append(self.model(group.tokens, cache=group.cache))
+                except _Stop:
+                    pass
+                missing = [n for n in names if n not in store]
+                if missing:
+                    raise RuntimeError(f"hook points {missing} did not fire in {self.model_type}")
+                mx.eval(logits, store)
+                parts.append(dict(store))
+        acts = {n: self._join(batch, [p[n] for p in parts]) for n in names}
+        return (self._join(batch, logits) if logits else None), acts
 
     def __repr__(self) -> str:
         q = self.quantization

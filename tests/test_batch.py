@@ -100,9 +100,6 @@ def test_compare_batch_equals_sequential_generate(tmp_path):
 
 
 def test_batch_errors():
-    hooked = HookedModel(make_tiny_model("gemma2")[0], None)
-    with pytest.raises(ValueError, match="cannot run left-padded batches"):
-        generate_batch(hooked, [[1, 2, 3], [4, 5]], max_tokens=3)
     llama = HookedModel(make_tiny_model("llama")[0], None)
     with pytest.raises(ValueError, match="steering has 1 rows for 2 prompts"):
         generate_batch(llama, [[1, 2], [3]], max_tokens=2, steering=[None])

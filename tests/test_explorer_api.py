@@ -79,9 +79,8 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 def reference(hooked: HookedModel, vector: mx.array, alpha: float, n: int = 12) -> str:
     tokens = hooked.tokenize(PROMPT).tokens[0].tolist()
-    cache, logits = prefill_with_cache(hooked, tokens)
-    hooks = (steering_hooks({LAYER: vector}, alpha, positions="generated",
-                            prompt_length=len(tokens)) if alpha else None)
+    hooks = steering_hooks({LAYER: vector}, alpha) if alpha else None  # the default, "all"
+    cache, logits = prefill_with_cache(hooked, tokens, hooks=hooks)
     return hooked.tokenizer.decode(generate_from_cache(hooked, cache, logits, max_tokens=n,
                                                        hooks=hooks))
 
@@ -143,7 +142,7 @@ def test_rows_one_by_one_equal_the_batch(model_dir: Path, client: Any, vid: str,
     alone._padded_batch_ok = False
     other = create_app(alone, vectors_dir=tmp_path / "v2").test_client()
     other_vid = other.post("/api/compute", json={"positive": POS, "negative": NEG}).json["id"]
-    for positions in ("generated", "all"):
+    for positions in ("generated", "all", "prompt"):
         a = client.post("/api/generate", json=gen_body(vid, positions=positions)).json
         b = other.post("/api/generate", json=gen_body(other_vid, positions=positions)).json
         assert [r["text"] for r in a["rows"]] == [r["text"] for r in b["rows"]], positions

@@ -71,7 +71,7 @@ BAD_GENERATE = [
     ({"vector": {"name": "a/b"}}, "vector.name"),
     ({"vector": {"id": "x", "extra": 1}}, "vector.extra"),
     ({"temperature": -1}, "temperature"), ({"temperature": 50}, "temperature"),
-    ({"seed": -1}, "seed"), ({"seed": "1"}, "seed"), ({"positions": "prompt"}, "positions"),
+    ({"seed": -1}, "seed"), ({"seed": "1"}, "seed"), ({"positions": "prefix"}, "positions"),
     ({"chat": "yes"}, "chat"), ({"surprise": 1}, "surprise"),
 ]
 

@@ -64,20 +64,30 @@ def test_cached_position_specific_steering_equals_naive_loop(bits):
     assert cached == naive_greedy(hooked, PROMPT, hooks, 6)
 
 
-def test_positions_generated_only_leaves_the_prompt_untouched():
+def test_generated_window_starts_at_the_last_prompt_token():
+    """"generated" steers position n-1 (whose output is the first new token) and after, so the
+    first token is steered while the prompt's first n-1 cached positions stay untouched."""
     hooked = hooked_model()
     n = len(PROMPT)
-    hook = create_steering_hook(direction(hooked), 1.0, positions="generated", prompt_length=n)
-    _, steered_logits = prefill_with_cache(hooked, PROMPT, hooks={"residuals_1": hook})
+    d = direction(hooked)
+    generated = {"residuals_1": create_steering_hook(d, 1.0, positions="generated",
+                                                     prompt_length=n)}
+    cache_s, steered_logits = prefill_with_cache(hooked, PROMPT, hooks=generated)
     cache, logits = prefill_with_cache(hooked, PROMPT)
-    assert mx.array_equal(steered_logits, logits).item()
-    steered = generate_from_cache(hooked, cache, logits, max_tokens=6,
-                                  hooks={"residuals_1": hook})
-    assert steered == naive_greedy(hooked, PROMPT, {"residuals_1": hook}, 6)
-    prompt_only = create_steering_hook(direction(hooked), 1.0, positions="prompt",
-                                       prompt_length=n)
-    _, lg = prefill_with_cache(hooked, PROMPT, hooks={"residuals_1": prompt_only})
-    assert not mx.array_equal(lg, logits).item()
+    assert not mx.array_equal(steered_logits, logits).item()  # the first new token is steered
+    for plain, steered_layer in zip(cache, cache_s, strict=True):  # prompt[:-1] unsteered
+        assert mx.array_equal(plain.state[0][..., : n - 1, :],
+                              steered_layer.state[0][..., : n - 1, :]).item()
+    steered = generate_from_cache(hooked, cache_s, steered_logits, max_tokens=6,
+                                  hooks=generated)
+    assert steered == naive_greedy(hooked, PROMPT, generated, 6)
+    # "prompt" and "generated" partition "all": both together equal "all".
+    parts = [("residuals_1", create_steering_hook(d, 1.0, positions=w, prompt_length=n))
+             for w in ("prompt", "generated")]
+    everywhere = {"residuals_1": create_steering_hook(d, 1.0)}
+    assert mx.allclose(prefill_with_cache(hooked, PROMPT, hooks=parts)[1],
+                       prefill_with_cache(hooked, PROMPT, hooks=everywhere)[1]).item()
+    assert naive_greedy(hooked, PROMPT, parts, 6) == naive_greedy(hooked, PROMPT, everywhere, 6)
 
 
 @pytest.mark.parametrize("bits", [None, 4])
@@ -120,7 +130,7 @@ def test_stream_closed_early_restores_cache_and_hooks():
     hooks = {"residuals_1": create_steering_hook(direction(hooked), 1.0)}
     stream = stream_from_cache(hooked, cache, logits, max_tokens=20, hooks=hooks)
     next(stream), next(stream)
-    assert hooked.active_hooks() == {"residuals_1": 1}
+    assert hooked.active_hooks() == {}  # hooks live only inside each forward pass
     stream.close()
     assert hooked.active_hooks() == {}
     assert cache_length(cache) == len(PROMPT)

@@ -67,29 +67,19 @@ def unit_vectors(vector: SteeringVector, layers: Sequence[int]) -> dict[int, mx.
     return out
 
 
-def _projector(store: dict[int, mx.array], layer: int, unit: mx.array
-               ) -> Callable[[mx.array, Any], None]:
-    def hook(x: mx.array, ctx: Any) -> None:
-        store[layer] = x.astype(mx.float32) @ unit
-
-    return hook
-
-
 def token_projections(hooked: HookedModel, seqs: Sequence[list[int]],
                       units: Mapping[int, mx.array]) -> dict[int, list[list[float]]]:
     """Per layer and row: `residuals_layer . unit` at every position of the row, read with no
     steering installed (what the text itself carries, not what was added)."""
-    out: dict[int, list[list[float]]] = {layer: [] for layer in units}
-    groups = [list(seqs)] if hooked._supports_padded_batch() else [[s] for s in seqs]
-    for group in groups:
-        store: dict[int, mx.array] = {}
-        batch = hooked.tokenize(group)
-        with hooked.hooks([(f"residuals_{layer}", _projector(store, layer, units[layer]))
-                           for layer in units]):
-            mx.eval(hooked.forward(batch), store)
-        for layer in units:
-            for r, n in enumerate(batch.lengths):  # left-padded: a row's tokens end the batch
-                out[layer].append(store[layer][r, store[layer].shape[1] - n :].tolist())
+    layers = list(units)
+    basis = mx.stack([units[layer] for layer in layers], axis=1)  # (D, L)
+    acts = hooked.capture(list(seqs), [f"residuals_{layer}" for layer in layers],
+                          reduce=lambda x: x.astype(mx.float32) @ basis)  # (B, T, L) each
+    width = max(len(s) for s in seqs)
+    out: dict[int, list[list[float]]] = {}
+    for k, layer in enumerate(layers):
+        proj = acts[f"residuals_{layer}"][..., k].tolist()  # left-padded: a row ends the batch
+        out[layer] = [row[width - len(s):] for row, s in zip(proj, seqs, strict=True)]
     return out
 
 

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 METHODS = ("mean_diff", "pca")
-POSITIONS = ("generated", "all")
+POSITIONS = ("all", "generated", "prompt")
 
 
 class ValidationError(Exception):
@@ -270,7 +270,7 @@ def parse_generate(body: dict[str, Any], limits: Limits, num_layers: int) -> Gen
         max_tokens=f.integer("max_tokens", 1, limits.max_tokens, 48),  # type: ignore[arg-type]
         temperature=f.number("temperature", 0.0, limits.max_temperature, 0.0),
         seed=f.integer("seed", 0, 2**31 - 1, None),
-        positions=f.choice("positions", POSITIONS, "generated"),
+        positions=f.choice("positions", POSITIONS, "all"),
         chat=f.boolean("chat", False),
     )
     f.done()
