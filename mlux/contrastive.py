@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, Union
-
-import mlx.core as mx
+from typing import Iterable, Optional, Sequence, Union
 
 from .batch import Steering, collect_rows, stream_rows
 from .interventions import Positions, resolve_positions, steering_hooks
 from .model import HookedModel
 from .steering import apply_chat, extract_steering_vectors, resolve_layers
+from .vectors import SteeringVector
 
 __all__ = ["ContrastiveSteering"]
 
@@ -17,8 +16,9 @@ __all__ = ["ContrastiveSteering"]
 class ContrastiveSteering:
     """Steering vectors for one or several layers from positive vs negative prompts.
 
-    `positions` says where the vector is added; the default, `"generated"`, leaves the prompt
-    untouched so `compare` serves every alpha from one prefill. Use `"all"` to steer the prompt too.
+    `positions` says where the vector is added: `"all"` (the default) steers the prompt too;
+    `"generated"` steers from the prompt's last token on, so `compare` serves every alpha from
+    one prefill of the rest of the prompt.
     """
 
     def __init__(
@@ -30,26 +30,21 @@ class ContrastiveSteering:
         *,
         method: str = "mean_diff",
         chat: bool = False,
-        positions: Positions = "generated",
+        positions: Positions = "all",
     ) -> None:
         resolve_positions(positions, 0)  # validate early
         self.hooked = hooked
         self.layers = resolve_layers(hooked, [layer] if isinstance(layer, int) else list(layer))
         self.method, self.chat, self.positions = method, chat, positions
         self.num_pairs = min(len(positive), len(negative))
-        self.vectors: dict[int, mx.array] = extract_steering_vectors(
+        self.vectors: SteeringVector = extract_steering_vectors(
             hooked, positive, negative, self.layers, method=method, chat=chat
         )
 
     @property
-    def vector(self) -> Any:
-        """The vectors as a `SteeringVector` (to save, combine or export)."""
-        from .vectors import SteeringVector
-
-        return SteeringVector(
-            directions=dict(self.vectors), model_id=self.hooked.model_id, method=self.method,
-            num_pairs=self.num_pairs,
-        )
+    def vector(self) -> SteeringVector:
+        """The same `SteeringVector` as `vectors` (to save, combine or export)."""
+        return self.vectors
 
     def hooks(self, alpha: float, *, prompt_length: Optional[int] = None) -> list:
         return steering_hooks(self.vectors, alpha, positions=self.positions,
@@ -71,8 +66,7 @@ class ContrastiveSteering:
     ) -> dict[float, str]:
         """Continuation text (prompt excluded) per alpha, all alphas decoded as one batch.
 
-        When the steering leaves the prompt untouched (positions "generated"), the prompt is
-        prefilled once and that cache is shared by every row.
+        With positions "generated", `prompt[:-1]` is prefilled once and shared by every row.
         """
         alphas = [float(a) for a in alphas]
         if not alphas:

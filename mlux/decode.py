@@ -106,6 +106,7 @@ class Decoder:
         self._lanes: list[_Lane] = []
         self._finished: list[Event] = []  # rows done before decoding (max_tokens == 0)
         self._uids = itertools.count()
+        self._unseeded: dict[tuple[float, float], Sampler] = {}  # shared: sampled in one call
         self.steps = 0
 
     # -- rows in ---------------------------------------------------------------------------
@@ -115,8 +116,11 @@ class Decoder:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
         terms = row_terms(steering) + list(self.hooked.ambient_steering)
-        return _Row(next(self._uids), prompt_length, terms or None,
-                    make_seeded_sampler(temperature, top_p, seed), temperature == 0, max_tokens,
+        sampler = (make_seeded_sampler(temperature, top_p, seed) if seed is not None else
+                   self._unseeded.setdefault((temperature, top_p),
+                                             make_seeded_sampler(temperature, top_p)))
+        return _Row(next(self._uids), prompt_length, terms or None, sampler, temperature == 0,
+                    max_tokens,
                     frozenset(eos_ids(self.hooked.tokenizer) if stop is None else stop))
 
     def insert(

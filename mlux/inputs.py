@@ -19,7 +19,8 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
-__all__ = ["Inputs", "RowGroup", "TokenBatch", "encode", "left_pad", "make_batch_cache", "to_token_batch"]
+__all__ = ["Inputs", "RowGroup", "TokenBatch", "encode", "left_pad", "make_batch_cache",
+           "to_token_batch"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 

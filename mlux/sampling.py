@@ -36,9 +36,11 @@ def make_seeded_sampler(
 
 
 def sample_rows(logits: mx.array, samplers: Sequence[Sampler], greedy: bool) -> mx.array:
-    """One token per row of `logits` `(B, V)`: argmax for all rows at once when `greedy`,
-    else row r drawn by `samplers[r]` (each with its own seed)."""
+    """One token per row of `logits` `(B, V)`: argmax for all rows at once when `greedy`, one
+    call when every row shares one sampler, else row r drawn by `samplers[r]` (own seed)."""
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     if greedy:
         return mx.argmax(logprobs, axis=-1)
+    if all(s is samplers[0] for s in samplers):
+        return samplers[0](logprobs)
     return mx.concatenate([s(logprobs[r : r + 1]) for r, s in enumerate(samplers)])

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence, Union
 import mlx.core as mx
 
 from .model import HookedModel
+from .vectors import SteeringVector
 
 __all__ = [
     "METHODS",
@@ -60,9 +61,10 @@ def last_token_activations(
     names = [f"residuals_{i}" for i in layers]
     parts: dict[int, list[mx.array]] = {i: [] for i in layers}
     for s in range(0, len(prompts), batch_size):
-        # Left padding puts every prompt's last real token at position T-1.
-        _, acts = hooked.run_with_cache(list(prompts[s : s + batch_size]), names,
-                                        reduce=lambda x: x[:, -1].astype(mx.float32))
+        # Left padding puts every prompt's last real token at position T-1; the pass stops at
+        # the deepest layer asked for.
+        acts = hooked.capture(list(prompts[s : s + batch_size]), names,
+                              reduce=lambda x: x[:, -1].astype(mx.float32))
         for i, n in zip(layers, names, strict=True):
             parts[i].append(acts[n])
     return {i: mx.concatenate(p, axis=0) for i, p in parts.items()}
@@ -92,7 +94,7 @@ def extract_with_activations(
     method: str = "mean_diff",
     chat: bool = False,
     batch_size: int = 16,
-) -> tuple[dict[int, mx.array], dict[int, mx.array]]:
+) -> tuple[SteeringVector, dict[int, mx.array]]:
     """`extract_steering_vectors`, plus the float32 last-token activations `(N, D)` it was
     computed from (positives first), for callers that need both from the one pass."""
     if method not in METHODS:
@@ -117,7 +119,11 @@ def extract_with_activations(
             raise ValueError(f"the vector at layer {i} is not finite (activations overflowed)")
         out[i] = vec
     mx.eval(out)
-    return out, acts
+    vector = SteeringVector(out, model_id=hooked.model_id, method=method,
+                            num_pairs=min(len(positive), len(negative)),
+                            metadata={"num_positive": len(positive),
+                                      "num_negative": len(negative), "chat": chat})
+    return vector, acts
 
 
 def extract_steering_vectors(
@@ -129,10 +135,10 @@ def extract_steering_vectors(
     method: str = "mean_diff",
     chat: bool = False,
     batch_size: int = 16,
-) -> dict[int, mx.array]:
-    """Per-layer `(D,)` float32 directions: `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style).
-
-    `chat=True` wraps each prompt in the tokenizer's chat template first.
+) -> SteeringVector:
+    """Per-layer `(D,)` float32 directions, as a `SteeringVector` (a mapping layer -> direction):
+    `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style), from batched passes that stop at the
+    deepest layer asked for. `chat=True` wraps each prompt in the tokenizer's chat template.
     """
     return extract_with_activations(hooked, positive, negative, layers, method=method,
                                     chat=chat, batch_size=batch_size)[0]
@@ -148,5 +154,5 @@ def compute_steering_vector(
     """CAA: mean last-token `residuals_{layer}` over positives minus the same over negatives."""
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise ValueError(f"layer must be an int, got {layer!r}")
-    (vec,) = extract_steering_vectors(hooked, positive, negative, layer, **kwargs).values()
-    return vec
+    return extract_steering_vectors(hooked, positive, negative, layer, **kwargs)[
+        resolve_layers(hooked, layer)[0]]

@@ -11,11 +11,12 @@ vectors, whose ``direction.N`` is mlux layer ``N``) are handled by ``mlux.vector
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,12 +83,14 @@ def _as_scalar(value: Any) -> float | None:
 
 
 @dataclass(eq=False)
-class SteeringVector:
+class SteeringVector(Mapping):
     """Per-layer steering directions (float32, shape ``(D,)``) plus provenance metadata.
 
-    ``directions`` maps layer ``i`` (output of 0-based block ``i``) to its direction; numpy
-    arrays and lists are accepted and converted. Validation errors raise ``ValueError``.
-    Vectors are values: every operation returns a new vector, and ``==`` is identity.
+    A read-only mapping layer -> direction (``vec[12]``, ``vec.items()``, ``dict(vec)``), so
+    code written for a ``dict[int, mx.array]`` keeps working. ``directions`` maps layer ``i``
+    (output of 0-based block ``i``) to its direction; numpy arrays and lists are accepted and
+    converted. Validation errors raise ``ValueError``. Vectors are values: every operation
+    returns a new vector, and ``==`` is identity.
     """
 
     directions: dict[int, mx.array]
@@ -146,6 +149,41 @@ class SteeringVector:
 
     def __contains__(self, layer: object) -> bool:
         return layer in self.directions
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.directions)
+
+    def __len__(self) -> int:
+        return len(self.directions)
+
+    # Identity, not Mapping's value comparison (which is ambiguous for arrays).
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    @contextlib.contextmanager
+    def apply(self, hooked: Any, alpha: float = 1.0, *, positions: Any = "all") -> Iterator[Any]:
+        """Steer everything generated inside the block with ``alpha`` times this vector.
+
+        Windows that don't depend on the prompt (``"all"``, an int, a range) are hooks, so plain
+        mlx-lm calls on ``hooked.model`` are steered too; ``"prompt"`` / ``"generated"`` need each
+        prompt's length and apply to mlux's generation (every row its decoder starts).
+        """
+        from mlux.interventions import resolve_positions, steering_hooks
+        from mlux.rows import Steering
+
+        self.check_compatible(hooked.hidden_size, hooked.num_layers)
+        if positions in ("prompt", "generated"):
+            term = Steering(self, float(alpha), positions=positions)
+            term.per_layer()  # validate before installing
+            hooked.ambient_steering.append(term)
+            try:
+                yield hooked
+            finally:
+                hooked.ambient_steering.remove(term)
+            return
+        resolve_positions(positions, None)
+        with hooked.hooks(steering_hooks(self, alpha, positions=positions)):
+            yield hooked
 
     def to_numpy(self) -> dict[int, np.ndarray]:
         return {layer: np.array(d) for layer, d in self.directions.items()}

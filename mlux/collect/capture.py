@@ -8,12 +8,10 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
-from mlux.batch import generate_batch
-from mlux.generate import generate_from_cache, prefill_with_cache
 from mlux.inputs import encode
 from mlux.model import HookedModel
 
-__all__ = ["BatchActivations", "capture_batch", "encode_prompts", "generate_rows"]
+__all__ = ["BatchActivations", "capture_batch", "encode_prompts"]
 
 # hook -> position -> per-row arrays: (D,) for last/mean, (tokens, D) for all/generated
 BatchActivations = dict[str, dict[str, list[np.ndarray]]]
@@ -34,16 +32,6 @@ def encode_prompts(hooked: HookedModel, prompts: Sequence[str], *, chat_template
                                            add_generation_prompt=True)
         rows.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))
     return rows
-
-
-def generate_rows(hooked: HookedModel, rows: list[list[int]], max_new_tokens: int
-                  ) -> list[list[int]]:
-    """Greedy continuations, batched where the architecture can run padded batches."""
-    try:
-        return generate_batch(hooked, rows, max_tokens=max_new_tokens)
-    except ValueError:  # no padded batches for this architecture: one row at a time
-        return [generate_from_cache(hooked, *prefill_with_cache(hooked, r),
-                                    max_tokens=max_new_tokens) for r in rows]
 
 
 def _reducer(lengths: list[int], width: int, positions: Sequence[str]):  # noqa: ANN202

@@ -22,9 +22,10 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
+from mlux.batch import generate_batch
 from mlux.model import HookedModel
 
-from .capture import BatchActivations, capture_batch, encode_prompts, generate_rows
+from .capture import BatchActivations, capture_batch, encode_prompts
 from .config import CollectConfig, load_config
 from .data import category_slug, load_dataset
 from .plan import CollectionPlan, make_plan
@@ -138,7 +139,7 @@ def _run_chunk(hooked: HookedModel, config: CollectConfig, hooks: list[str],
     texts: list[dict[str, Any]] = []
     for b in range(0, len(rows), inf.batch_size):
         batch = rows[b:b + inf.batch_size]
-        gen = (generate_rows(hooked, batch, inf.max_new_tokens) if inf.max_new_tokens
+        gen = (generate_batch(hooked, batch, max_tokens=inf.max_new_tokens) if inf.max_new_tokens
                else [[] for _ in batch])
         if inf.save_activations:
             for h, per in capture_batch(hooked, batch, gen, hooks, inf.positions).items():
