@@ -10,6 +10,7 @@ import mlx.core as mx
 
 from .batch import Steering, collect_rows, stream_rows
 from .evaluation import distinct_n, repetition_rate
+from .interventions import Positions, resolve_positions
 from .model import HookedModel
 
 __all__ = ["BehaviorCell", "Scorer", "behavior_rates"]
@@ -40,7 +41,7 @@ LayerKey = Union[int, tuple[int, ...]]  # one layer, or several steered together
 
 def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, float]],
                    seeds: list[int], *, max_tokens: int, temperature: float, max_batch: int,
-                   positions: str) -> list[list[int]]:
+                   positions: Positions) -> list[list[int]]:
     """Continue one prompt once per row `({layer: vector}, alpha)`, `max_batch` rows at a time
     (one batch, one shared prefill when only generated positions are steered)."""
     steer = [Steering(vecs, alpha, positions=positions) if alpha else None for vecs, alpha in rows]
@@ -68,13 +69,13 @@ def behavior_rates(
     keep_texts: int = 4,
     keep_tokens: bool = False,
     max_batch: int = 32,
-    positions: str = "generated",
+    positions: Positions = "all",
 ) -> list[BehaviorCell]:
     """Steer with `alpha * vectors[layer]` and score each continuation.
 
-    A `layers` entry may be a tuple: those layers are steered together. With `positions`
-    "generated" every prompt is prefilled once and every (layers, alpha, sample) continues
-    from that cache, as rows of one batch; with "all" the prompt is steered too. Seeds depend
+    A `layers` entry may be a tuple: those layers are steered together. Every (layers, alpha,
+    sample) of a prompt is a row of one batch; with `positions` "generated" they share one
+    prefill of `prompt[:-1]`, with "all" (the default) the prompt is steered too. Seeds depend
     on (prompt, sample) only, so cells differ by their steering, not their luck; alpha 0 is
     generated once and shared by every layer.
     """
@@ -82,8 +83,7 @@ def behavior_rates(
     alphas = [float(a) for a in alphas]
     if not prompts:
         raise ValueError("behaviour measurement needs at least one prompt")
-    if positions not in ("generated", "all"):
-        raise ValueError(f"positions must be 'generated' or 'all', got {positions!r}")
+    resolve_positions(positions, 1)  # validate before any work
     keys = [k if isinstance(k, tuple) else (k,) for k in layers]
     missing = sorted({i for k in keys for i in k if i not in vectors})
     if missing:

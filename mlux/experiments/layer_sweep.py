@@ -132,8 +132,9 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--layers", default=None, help='e.g. "5,10,15,20" or "residuals_2-8"')
     p.add_argument("--raw", action="store_true", help="alpha multiplies the raw vector")
-    p.add_argument("--positions", choices=("all", "generated"), default="all",
-                   help="steer every position, or generated tokens only (one shared prefill)")
+    p.add_argument("--positions", choices=("all", "generated", "prompt"), default="all",
+                   help="where to steer: all (default); generated = from the prompt's last "
+                        "token on (rows share one prefill of the rest); prompt = the rest")
     p.add_argument("--top-k", type=int, default=3)
     return p
 
