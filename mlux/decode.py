@@ -215,12 +215,14 @@ class Decoder:
         return [self._prefill_group(g, [rows[i] for i in g.rows]) for g in groups]
 
     def _add(self, lane: _Lane) -> None:
-        """Join the running batch when both are masked batches; else decode as its own lane."""
-        main = next((m for m in self._lanes if m.lent is None and _extendable(m.cache)), None)
-        if main is None or not _extendable(lane.cache):
+        """Join the running batch where the architecture runs padded batches (a lone row's
+        plain cache becomes a batch cache then); else decode as a lane of its own."""
+        main = next((m for m in self._lanes if m.lent is None), None)
+        if main is None or not self.hooked.padded_batches:
             self._lanes.append(lane)
             return
-        for mine, theirs in zip(main.cache, lane.cache, strict=True):
+        main.cache = _batched(main.cache)
+        for mine, theirs in zip(main.cache, _batched(lane.cache), strict=True):
             mine.extend(theirs)
         main.y = mx.concatenate([main.y, lane.y])
         main.rows.extend(lane.rows)
@@ -302,8 +304,10 @@ class Decoder:
             self.close()
 
 
-def _extendable(cache: list[Any]) -> bool:
-    return all(hasattr(c, "extend") and hasattr(c, "filter") for c in cache)
+def _batched(cache: list[Any]) -> list[Any]:
+    """Batch caches (which can extend and filter) for a lane, converting a lone row's plain
+    ones (`KVCache.merge` gives a `BatchKVCache`)."""
+    return [c if hasattr(c, "extend") else type(c).merge([c]) for c in cache]
 
 
 def _checkpoint(cache: list[Any], extra: int) -> list[tuple[int, Any]]:

@@ -233,6 +233,8 @@ class HookedModel:
         rows = list(range(batch.tokens.shape[0]))
         if not batch.is_padded and not cache:
             return [RowGroup(rows, batch.tokens, None)]
+        if len(rows) == 1:  # a lone row runs on mlx-lm's plain cache, as mlx-lm runs it
+            return [RowGroup(rows, batch.tokens, make_prompt_cache(self.model))]
         if self.padded_batches:
             return [RowGroup(rows, batch.tokens, make_batch_cache(self.model, batch.left_padding))]
         return [RowGroup([i], batch.tokens[i : i + 1, pad:],
