@@ -1,84 +1,97 @@
 """Benchmark batched steering and the server, side by side in one run on one model.
 
-1. An 8-alpha sweep on one prompt: one batch (`ContrastiveSteering.compare`-style, one
-   prefill shared by 8 rows) vs the same 8 continuations generated one after another.
+1. An 8-alpha sweep on one prompt (`ContrastiveSteering.compare`: `stream_rows`, one batch whose
+   rows share one prefill of `prompt[:-1]`) ÷ the same 8 continuations one after another, each
+   its own `generate_batch` call (`ContrastiveSteering.generate` per alpha); and ÷ one
+   `prefill_with_cache` continued 8 times by `generate_from_cache` (the same decode work, so this
+   ratio is the gain of decoding the rows as one batch; that path steers from position n, so
+   its first token is unsteered). Interleaved repeats, paired ratios, wall and cpu clocks.
 2. `mlux serve` throughput with 1, 4 and 8 concurrent clients (total generated tokens/s).
 
-    python experiments/bench_batch.py [--quick] [--output experiments/results/bench_batch.json]
+Random 4-bit llama (hidden 512, 6 layers, 4k vocab). Run from the repository root:
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \
+        python experiments/bench_batch.py    # ~2 min on 2 idle cores; --quick: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import benchkit as bk
 import mlx.core as mx
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
-import mlux
 from mlux import HookedModel, generate_from_cache, prefill_with_cache, steering_hooks
-from mlux.atomic import atomic_write_json
-from mlux.batch import Steering, decode_batch, merge_prefills, row_steering_hooks
+from mlux.batch import Steering, collect_rows, generate_batch, stream_rows
 from mlux.serve import Limits, create_server_app
 from mlux.testing import save_tiny_model
 
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_batch.json"
 ALPHAS = (-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0)
+LAYER = 3
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def sweep(hooked: HookedModel, prompt: list[int], vector: mx.array, tokens: int,
+          repeats: int) -> dict[str, Any]:
+    n = len(prompt)
+    rows = [Steering({LAYER: vector}, a, positions="generated") for a in ALPHAS]
 
+    def one_batch() -> bk.Run:
+        t0 = bk.clock()
+        return bk.since(t0, {"outs": collect_rows(
+            stream_rows(hooked, prompt, rows, max_tokens=tokens), len(rows))})
 
-def sweep(hooked: HookedModel, prompt: list[int], vectors: dict, tokens: int, repeats: int
-          ) -> dict[str, Any]:
-    n, layer = len(prompt), 3
+    def sequential() -> bk.Run:
+        t0 = bk.clock()
+        return bk.since(t0, {"outs": [generate_batch(hooked, [prompt], max_tokens=tokens,
+                                                     steering=[r])[0] for r in rows]})
 
-    def sequential() -> None:
+    def one_prefill() -> bk.Run:
+        t0 = bk.clock()
         cache, logits = prefill_with_cache(hooked, prompt)
-        for a in ALPHAS:
-            generate_from_cache(hooked, cache, logits, max_tokens=tokens,
-                                hooks=steering_hooks({layer: vectors[layer]}, a,
-                                                     positions="generated", prompt_length=n))
+        outs = [generate_from_cache(hooked, cache, logits, max_tokens=tokens,
+                                    hooks=steering_hooks({LAYER: vector}, a, positions=n))
+                for a in ALPHAS]
+        return bk.since(t0, {"outs": outs})
 
-    def batched() -> None:
-        cache, logits = prefill_with_cache(hooked, prompt)
-        rows = [Steering({layer: vectors[layer]}, a, positions="generated") for a in ALPHAS]
-        hooks = row_steering_hooks(hooked, rows, [n] * len(rows))
-        decode_batch(hooked, merge_prefills([cache] * len(rows)),
-                     mx.repeat(logits[None], len(rows), axis=0), max_tokens=tokens, hooks=hooks)
+    runs = bk.interleaved({"one_batch": one_batch, "sequential_calls": sequential,
+                           "one_prefill_sequential_decode": one_prefill}, repeats, warmup=1)
+    sec = bk.per_clock(runs)
+    return {
+        "alphas": list(ALPHAS), "layer": LAYER, "positions": "generated", "new_tokens": tokens,
+        "prompt_tokens": n, "seconds": bk.stats_clocks(sec),
+        "batch_over_sequential": bk.paired_clocks(sec, "one_batch", "sequential_calls"),
+        "batch_over_one_prefill": bk.paired_clocks(sec, "one_batch",
+                                                   "one_prefill_sequential_decode"),
+        # greedy: row i of the batch is the continuation generated alone with alpha i
+        "outputs_identical": runs["one_batch"][0][2]["outs"]
+        == runs["sequential_calls"][0][2]["outs"],
+    }
 
-    sequential(), batched()  # warm-up: kernels, allocator caches
-    seq, bat = [], []
-    for _ in range(repeats):  # interleaved so drift hits both alike
-        seq.append(timed(sequential))
-        bat.append(timed(batched))
-    seq_t, bat_t = statistics.median(seq), statistics.median(bat)
-    return {"alphas": list(ALPHAS), "new_tokens": tokens, "prompt_tokens": n,
-            "sequential_s": seq, "batched_s": bat, "sequential_median_s": seq_t,
-            "batched_median_s": bat_t, "batched_over_sequential": bat_t / seq_t}
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request
+        pass
 
 
 def server_throughput(hooked: HookedModel, clients: Sequence[int], tokens: int
                       ) -> list[dict[str, Any]]:
     app = create_server_app(hooked, max_batch=8, limits=Limits(max_tokens=tokens))
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_port}/v1/completions"
 
     def call(i: int, counts: list[int]) -> None:
-        body = {"prompt": " ".join(f"w{5 + (i + k) % 50}" for k in range(24)),
-                "max_tokens": tokens, "temperature": 0}
+        body: dict[str, Any] = {"prompt": " ".join(f"w{5 + (i + k) % 50}" for k in range(24)),
+                                "max_tokens": tokens, "temperature": 0}
         if i % 2:
             body["steering"] = {"vector": [0.01] * hooked.hidden_size, "layers": [2],
                                 "alpha": float(i)}
@@ -87,65 +100,66 @@ def server_throughput(hooked: HookedModel, clients: Sequence[int], tokens: int
         with urllib.request.urlopen(req, timeout=600) as r:
             counts[i] = json.loads(r.read())["usage"]["completion_tokens"]
 
-    rows = []
+    def burst(n: int) -> dict[str, Any]:
+        counts = [0] * n
+        threads = [threading.Thread(target=call, args=(i, counts)) for i in range(n)]
+        t0 = bk.clock()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall, cpu, _ = bk.since(t0)
+        return {"clients": n, "tokens": sum(counts), "wall_s": wall, "cpu_s": cpu,
+                "tokens_per_s": sum(counts) / wall}
+
     try:
-        for n in clients:
-            counts = [0] * n
-            threads = [threading.Thread(target=call, args=(i, counts)) for i in range(n)]
-            t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            wall = time.perf_counter() - t
-            rows.append({"clients": n, "tokens": sum(counts), "wall_s": wall,
-                         "tokens_per_s": sum(counts) / wall})
+        burst(1)  # warm-up: the engine thread's first batch
+        rows = [burst(n) for n in clients]
     finally:
         srv.shutdown()
         app.extensions["mlux_serve"]["engine"].close()
-    base = rows[0]["tokens_per_s"]
     for r in rows:
-        r["vs_one_client"] = r["tokens_per_s"] / base
+        r["vs_one_client"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
-    p.add_argument("--output", default="experiments/results/bench_batch.json")
-    args = p.parse_args(argv)
-    hidden, tokens, repeats = (512, 8, 1) if args.quick else (512, 64, 3)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_model(Path(tmp) / "m", "llama", quantize_bits=4, hidden_size=hidden,
-                               num_layers=6, vocab_size=4096)
-        hooked = HookedModel.from_pretrained(str(path))
-    prompt = hooked.tokenize(" ".join(f"w{5 + k % 90}" for k in range(48))).tokens[0].tolist()
-    vectors = {3: mx.random.normal((hidden,), key=mx.random.key(0)) * 0.05}
-    result = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "versions": {"mlux": mlux.__version__, "mlx": mx.__version__,
-                     "python": platform.python_version()},
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "model": {"arch": "llama", "hidden_size": hidden, "num_layers": 6, "bits": 4,
-                  "vocab_size": 4096},
-        "sweep": sweep(hooked, prompt, vectors, tokens, repeats),
-        "server": server_throughput(hooked, (1, 4, 8), tokens),
-    }
-    s = result["sweep"]
-    lines = [f"8-alpha sweep, {s['new_tokens']} new tokens each: sequential "
-             f"{s['sequential_median_s']:.2f} s, one batch {s['batched_median_s']:.2f} s "
-             f"-> batched / sequential = {s['batched_over_sequential']:.2f}",
+def table(res: dict[str, Any]) -> str:
+    s, w = res["sweep"], 56
+    lines = [bk.format_header(w),
+             f"8-alpha sweep, {s['prompt_tokens']}-token prompt, {s['new_tokens']} new each:",
+             bk.format_row("  one batch ÷ 8 generate_batch calls", s["batch_over_sequential"], w),
+             bk.format_row("  one batch ÷ one prefill + 8 generate_from_cache",
+                           s["batch_over_one_prefill"], w),
              "server: clients | total tokens/s | vs 1 client"]
     lines += [f"        {r['clients']:>7} | {r['tokens_per_s']:>14.1f} | {r['vs_one_client']:.2f}x"
-              for r in result["server"]]
-    result["table"] = lines
-    print("\n".join(lines))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, result)
-    print(f"wrote {out}")
-    return 0
+              for r in res["server"]]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = p.parse_args(argv)
+    shape = {"hidden_size": 128 if args.quick else 512, "num_layers": 6, "vocab_size": 4096}
+    tokens, repeats = (8, 1) if args.quick else (64, 3)
+    with tempfile.TemporaryDirectory(prefix="mlux-bench-") as tmp:
+        save_tiny_model(tmp, "llama", quantize_bits=4, **shape)
+        hooked = HookedModel.from_pretrained(tmp)
+    hooked.tokenizer.eos_token_ids = {-1}  # never emitted: every row makes `tokens` tokens
+    prompt = hooked.tokenize(" ".join(f"w{5 + k % 90}" for k in range(48))).tokens[0].tolist()
+    vector = mx.random.normal((shape["hidden_size"],), key=mx.random.key(0)) * 0.05
+    result = bk.environment("bench_batch.py", argv,
+                            {"model_type": "llama", "quantize_bits": 4, **shape,
+                             "source": "mlux.testing.save_tiny_model (random weights)"},
+                            {"quick": args.quick, "repeats": repeats, "new_tokens": tokens})
+    result["sweep"] = sweep(hooked, prompt, vector, tokens, repeats)
+    result["server"] = server_throughput(hooked, (1, 4, 8), tokens)
+    result["table"] = table(result)
+    bk.write_report(args.output, result)
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

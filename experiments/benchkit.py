@@ -115,10 +115,15 @@ def paired_clocks(values: dict[str, dict[str, list[float]]], num: str, den: str,
     return {c: paired(v[num], v[den], target) for c, v in values.items()}
 
 
-def per_clock(runs: dict[str, list[Run]], f: Callable[[float], float] = float
-              ) -> dict[str, dict[str, list[float]]]:
-    """{clock: {variant: [f(seconds) per repeat]}}."""
-    return {c: {k: [f(r[i]) for r in v] for k, v in runs.items()} for i, c in enumerate(CLOCKS)}
+def per_clock(runs: dict[str, list[Run]], f: Callable[[float], float] = float,
+              extra: Optional[str] = None) -> dict[str, dict[str, list[float]]]:
+    """{clock: {variant: [f(seconds) per repeat]}}; with `extra`, the seconds are the (wall, cpu)
+    pair each run keeps in `extras[extra]` (e.g. `timed_stream`'s "decode"), for the variants
+    whose runs have it."""
+    pick = (lambda r: r) if extra is None else (lambda r: r[2][extra])
+    runs = {k: v for k, v in runs.items() if extra is None or extra in v[0][2]}
+    return {c: {k: [f(pick(r)[i]) for r in v] for k, v in runs.items()}
+            for i, c in enumerate(CLOCKS)}
 
 
 def format_header(width: int = 52) -> str:
@@ -129,12 +134,13 @@ def format_header(width: int = 52) -> str:
 def format_row(label: str, ratio: dict[str, Any], width: int = 52) -> str:
     """One table line: a `paired_clocks` result (wall headline, cpu beside it; the goal checked
     on both), or one `paired` result with no clocks (memory: cpu column "-")."""
-    by_clock = ratio if "wall" in ratio else {"wall": ratio}
+    clocked = "wall" in ratio
+    by_clock = ratio if clocked else {"wall": ratio}
     w, goal = by_clock["wall"], by_clock["wall"]["goal"]
     cpu = f"{by_clock['cpu']['median']:>6.3f}" if "cpu" in by_clock else f"{'-':>6}"
     verdict = "-"
     if goal:
-        met = ", ".join(f"{c} {'met' if r['goal']['met'] else 'MISSED'}"
+        met = ", ".join(f"{c + ' ' if clocked else ''}{'met' if r['goal']['met'] else 'MISSED'}"
                         for c, r in by_clock.items())
         verdict = f"{goal['op']} {goal['value']:.2f}: {met}"
     return (f"{label:<{width}} {w['median']:>6.3f} [{w['min']:.3f}, {w['max']:.3f}] {cpu}  "

@@ -27,7 +27,7 @@ from .sampling import Sampler, make_seeded_sampler, sample_rows
 
 __all__ = ["PREFILL_CHUNK", "Decoder", "Event", "eos_ids", "fill_cache", "prefill"]
 
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 2048  # mlx-lm's prefill_step_size
 
 
 class Event(NamedTuple):
@@ -54,6 +54,7 @@ def fill_cache(hooked: HookedModel, tokens: mx.array, cache: list[Any],
     for start in range(0, tokens.shape[1], chunk_size):
         hooked.model(tokens[:, start : start + chunk_size], cache=cache)
         mx.eval([c.state for c in cache])
+        mx.clear_cache()
 
 
 def prefill(hooked: HookedModel, tokens: mx.array, cache: list[Any],
