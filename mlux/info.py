@@ -19,13 +19,12 @@ def block_pattern(hooked: HookedModel) -> str:
         return "unknown"
     probe = mx.array([[1, 2, 3, 1]])
     names = ["residuals_0", "residuals_1", "attention_1", "mlp_1"]
-    _, acts = hooked.run_with_cache(probe, names)
+    acts = hooked.capture(probe, names)
     total = acts["residuals_0"] + acts["attention_1"] + acts["mlp_1"]
     scale = float(mx.abs(acts["residuals_1"]).max().item()) or 1.0
     if float(mx.abs(total - acts["residuals_1"]).max().item()) > 1e-3 * scale:
         return "normalised branch outputs (post-norm / sandwich)"
-    _, moved = hooked.run_with_cache(probe, ["mlp_1"],
-                                     hooks={"attention_1": lambda x, c: x + 1.0})
+    moved = hooked.capture(probe, ["mlp_1"], hooks={"attention_1": lambda x, c: x + 1.0})
     if mx.array_equal(moved["mlp_1"], acts["mlp_1"]).item():
         return "parallel: x + attn(norm(x)) + mlp(norm(x))"
     return "sequential pre-norm: h = x + attn(norm(x)); out = h + mlp(norm(h))"

@@ -121,6 +121,32 @@ def test_reduced_path_equals_run_with_cache_per_prompt(tiny, data_file, tmp_path
                                            rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # masked batch; row-by-row fallback
+def test_capture_batch_uses_capture_and_equals_each_prompt_alone(arch, monkeypatch):
+    """Collection needs no logits: it never calls `run_with_cache`, and its in-hook reducer
+    gives the same rows whether the batch runs masked or (gemma2) row by row."""
+    from mlux.collect.capture import capture_batch
+    from mlux.testing import make_tiny_model
+
+    hooked = HookedModel(make_tiny_model(arch)[0], None)
+    assert hooked.padded_batches == (arch == "llama")
+    rows, hooks = [[5, 9, 13], [7, 21, 4, 30, 11, 2], [8, 8]], ["residuals_1", "mlp_0"]
+    refs = [hooked.run_with_cache([r], hooks)[1] for r in rows]
+
+    def no_logits_needed(*args, **kwargs):
+        raise AssertionError("collection ran the LM head")
+
+    monkeypatch.setattr(HookedModel, "run_with_cache", no_logits_needed)
+    for positions in (["last", "mean"], ["all"]):
+        got = capture_batch(hooked, rows, [[] for _ in rows], hooks, positions)
+        for h in hooks:
+            for i, ref in enumerate(refs):
+                r = np.asarray(ref[h][0])
+                want = {"last": r[-1], "mean": r.mean(0), "all": r}
+                for p in positions:
+                    np.testing.assert_allclose(got[h][p][i], want[p], rtol=1e-4, atol=1e-4)
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in root.rglob("*.safetensors")}

@@ -1,5 +1,6 @@
 """One batch of prompts through the model: optional generation, then the activations at the
-requested token positions of every hook point, as numpy arrays."""
+requested token positions of every hook point, as numpy arrays. Activations come from
+`HookedModel.capture`: the pass stops at the deepest hook point and never runs the LM head."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def encode_prompts(hooked: HookedModel, prompts: Sequence[str], *, chat_template
 def _reducer(lengths: list[int], width: int, positions: Sequence[str]):  # noqa: ANN202
     """Keep only `last`/`mean` rows inside the hook, so a batch never holds (B, T, D) per point.
 
-    Also correct under `run_with_cache`'s row-by-row fallback, where x is one unpadded row.
+    Also correct under `capture`'s row-by-row fallback, where x is one unpadded row.
     """
     pad = mx.array([width - n for n in lengths])[:, None]
     batch_mask = mx.arange(width)[None, :] >= pad
@@ -70,7 +71,7 @@ def capture_batch(hooked: HookedModel, rows: list[list[int]], generated: list[li
     width = max(len(s) for s in seqs)
     full = bool({"all", "generated"} & set(positions))
     reduce = None if full else _reducer([len(r) for r in rows], width, positions)
-    _, acts = hooked.run_with_cache(seqs, list(hook_points), reduce=reduce)
+    acts = hooked.capture(seqs, list(hook_points), reduce=reduce)
     out: BatchActivations = {}
     for h in hook_points:
         x = np.asarray(acts.pop(h).astype(mx.float32))
