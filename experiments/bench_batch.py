@@ -30,8 +30,9 @@ import mlx.core as mx
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mlux import HookedModel, generate_from_cache, prefill_with_cache, steering_hooks
-from mlux.batch import Steering, collect_rows, generate_batch, stream_rows
+from mlux.generate import collect_rows, generate_batch, stream_rows
 from mlux.serve import Limits, create_server_app
+from mlux.steering import Steering
 from mlux.testing import save_tiny_model
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_batch.json"

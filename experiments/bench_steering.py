@@ -37,8 +37,9 @@ import mlx.core as mx
 import mlx_lm
 
 import mlux
-from mlux.batch import Steering, generate_batch
 from mlux.decode import PREFILL_CHUNK
+from mlux.generate import generate_batch
+from mlux.steering import Steering
 from mlux.testing import save_tiny_model
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_steering.json"

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .batch import Steering, generate_batch
 from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from .configs import (
+from .contrastive import ContrastiveSteering
+from .extract import compute_steering_vector, extract_steering_vectors
+from .generate import generate_batch, generate_from_cache, prefill_with_cache, stream_from_cache
+from .hooks import Hook, HookContext, HookError, HookWrapper
+from .layers import expand_layer_specs
+from .model import HookedModel
+from .model_configs import (
     MODEL_CONFIGS,
     ModelConfig,
     estimate_memory,
     get_model_config,
     infer_model_config,
 )
-from .contrastive import ContrastiveSteering
-from .generate import generate_from_cache, prefill_with_cache, stream_from_cache
-from .hooks import Hook, HookContext, HookError, HookWrapper
-from .interventions import (
+from .steering import (
+    Steering,
     create_ablation_hook,
     create_additive_hook,
     create_steering_hook,
     steering_hooks,
 )
-from .layers import expand_layer_specs
-from .model import HookedModel
-from .steering import compute_steering_vector, extract_steering_vectors
 from .vector_library import VectorLibrary
 from .vectors import SteeringVector
 

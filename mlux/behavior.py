@@ -8,10 +8,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .batch import Steering, collect_rows, stream_rows
 from .evaluation import distinct_n, repetition_rate
-from .interventions import Positions, resolve_positions
+from .generate import collect_rows, stream_rows
 from .model import HookedModel
+from .positions import Positions, resolve_positions
+from .steering import Steering
 
 __all__ = ["BehaviorCell", "Scorer", "behavior_rates"]
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence, Union
 
-from .batch import Steering, collect_rows, stream_rows
-from .interventions import Positions, resolve_positions, steering_hooks
+from .extract import apply_chat, extract_steering_vectors, resolve_layers
+from .generate import collect_rows, stream_rows
 from .model import HookedModel
-from .steering import apply_chat, extract_steering_vectors, resolve_layers
+from .positions import Positions, resolve_positions
+from .steering import Steering, steering_hooks
 from .vectors import SteeringVector
 
 __all__ = ["ContrastiveSteering"]

@@ -22,8 +22,8 @@ from mlx_lm.models.cache import make_prompt_cache
 from .hooks import Hook, cache_offsets
 from .inputs import RowGroup, to_token_batch
 from .model import HookedModel, HookSpec
-from .rows import RowSteering, row_steering_hooks, row_terms, steers_prefix
 from .sampling import Sampler, make_seeded_sampler, sample_rows
+from .steering import RowSteering, row_steering_hooks, row_terms, steers_prefix
 
 __all__ = ["PREFILL_CHUNK", "Decoder", "Event", "eos_ids", "fill_cache", "prefill"]
 

@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 from .behavior import behavior_rates
 from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from .contrastive import ContrastiveSteering
+from .extract import extract_steering_vectors
 from .model import HookedModel
-from .steering import extract_steering_vectors
 
 __all__ = ["HAPPY_SAD", "DemoTask", "demo_task", "run_demo"]
 

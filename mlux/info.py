@@ -6,8 +6,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from .configs import BEHAVIORS, estimate_memory
 from .model import HookedModel
+from .model_configs import BEHAVIORS, estimate_memory
 
 __all__ = ["block_pattern", "compact_hook_points", "model_info"]
 

@@ -113,7 +113,7 @@ class HookedModel:
     @property
     def config(self):  # noqa: ANN201 - ModelConfig, imported lazily to avoid a cycle
         if self._config is None:
-            from .configs import infer_model_config
+            from .model_configs import infer_model_config
 
             self._config = infer_model_config(self)
         return self._config

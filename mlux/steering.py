@@ -1,158 +1,313 @@
-"""Contrastive extraction: a steering direction per layer from positive vs negative prompts.
+"""Steering: hooks that add a vector, add position-specific deltas or project a direction out,
+and the `Steering` spec that gives each row of a batch its own terms.
 
-Every requested layer comes from the same batched forward passes (one pass per batch of
-prompts, never one per layer); only each prompt's last-token residual is kept.
+Positions are absolute (`ctx.offset + t`, per row in padded batches), so a hook does the same
+thing whether the prompt runs in one pass, in prefill chunks, or token by token under the cache.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .model import HookedModel
-from .vectors import SteeringVector
+from .hooks import Hook, HookContext
+from .positions import Positions, resolve_positions
 
 __all__ = [
-    "METHODS",
-    "apply_chat",
-    "compute_steering_vector",
-    "extract_steering_vectors",
-    "extract_with_activations",
-    "last_token_activations",
-    "resolve_layers",
+    "RowSteering",
+    "Steering",
+    "create_ablation_hook",
+    "create_additive_hook",
+    "create_row_steering_hook",
+    "create_steering_hook",
+    "directions_at",
+    "row_steering_hooks",
+    "row_terms",
+    "steering_hooks",
+    "steers_prefix",
 ]
 
-METHODS = ("mean_diff", "pca")
+def _as_f32(value: Any, what: str) -> mx.array:
+    arr = value if isinstance(value, mx.array) else mx.array(value)
+    if not mx.issubdtype(arr.dtype, mx.floating) and not mx.issubdtype(arr.dtype, mx.integer):
+        raise ValueError(f"{what} must be numeric, got {arr.dtype}")
+    arr = arr.astype(mx.float32)
+    if not bool(mx.all(mx.isfinite(arr)).item()):
+        raise ValueError(f"{what} contains NaN or inf values")
+    return arr
 
 
-def apply_chat(hooked: HookedModel, prompts: Sequence[str]) -> list[str]:
-    """Format each prompt as one user turn with the tokenizer's chat template."""
-    tok = hooked.tokenizer
-    if getattr(tok, "chat_template", None) is None:
-        raise ValueError("chat=True but this tokenizer has no chat template")
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                    add_generation_prompt=True) for p in prompts]
+def _one_direction(vector: Any) -> Any:
+    """The `(D,)` array of a one-layer `SteeringVector` (or the array itself)."""
+    directions = getattr(vector, "directions", None)
+    if not isinstance(directions, Mapping):
+        return vector
+    if len(directions) != 1:
+        raise ValueError(f"this SteeringVector has layers {sorted(directions)}; a hook takes one "
+                         "direction: use steering_hooks(vector, alpha) for every layer, or "
+                         "vector[layer] for one")
+    return next(iter(directions.values()))
 
 
-def resolve_layers(hooked: HookedModel, layers: Union[int, str, Iterable[Any]]) -> list[int]:
-    """Layer ints (negative from the end) or `residuals_*` specs -> block indices."""
-    names = hooked.expand_layer_specs(layers)
-    bad = [n for n in names if not n.startswith("residuals_")]
-    if bad:
-        raise ValueError(f"steering vectors are read from residuals_i; got {bad}")
-    return [int(n.rsplit("_", 1)[1]) for n in names]
+def _window_mask(ctx: HookContext, start: float, end: float) -> Union[None, bool, mx.array]:
+    """None if every position of this forward is inside [start, end), False if none is, else
+    a (B|1, T, 1) mask."""
+    if ctx.row_offsets is None:
+        first, last = ctx.offset, ctx.offset + ctx.length - 1
+        if first >= start and last < end:
+            return None
+        if last < start or first >= end:
+            return False
+    pos = ctx.positions()
+    inside = pos >= start if end == float("inf") else (pos >= start) & (pos < end)
+    return inside[..., None]
 
 
-def _check_prompts(prompts: Any, what: str) -> list[str]:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise ValueError(f"{what} prompts must be a list of strings")
-    if not prompts:
-        raise ValueError(f"{what} prompt list is empty; give at least one prompt")
-    if not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f"{what} prompts must all be non-empty strings")
-    return list(prompts)
+def _positional(delta_of: Any, start: float, end: float) -> Hook:
+    def hook(x: mx.array, ctx: HookContext) -> Optional[mx.array]:
+        mask = _window_mask(ctx, start, end)
+        if mask is False:
+            return None
+        delta = delta_of(x, ctx)
+        return x + (delta if mask is None else mx.where(mask, delta, 0).astype(x.dtype))
+
+    return hook
 
 
-def last_token_activations(
-    hooked: HookedModel, prompts: Sequence[str], layers: list[int], *, batch_size: int = 16
-) -> dict[int, mx.array]:
-    """float32 `(N, D)` residuals at each prompt's last token, per layer, batched."""
-    names = [f"residuals_{i}" for i in layers]
-    parts: dict[int, list[mx.array]] = {i: [] for i in layers}
-    for s in range(0, len(prompts), batch_size):
-        # Left padding puts every prompt's last real token at position T-1; the pass stops at
-        # the deepest layer asked for.
-        acts = hooked.capture(list(prompts[s : s + batch_size]), names,
-                              reduce=lambda x: x[:, -1].astype(mx.float32))
-        for i, n in zip(layers, names, strict=True):
-            parts[i].append(acts[n])
-    return {i: mx.concatenate(p, axis=0) for i, p in parts.items()}
-
-
-def _pca_direction(pos: mx.array, neg: mx.array) -> mx.array:
-    """First right-singular vector of the paired differences (not mean-removed, so a shift
-    shared by all pairs dominates), signed so positives project higher, scaled to the mean
-    projected difference so alphas mean the same as for mean_diff."""
-    diffs = pos - neg  # (N, D)
-    _, _, vt = mx.linalg.svd(diffs, stream=mx.cpu)
-    d = vt[0]
-    proj = diffs @ d
-    if float(mx.mean(proj > 0).item()) < 0.5 or (
-        float(mx.mean(proj > 0).item()) == 0.5 and float(mx.mean(proj).item()) < 0
-    ):
-        d, proj = -d, -proj
-    return d * mx.mean(proj)
-
-
-def extract_with_activations(
-    hooked: HookedModel,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    layers: Union[int, str, Iterable[Any]],
+def create_steering_hook(
+    vector: Any,
+    alpha: Union[float, mx.array] = 1.0,
     *,
-    method: str = "mean_diff",
-    chat: bool = False,
-    batch_size: int = 16,
-) -> tuple[SteeringVector, dict[int, mx.array]]:
-    """`extract_steering_vectors`, plus the float32 last-token activations `(N, D)` it was
-    computed from (positives first), for callers that need both from the one pass."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
-    if method == "pca" and len(positive) != len(negative):
-        raise ValueError(f"method='pca' needs paired prompts: got {len(positive)} positive and "
-                         f"{len(negative)} negative")
-    if method == "pca" and len(positive) < 2:
-        raise ValueError("method='pca' needs at least 2 prompt pairs")
-    layer_ids = resolve_layers(hooked, layers)
-    if chat:
-        positive, negative = apply_chat(hooked, positive), apply_chat(hooked, negative)
-    acts = last_token_activations(hooked, [*positive, *negative], layer_ids,
-                                  batch_size=batch_size)
-    n = len(positive)
-    out = {}
-    for i in layer_ids:
-        pos, neg = acts[i][:n], acts[i][n:]
-        vec = _pca_direction(pos, neg) if method == "pca" else pos.mean(0) - neg.mean(0)
-        if not bool(mx.all(mx.isfinite(vec)).item()):
-            raise ValueError(f"the vector at layer {i} is not finite (activations overflowed)")
-        out[i] = vec
-    mx.eval(out)
-    vector = SteeringVector(out, model_id=hooked.model_id, method=method,
-                            num_pairs=min(len(positive), len(negative)),
-                            metadata={"num_positive": len(positive),
-                                      "num_negative": len(negative), "chat": chat})
-    return vector, acts
+    positions: Positions = "all",
+    prompt_length: Optional[int] = None,
+) -> Hook:
+    """Add `alpha * vector` at the chosen positions, cast to the activation's dtype.
 
-
-def extract_steering_vectors(
-    hooked: HookedModel,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    layers: Union[int, str, Iterable[Any]],
-    *,
-    method: str = "mean_diff",
-    chat: bool = False,
-    batch_size: int = 16,
-) -> SteeringVector:
-    """Per-layer `(D,)` float32 directions, as a `SteeringVector` (a mapping layer -> direction):
-    `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style), from batched passes that stop at the
-    deepest layer asked for. `chat=True` wraps each prompt in the tokenizer's chat template.
+    `vector` is `(D,)` or per-row `(B, D)`; `alpha` a float or per-row `(B,)` (0 = unsteered row).
     """
-    return extract_with_activations(hooked, positive, negative, layers, method=method,
-                                    chat=chat, batch_size=batch_size)[0]
+    vec = _as_f32(_one_direction(vector), "steering vector")
+    if vec.ndim not in (1, 2) or vec.shape[-1] == 0:
+        raise ValueError(f"steering vector must have shape (D,) or (B, D), got {vec.shape}")
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if alpha != alpha or abs(alpha) == float("inf"):
+            raise ValueError(f"alpha must be finite, got {alpha}")
+        delta = vec * alpha
+    else:
+        a = _as_f32(alpha, "alpha")
+        if a.ndim != 1:
+            raise ValueError(f"per-row alpha must have shape (B,), got {a.shape}")
+        delta = a[:, None] * (vec if vec.ndim == 2 else vec[None])
+    delta = delta[:, None, :] if delta.ndim == 2 else delta  # (B, 1, D) or (D,)
+    start, end = resolve_positions(positions, prompt_length)
+    cast: dict[Any, mx.array] = {}
+
+    def delta_of(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[-1] != delta.shape[-1]:
+            raise ValueError(f"steering vector has size {delta.shape[-1]} but {ctx.name} has "
+                             f"hidden size {x.shape[-1]}")
+        if delta.ndim == 3 and delta.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"per-row steering has {delta.shape[0]} rows, batch has {x.shape[0]}")
+        if x.dtype not in cast:
+            cast[x.dtype] = delta.astype(x.dtype)
+        return cast[x.dtype]
+
+    return _positional(delta_of, start, end)
 
 
-def compute_steering_vector(
-    hooked: HookedModel,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    layer: int,
-    **kwargs: Any,
-) -> mx.array:
-    """CAA: mean last-token `residuals_{layer}` over positives minus the same over negatives."""
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"layer must be an int, got {layer!r}")
-    return extract_steering_vectors(hooked, positive, negative, layer, **kwargs)[
-        resolve_layers(hooked, layer)[0]]
+def create_row_steering_hook(
+    deltas: mx.array, starts: Sequence[float], ends: Sequence[float]
+) -> Hook:
+    """Add `deltas[b]` to batch row b at its absolute positions in `[starts[b], ends[b])`.
+
+    Positions are per row (`ctx.positions()`), so left padding and the KV cache are accounted
+    for; a zero row leaves its row untouched.
+    """
+    table = _as_f32(deltas, "per-row deltas")
+    if table.ndim != 2 or len(starts) != table.shape[0] or len(ends) != table.shape[0]:
+        raise ValueError(f"per-row steering needs (B, D) deltas and B starts/ends; got "
+                         f"{table.shape}, {len(starts)}, {len(ends)}")
+    lo_max, hi_min = max(float(s) for s in starts), min(float(e) for e in ends)
+    lo = mx.array([float(s) for s in starts])[:, None]  # (B, 1)
+    hi = mx.array([min(float(e), 2.0**31) for e in ends])[:, None]
+    table = table[:, None, :]  # (B, 1, D)
+    cast: dict[Any, mx.array] = {}
+
+    def hook(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[0] != table.shape[0] or x.shape[-1] != table.shape[-1]:
+            raise ValueError(f"per-row steering for {table.shape[0]} rows of size "
+                             f"{table.shape[-1]}; {ctx.name} has shape {tuple(x.shape)}")
+        if x.dtype not in cast:
+            cast[x.dtype] = table.astype(x.dtype)
+        if ctx.row_offsets is None and lo_max <= ctx.offset and ctx.offset + ctx.length <= hi_min:
+            return x + cast[x.dtype]  # rows share positions, all inside every row's window
+        pos = ctx.positions()  # (1|B, T)
+        inside = ((pos >= lo) & (pos < hi))[..., None]
+        return x + mx.where(inside, cast[x.dtype], 0).astype(x.dtype)
+
+    return hook
+
+
+def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
+    """Add `deltas[p]` at absolute position p: an `(T, D)` array or a `{position: vector}` dict.
+
+    Positions past the table (or missing from the dict) are left alone.
+    """
+    if isinstance(deltas, Mapping):
+        if not deltas:
+            raise ValueError("additive hook needs at least one {position: vector} entry")
+        if any(not isinstance(p, int) or p < 0 for p in deltas):
+            raise ValueError("additive hook positions must be non-negative ints")
+        rows = {p: _as_f32(v, f"delta at position {p}") for p, v in deltas.items()}
+        dims = {v.shape for v in rows.values()}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise ValueError(f"every delta must be a (D,) vector of one size, got {sorted(dims)}")
+        (dim,) = next(iter(dims))
+        table = mx.zeros((max(rows) + 1, dim), mx.float32)
+        for p, v in rows.items():
+            table[p] = v
+    else:
+        table = _as_f32(deltas, "additive deltas")
+        if table.ndim != 2:
+            raise ValueError(f"additive deltas must have shape (T, D), got {table.shape}")
+    n = table.shape[0]
+
+    def hook(x: mx.array, ctx: HookContext) -> Optional[mx.array]:
+        if ctx.row_offsets is None and ctx.offset >= n:
+            return None  # decode steps past the table: nothing to add
+        if x.shape[-1] != table.shape[1]:
+            raise ValueError(f"deltas have size {table.shape[1]}, {ctx.name} has {x.shape[-1]}")
+        pos = ctx.positions()  # (1|B, T)
+        valid = (pos >= 0) & (pos < n)
+        rows = mx.take(table, mx.clip(pos, 0, n - 1), axis=0)  # (1|B, T, D)
+        return x + mx.where(valid[..., None], rows, 0).astype(x.dtype)
+
+    return hook
+
+
+def create_ablation_hook(
+    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None
+) -> Hook:
+    """Project `direction` out of the stream: x - (x . d) d with d unit-norm (computed in f32)."""
+    d = _as_f32(_one_direction(direction), "ablation direction")
+    if d.ndim != 1:
+        raise ValueError(f"ablation direction must have shape (D,), got {d.shape}")
+    norm = float(mx.linalg.norm(d).item())
+    if norm == 0.0:
+        raise ValueError("ablation direction is the zero vector")
+    unit = d / norm
+    start, end = resolve_positions(positions, prompt_length)
+
+    def delta_of(x: mx.array, ctx: HookContext) -> mx.array:
+        if x.shape[-1] != unit.shape[0]:
+            raise ValueError(f"direction has size {unit.shape[0]}, {ctx.name} has {x.shape[-1]}")
+        proj = x.astype(mx.float32) @ unit  # (B, T)
+        return (-proj[..., None] * unit).astype(x.dtype)
+
+    return _positional(delta_of, start, end)
+
+
+def directions_at(vectors: Any, layers: Optional[Iterable[int]] = None) -> dict[int, Any]:
+    """`{layer: (D,) direction}` from a `{layer: vector}` dict or a `SteeringVector` (narrowed
+    to `layers` when given), or from one `(D,)` vector placed at every layer in `layers`."""
+    directions = getattr(vectors, "directions", vectors)
+    if isinstance(directions, Mapping):
+        chosen = list(directions) if layers is None else list(layers)
+        missing = [i for i in chosen if i not in directions]
+        if missing:
+            raise ValueError(f"no vector for layers {missing}; the vector has layers "
+                             f"{sorted(directions)}")
+        out = {i: directions[i] for i in chosen}
+    else:
+        if not layers:
+            raise ValueError("a single (D,) steering vector needs layers=[...] to say where to "
+                             "add it")
+        out = {i: directions for i in layers}
+    if not out:
+        raise ValueError("no layers to steer")
+    return out
+
+
+def steering_hooks(
+    vectors: Any,
+    alpha: Union[float, mx.array] = 1.0,
+    *,
+    layers: Optional[Iterable[int]] = None,
+    positions: Positions = "all",
+    prompt_length: Optional[int] = None,
+) -> list[tuple[str, Hook]]:
+    """`(residuals_i, hook)` pairs for `HookedModel.hooks`: one vector per layer (a dict or a
+    `SteeringVector`), or one `(D,)` vector at every layer in `layers`."""
+    per_layer = directions_at(vectors, layers)
+    return [
+        (f"residuals_{i}", create_steering_hook(v, alpha, positions=positions,
+                                                prompt_length=prompt_length))
+        for i, v in per_layer.items()
+    ]
+
+
+@dataclass(frozen=True)
+class Steering:
+    """One steering term for one row: `alpha * vector` at `layers` and `positions`.
+
+    `vector` is a `(D,)` array (added at every layer in `layers`), a `{layer: (D,)}` dict or a
+    `SteeringVector` (its own layers unless `layers` narrows them).
+    """
+
+    vector: Any
+    alpha: float = 1.0
+    layers: Optional[Sequence[int]] = None
+    positions: Positions = "all"
+
+    def per_layer(self) -> dict[int, mx.array]:
+        return {i: mx.array(v, dtype=mx.float32)
+                for i, v in directions_at(self.vector, self.layers).items()}
+
+
+RowSteering = Union[None, Steering, Sequence[Steering]]
+
+
+def row_terms(row: RowSteering) -> list[Steering]:
+    """A row's steering as a list of terms (None = unsteered)."""
+    return [] if row is None else [row] if isinstance(row, Steering) else list(row)
+
+
+def steers_prefix(row: RowSteering, prompt_length: int) -> bool:
+    """Does any term touch the positions before the prompt's last token? If not, rows with the
+    same prompt can share one prefill of `prompt[:-1]`."""
+    return any(resolve_positions(t.positions, prompt_length)[0] < prompt_length - 1
+               for t in row_terms(row) if t.alpha)
+
+
+def row_steering_hooks(
+    hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int]
+) -> list[tuple[str, Hook]]:
+    """One hook per steered layer carrying every row's delta and position window; rows that
+    don't steer a layer get a zero delta there (so row i at layer 8 leaves layer 12 alone)."""
+    terms: dict[tuple[int, int], list[tuple[mx.array, int, float]]] = {}
+    for r, row in enumerate(rows):
+        for term in row_terms(row):
+            start, end = resolve_positions(term.positions, prompt_lengths[r])
+            for layer, vec in term.per_layer().items():
+                if vec.shape != (hooked.hidden_size,):
+                    raise ValueError(f"steering vector for layer {layer} has shape "
+                                     f"{tuple(vec.shape)}; the model's hidden size is "
+                                     f"{hooked.hidden_size}")
+                terms.setdefault((layer, r), []).append((vec * term.alpha, start, end))
+    hooks = []
+    for layer in sorted({lyr for lyr, _ in terms}):
+        # Terms of one row at one layer must share a window to fold into one delta.
+        width = max(len(terms.get((layer, r), [])) for r in range(len(rows)))
+        for k in range(width):
+            deltas, starts, ends = [], [], []
+            for r in range(len(rows)):
+                row_k = terms.get((layer, r), [])
+                # A zero delta is a no-op anywhere: give it the widest window.
+                vec, start, end = row_k[k] if k < len(row_k) else (None, 0, float("inf"))
+                deltas.append(mx.zeros((hooked.hidden_size,)) if vec is None else vec)
+                starts.append(start)
+                ends.append(end)
+            hooks.append((f"residuals_{layer}",
+                          create_row_steering_hook(mx.stack(deltas), starts, ends)))
+    return hooks

@@ -168,8 +168,8 @@ class SteeringVector(Mapping):
         mlx-lm calls on ``hooked.model`` are steered too; ``"prompt"`` / ``"generated"`` need each
         prompt's length and apply to mlux's generation (every row its decoder starts).
         """
-        from mlux.interventions import resolve_positions, steering_hooks
-        from mlux.rows import Steering
+        from mlux.positions import resolve_positions
+        from mlux.steering import Steering, steering_hooks
 
         self.check_compatible(hooked.hidden_size, hooked.num_layers)
         if positions in ("prompt", "generated"):

@@ -12,7 +12,8 @@ from mlux import (
     prefill_with_cache,
     steering_hooks,
 )
-from mlux.batch import Steering, generate_batch, row_steering_hooks
+from mlux.generate import generate_batch
+from mlux.steering import Steering, row_steering_hooks
 from mlux.testing import make_tiny_model, save_tiny_model
 
 PROMPTS = [[5, 9, 13, 7], [8, 7, 21], [5, 9, 13, 7, 21, 4, 30, 6, 40], [11, 12],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlux import MODEL_CONFIGS, HookedModel, estimate_memory, get_model_config, infer_model_config
-from mlux.configs import BEHAVIORS, ModelConfig
+from mlux.model_configs import BEHAVIORS, ModelConfig
 from mlux.testing import make_tiny_model
 
 
@@ -57,7 +57,7 @@ def test_unknown_name_is_none():
     assert get_model_config("someone/unknown-model-4bit") is None
 
 
-def test_unknown_behaviour_lists_the_known_ones():
+def test_unknown_behavior_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown behaviour 'sarcasm'.*refusal.*uncertainty"):
         MODEL_CONFIGS["Qwen/Qwen3-4B"].get_recommended_layers("sarcasm")
 

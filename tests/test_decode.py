@@ -17,8 +17,9 @@ from mlux import (
     prefill_with_cache,
     stream_from_cache,
 )
-from mlux.batch import Steering, collect_rows, stream_rows
 from mlux.decode import Decoder
+from mlux.generate import collect_rows, stream_rows
+from mlux.steering import Steering
 from mlux.testing import ARCHITECTURES, make_tiny_model
 
 PROMPTS = [[5, 9, 13, 7, 21, 4], [8, 7, 21], [11, 12, 30, 6, 40, 41, 9, 22]]

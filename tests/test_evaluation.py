@@ -95,7 +95,7 @@ def test_perplexity_matches_hand_computation(hooked):
 
 
 @pytest.mark.parametrize("positions", ["generated", "all"])
-def test_batched_behaviour_rates_equal_row_by_row(hooked, positions):
+def test_batched_behavior_rates_equal_row_by_row(hooked, positions):
     v = {1: mx.random.normal((64,), key=mx.random.key(1)) * 2,
          2: mx.random.normal((64,), key=mx.random.key(2)) * 2}
 

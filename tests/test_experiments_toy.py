@@ -49,7 +49,7 @@ def test_calibration_finds_the_breakdown_a_direct_sweep_shows(hooked):
     assert cal.c == pytest.approx(row["max_safe_alpha"] * row["vector_norm"])
 
 
-def test_random_direction_moves_behaviour_far_less(hooked, scorer):
+def test_random_direction_moves_behavior_far_less(hooked, scorer):
     vectors = extract_steering_vectors(hooked, POS, NEG, [2])
     rows = strength_sweep(hooked, None, vectors, TEST_PROMPTS, scorer, [-2.0, 0.0, 2.0],
                           samples_per_prompt=2)

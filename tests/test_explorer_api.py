@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 
 from mlux import HookedModel, generate_from_cache, prefill_with_cache, steering_hooks
 from mlux.explorer import Limits, create_app, get_state
-from mlux.steering import extract_steering_vectors
+from mlux.extract import extract_steering_vectors
 from mlux.testing import save_tiny_model
 from mlux.vectors import SteeringVector
 

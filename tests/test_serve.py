@@ -13,8 +13,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from mlux import HookedModel, SteeringVector, generate_from_cache, prefill_with_cache
-from mlux.batch import Steering, row_steering_hooks
 from mlux.serve import create_server_app
+from mlux.steering import Steering, row_steering_hooks
 from mlux.testing import save_tiny_model
 from mlux.vector_library import VectorLibrary
 

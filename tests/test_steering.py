@@ -17,7 +17,7 @@ from mlux import (
     prefill_with_cache,
     steering_hooks,
 )
-from mlux.steering import _pca_direction
+from mlux.extract import _pca_direction
 from mlux.testing import save_tiny_model
 
 POS = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w5 w9 w20"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from .analysis import analyze_layers, fit_logistic_probe, layer_separability
 from .collector import CollectionResult, collect, load_model_for, resolve_hook_points
-from .config import (
+from .data import Dataset, balance_categories, load_dataset, read_prompts
+from .plan import CollectionPlan, make_plan
+from .run_config import (
     CollectConfig,
     DataSection,
     InferenceSection,
@@ -20,8 +22,6 @@ from .config import (
     config_from_dict,
     load_config,
 )
-from .data import Dataset, balance_categories, load_dataset, read_prompts
-from .plan import CollectionPlan, make_plan
 from .sae import SAEConfig, SparseAutoencoder, encode_activations, feature_to_steering_vector
 from .sae_train import SAETrainResult, evaluate_sae, train_sae, train_saes
 from .shards import Manifest, read_shard_tensor

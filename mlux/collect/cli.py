@@ -16,7 +16,7 @@ __all__ = ["cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "regist
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .config import load_config
+    from .run_config import load_config
 
     return load_config(args.config) if getattr(args, "config", None) else None
 
@@ -52,7 +52,7 @@ _SAE_FLAGS = {  # flag -> SAESection field
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from .config import SAESection
+    from .run_config import SAESection
     from .sae_train import train_saes
 
     config = _config(args)

@@ -22,13 +22,13 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
-from mlux.batch import generate_batch
+from mlux.generate import generate_batch
 from mlux.model import HookedModel
 
 from .capture import BatchActivations, capture_batch, encode_prompts
-from .config import CollectConfig, load_config
 from .data import category_slug, load_dataset
 from .plan import CollectionPlan, make_plan
+from .run_config import CollectConfig, load_config
 from .shards import Manifest, write_shard
 
 __all__ = ["CollectionResult", "collect", "load_model_for", "resolve_hook_points"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DataSection
+from .run_config import DataSection
 
 __all__ = [
     "DEFAULT_CATEGORY",

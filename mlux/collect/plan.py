@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from mlux.layers import WARN_HOOK_POINTS
 
-from .config import CollectConfig
+from .run_config import CollectConfig
 
 __all__ = ["CollectionPlan", "available_memory", "make_plan"]
 

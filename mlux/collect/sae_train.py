@@ -24,8 +24,8 @@ from tqdm import tqdm
 from mlux.atomic import PathLike, atomic_write_json
 from mlux.layers import expand_layer_specs
 
-from .config import SAESection
 from .plots import plot_training_curve
+from .run_config import SAESection
 from .sae import SAEConfig, SparseAutoencoder
 from .shards import Manifest
 from .store import ActivationStore

@@ -22,10 +22,10 @@ import mlx.core as mx
 
 from ..behavior import behavior_rates
 from ..evaluation import kl_divergence, perplexity
+from ..extract import extract_with_activations
 from ..generate import prefill_with_cache
-from ..interventions import create_steering_hook
 from ..model import HookedModel
-from ..steering import extract_with_activations
+from ..steering import create_steering_hook
 from .common import (
     ResultFile,
     add_common_arguments,

@@ -252,7 +252,7 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 
 def layer_ints(hooked: HookedModel, spec: Optional[str | Sequence[Any]]) -> list[int]:
-    from ..steering import resolve_layers
+    from ..extract import resolve_layers
 
     if spec is None:
         return list(range(hooked.num_layers))

@@ -21,8 +21,8 @@ from typing import Any, Optional, Sequence
 import mlx.core as mx
 
 from ..behavior import Scorer, behavior_rates
+from ..extract import extract_with_activations
 from ..model import HookedModel
-from ..steering import extract_with_activations
 from .common import (
     ResultFile,
     add_common_arguments,

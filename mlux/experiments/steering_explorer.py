@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     hooked = HookedModel.from_pretrained(model)
     limits = Limits() if args.max_tokens is None else Limits(max_tokens=args.max_tokens)
     from mlux.builtin import BUILTIN_MODELS
-    from mlux.explorer.behaviour_sweep import toy_behaviour_sweeps
+    from mlux.explorer.behavior_sweep import toy_behavior_sweeps
 
     # The built-in model's features have scorers, so its sweep can measure behaviour too.
-    sweeps = toy_behaviour_sweeps() if model in BUILTIN_MODELS else None
+    sweeps = toy_behavior_sweeps() if model in BUILTIN_MODELS else None
     app = create_app(hooked, vectors_dir=args.vectors, limits=limits, sweeps=sweeps,
                      allowed_hosts=LOOPBACK_HOSTS if loopback else None)
     server = make_server(host, args.port, app, threaded=True)  # never debug: no reloader/console

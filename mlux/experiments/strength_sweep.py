@@ -18,9 +18,9 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 
 from ..behavior import behavior_rates
-from ..interventions import directions_at
+from ..extract import extract_steering_vectors
 from ..model import HookedModel
-from ..steering import extract_steering_vectors
+from ..steering import directions_at
 from .common import (
     ResultFile,
     add_common_arguments,

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from mlux.batch import Steering
 from mlux.detokenize import RowText
 from mlux.explorer.app import ExplorerState, get_state
 from mlux.explorer.engine import (
@@ -35,7 +34,8 @@ from mlux.explorer.validation import (
     parse_save,
     parse_sweep,
 )
-from mlux.steering import extract_steering_vectors
+from mlux.extract import extract_steering_vectors
+from mlux.steering import Steering
 from mlux.vector_library import validate_name
 from mlux.vectors import SteeringVector
 

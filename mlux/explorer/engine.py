@@ -11,10 +11,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import mlx.core as mx
 
-from mlux.batch import Steering
-from mlux.batch import stream_rows as batch_stream_rows
+from mlux.extract import apply_chat
+from mlux.generate import stream_rows as batch_stream_rows
 from mlux.model import HookedModel
-from mlux.steering import apply_chat
+from mlux.steering import Steering
 from mlux.vectors import SteeringVector
 
 __all__ = [
@@ -45,7 +45,7 @@ def stream_rows(
     temperature: float = 0.0,
     seed: Optional[int] = None,
 ) -> Iterator[dict[int, int]]:
-    """`{row: token}` per decoding step, from `mlux.batch.stream_rows` (one batch where the
+    """`{row: token}` per decoding step, from `mlux.generate.stream_rows` (one batch where the
     model allows it); every row gets the same seed, so rows differ by steering, not luck."""
     seeds = None if seed is None else [seed] * len(rows)
     steps = batch_stream_rows(hooked, tokens, rows, max_tokens=max_tokens,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import mlx.core as mx
 
-from ..batch import Steering
+from ..steering import Steering
 
 __all__ = ["APIError", "GenerationRequest", "Limits", "parse_request", "parse_steering"]
 

@@ -36,7 +36,7 @@ from mlx_lm.utils import _get_classes, quantize_model, save_config, save_model
 
 from mlux.tokenizer_files import SPECIAL_TOKENS, write_word_tokenizer
 
-from .configs import (
+from .tiny_configs import (
     _DEFAULT_KNOBS,
     _FORCED_TOKENIZER_TYPES,
     _GEMMA_TYPES,

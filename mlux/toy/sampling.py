@@ -11,7 +11,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlux.batch import generate_batch
+from mlux.generate import generate_batch
 from mlux.model import HookedModel
 
 __all__ = ["sample_continuations"]

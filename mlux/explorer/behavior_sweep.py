@@ -9,14 +9,14 @@ from ..behavior import behavior_rates
 from ..model import HookedModel
 from ..vectors import SteeringVector
 
-__all__ = ["behaviour_sweep", "toy_behaviour_sweeps"]
+__all__ = ["behavior_sweep", "toy_behavior_sweeps"]
 
 
 def _finite(x: float) -> Optional[float]:
     return x if x == x else None
 
 
-def behaviour_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[str],
+def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[str],
                     label: str, samples: int = 2) -> Callable[..., dict[str, Any]]:
     """A sweep mode: `scorer` decides the behaviour, `prompts` are steered at every layer."""
 
@@ -40,10 +40,10 @@ def behaviour_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[s
     return sweep
 
 
-def toy_behaviour_sweeps() -> dict[str, Callable[..., dict[str, Any]]]:
+def toy_behavior_sweeps() -> dict[str, Callable[..., dict[str, Any]]]:
     """One mode per feature value the built-in model was trained on."""
     from ..toy import FEATURES, TEST_PROMPTS, feature_scorer
 
-    return {f"behaviour:{values[0]}": behaviour_sweep(feature_scorer(feature, values[0]),
+    return {f"behavior:{values[0]}": behavior_sweep(feature_scorer(feature, values[0]),
                                                       TEST_PROMPTS, values[0])
             for feature, values in FEATURES.items()}

@@ -5,19 +5,19 @@ from __future__ import annotations
 from mlux import HookedModel, extract_steering_vectors
 from mlux.behavior import behavior_rates
 from mlux.explorer import create_app
-from mlux.explorer.behaviour_sweep import toy_behaviour_sweeps
+from mlux.explorer.behavior_sweep import toy_behavior_sweeps
 from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS, feature_label
 
 
-def test_behaviour_sweep_mode(tmp_path):
+def test_behavior_sweep_mode(tmp_path):
     hooked = HookedModel.from_pretrained("mlux-toy")
-    app = create_app(hooked, vectors_dir=tmp_path, sweeps=toy_behaviour_sweeps())
+    app = create_app(hooked, vectors_dir=tmp_path, sweeps=toy_behavior_sweeps())
     c = app.test_client()
-    assert "behaviour:happy" in c.get("/api/model").json["sweeps"]
+    assert "behavior:happy" in c.get("/api/model").json["sweeps"]
     pos, neg = CONTRAST_PROMPTS["sentiment"]
     vid = c.post("/api/compute", json={"positive": list(pos), "negative": list(neg)}).json["id"]
     r = c.post("/api/sweep", json={"prompt": "the", "vector": {"id": vid}, "alpha": 2.0,
-                                   "layers": [0, 2], "mode": "behaviour:happy",
+                                   "layers": [0, 2], "mode": "behavior:happy",
                                    "max_tokens": 16})
     assert r.status_code == 200, r.json
     rows = {row["layer"]: row for row in r.json["layers"]}
