@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence, Union
 
-from .extract import apply_chat, extract_steering_vectors, resolve_layers
+from .extract import extract_steering_vectors, resolve_layers
 from .generate import collect_rows, stream_rows
 from .model import HookedModel
 from .positions import Positions, resolve_positions
@@ -52,8 +52,9 @@ class ContrastiveSteering:
                               prompt_length=prompt_length)
 
     def _tokens(self, prompt: str) -> list[int]:
-        text = apply_chat(self.hooked, [prompt])[0] if self.chat else prompt
-        return self.hooked.tokenize(text).tokens[0].tolist()
+        if self.chat:
+            return self.hooked.encode_chat(prompt)
+        return self.hooked.tokenize(prompt).tokens[0].tolist()
 
     def compare(
         self,

@@ -15,7 +15,6 @@ from .vectors import SteeringVector
 
 __all__ = [
     "METHODS",
-    "apply_chat",
     "compute_steering_vector",
     "extract_steering_vectors",
     "extract_with_activations",
@@ -24,15 +23,6 @@ __all__ = [
 ]
 
 METHODS = ("mean_diff", "pca")
-
-
-def apply_chat(hooked: HookedModel, prompts: Sequence[str]) -> list[str]:
-    """Format each prompt as one user turn with the tokenizer's chat template."""
-    tok = hooked.tokenizer
-    if getattr(tok, "chat_template", None) is None:
-        raise ValueError("chat=True but this tokenizer has no chat template")
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                    add_generation_prompt=True) for p in prompts]
 
 
 def resolve_layers(hooked: HookedModel, layers: Union[int, str, Iterable[Any]]) -> list[int]:
@@ -55,7 +45,8 @@ def _check_prompts(prompts: Any, what: str) -> list[str]:
 
 
 def last_token_activations(
-    hooked: HookedModel, prompts: Sequence[str], layers: list[int], *, batch_size: int = 16
+    hooked: HookedModel, prompts: Sequence[Union[str, list[int]]], layers: list[int], *,
+    batch_size: int = 16,
 ) -> dict[int, mx.array]:
     """float32 `(N, D)` residuals at each prompt's last token, per layer, batched."""
     names = [f"residuals_{i}" for i in layers]
@@ -106,10 +97,10 @@ def extract_with_activations(
     if method == "pca" and len(positive) < 2:
         raise ValueError("method='pca' needs at least 2 prompt pairs")
     layer_ids = resolve_layers(hooked, layers)
+    prompts: list[Any] = [*positive, *negative]
     if chat:
-        positive, negative = apply_chat(hooked, positive), apply_chat(hooked, negative)
-    acts = last_token_activations(hooked, [*positive, *negative], layer_ids,
-                                  batch_size=batch_size)
+        prompts = [hooked.encode_chat(p) for p in prompts]
+    acts = last_token_activations(hooked, prompts, layer_ids, batch_size=batch_size)
     n = len(positive)
     out = {}
     for i in layer_ids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -148,6 +148,27 @@ class HookedModel:
 
     def tokenize(self, inputs: Inputs) -> TokenBatch:
         return to_token_batch(self.tokenizer, inputs, self.vocab_size)
+
+    def encode_chat(self, messages: Union[str, Sequence[Mapping[str, str]]]) -> list[int]:
+        """Token ids of a chat, ready for the assistant's turn: a prompt string is one user turn;
+        else `[{"role", "content"}, ...]`. The one chat route (extraction, collection, serve,
+        explorer, sweeps): ids straight from the tokenizer's `apply_chat_template`."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if not messages or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
+                                   and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError("a chat is a prompt string or a non-empty list of {role, content} "
+                             "strings")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"chat formatting asked for, but the tokenizer of "
+                             f"{self.model_id!r} has no chat template")
+        ids: Any = self.tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            add_generation_prompt=True)
+        ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+        if not ids:
+            raise ValueError("the chat template rendered no tokens")
+        return [int(i) for i in ids]
 
     # -- hooks ----------------------------------------------------------------------------------
     def _normalise_hooks(self, hooks: Optional[HookSpec]) -> list[tuple[str, Hook]]:

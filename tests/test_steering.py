@@ -161,11 +161,21 @@ def test_vector_errors(hooked):
 
 def test_chat_formatting_matches_the_template_applied_by_hand(hooked):
     tok = hooked.tokenizer
-    templated_pos = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                             add_generation_prompt=True) for p in POS]
-    templated_neg = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                             add_generation_prompt=True) for p in NEG]
+
+    def ids(p):
+        return list(tok.apply_chat_template([{"role": "user", "content": p}],
+                                            add_generation_prompt=True))
+
+    assert hooked.encode_chat(POS[0]) == ids(POS[0])
+    turns = [{"role": "user", "content": POS[0]}, {"role": "assistant", "content": NEG[0]},
+             {"role": "user", "content": POS[1]}]
+    assert hooked.encode_chat(turns) == list(tok.apply_chat_template(turns,
+                                                                      add_generation_prompt=True))
     via_flag = compute_steering_vector(hooked, POS, NEG, 2, chat=True)
-    by_hand = compute_steering_vector(hooked, templated_pos, templated_neg, 2)
-    assert mx.array_equal(via_flag, by_hand).item()
+    last = {"reduce": lambda x: x[:, -1].astype(mx.float32)}
+    pos = hooked.capture([ids(p) for p in POS], ["residuals_2"], **last)["residuals_2"]
+    neg = hooked.capture([ids(p) for p in NEG], ["residuals_2"], **last)["residuals_2"]
+    assert mx.allclose(via_flag, pos.mean(0) - neg.mean(0), atol=1e-5).item()
     assert not mx.allclose(via_flag, compute_steering_vector(hooked, POS, NEG, 2)).item()
+    with pytest.raises(ValueError, match="role, content"):
+        hooked.encode_chat([{"role": "user"}])

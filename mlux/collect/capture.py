@@ -4,7 +4,7 @@ requested token positions of every hook point, as numpy arrays. Activations come
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -21,18 +21,12 @@ BatchActivations = dict[str, dict[str, list[np.ndarray]]]
 def encode_prompts(hooked: HookedModel, prompts: Sequence[str], *, chat_template: bool = False
                    ) -> list[list[int]]:
     """Token ids of each prompt, as a user turn of the chat template when asked."""
-    tok = hooked.tokenizer
     if not chat_template:
-        return [encode(tok, p) for p in prompts]
-    if not getattr(tok, "chat_template", None):
+        return [encode(hooked.tokenizer, p) for p in prompts]
+    if getattr(hooked.tokenizer, "chat_template", None) is None:
         raise ValueError(f"inference.chat_template is true but {hooked.model_id!r} has no chat "
                          "template; set it to false")
-    rows = []
-    for p in prompts:
-        ids: Any = tok.apply_chat_template([{"role": "user", "content": p}],
-                                           add_generation_prompt=True)
-        rows.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))
-    return rows
+    return [hooked.encode_chat(p) for p in prompts]
 
 
 def _reducer(lengths: list[int], width: int, positions: Sequence[str]):  # noqa: ANN202

@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import mlx.core as mx
 
-from mlux.extract import apply_chat
 from mlux.generate import stream_rows as batch_stream_rows
 from mlux.model import HookedModel
 from mlux.steering import Steering
@@ -32,8 +31,7 @@ SweepFn = Callable[..., dict[str, Any]]
 
 
 def prompt_tokens(hooked: HookedModel, prompt: str, chat: bool) -> list[int]:
-    text = apply_chat(hooked, [prompt])[0] if chat else prompt
-    return hooked.tokenize(text).tokens[0].tolist()
+    return hooked.encode_chat(prompt) if chat else hooked.tokenize(prompt).tokens[0].tolist()
 
 
 def stream_rows(

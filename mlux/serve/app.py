@@ -105,7 +105,7 @@ def chat_completions():  # noqa: ANN201
     tokenizer = _state()["hooked"].tokenizer
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     if getattr(tokenizer, "chat_template", None):
-        tokens = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        tokens = _state()["hooked"].encode_chat(messages)
     else:  # no template: plain concatenation, as mlx-lm's server does
         tokens = tokenizer.encode("\n".join(m["content"] for m in messages))
     return _respond(body, list(tokens), chat=True)
