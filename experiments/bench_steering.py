@@ -256,7 +256,7 @@ def bench_shared_prefill(m: Pair, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "prompt_tokens": len(prompt), "continuations": k, "new_tokens_each": n_tok,
         "steering": f"layers {STEER_LAYERS}, alphas 0.5..{0.5 * k}, positions 'generated'",
-        "padded_batches": m.hooked.padded_batches, "seconds": bk.stats_clocks(sec),
+        "padded_batches": m.hooked.supports_padded_batch(), "seconds": bk.stats_clocks(sec),
         "ratio": bk.paired_clocks(sec, "one_batch_shared_prefill", "separate_calls"),
         "outputs_identical": runs["one_batch_shared_prefill"][0][2]["result"]
         == runs["separate_calls"][0][2]["result"],

@@ -20,6 +20,6 @@ def builtin_model_path(name: str) -> Optional[Path]:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"built-in model {name!r} is missing from the installed package ({path}); "
-            "reinstall mlux or run experiments/train_toy_model.py"
+            "reinstall mlux or run experiments/toy_model/train.py"
         )
     return path

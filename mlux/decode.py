@@ -208,7 +208,7 @@ class Decoder:
         prefix = make_prompt_cache(self.hooked.model)
         fill_cache(self.hooked, tokens[None, :-1], prefix, self.chunk_size)
         last = tokens[None, -1:]
-        if self.hooked.padded_batches:
+        if self.hooked.supports_padded_batch():
             groups = [RowGroup(list(range(len(rows))), mx.repeat(last, len(rows), axis=0),
                                [type(c).merge([c] * len(rows)) for c in prefix])]
         else:
@@ -219,7 +219,7 @@ class Decoder:
         """Join the running batch where the architecture runs padded batches (a lone row's
         plain cache becomes a batch cache then); else decode as a lane of its own."""
         main = next((m for m in self._lanes if m.lent is None), None)
-        if main is None or not self.hooked.padded_batches:
+        if main is None or not self.hooked.supports_padded_batch():
             self._lanes.append(lane)
             return
         main.cache = _batched(main.cache)

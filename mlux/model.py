@@ -16,6 +16,7 @@ from .builtin import builtin_model_path
 from .hooks import BlockFrame, Hook, HookWrapper
 from .inputs import Inputs, RowGroup, TokenBatch, left_pad, make_batch_cache, to_token_batch
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
+from .model_configs import ModelConfig, infer_model_config
 
 __all__ = ["HookedModel", "HookSpec"]
 
@@ -111,10 +112,8 @@ class HookedModel:
         return [n for n in hook_point_names(self.num_layers) if n in self._points]
 
     @property
-    def config(self):  # noqa: ANN201 - ModelConfig, imported lazily to avoid a cycle
+    def config(self) -> ModelConfig:
         if self._config is None:
-            from .model_configs import infer_model_config
-
             self._config = infer_model_config(self)
         return self._config
 
@@ -220,8 +219,7 @@ class HookedModel:
         return {n: len(w._mlux_hooks) for n, w in self._points.items() if w._mlux_hooks}
 
     # -- running --------------------------------------------------------------------------------
-    @property
-    def padded_batches(self) -> bool:
+    def supports_padded_batch(self) -> bool:
         """Does this architecture run left-padded rows exactly as it runs each row alone?
 
         Probed once with three rows of different lengths, against the rows run one by one: some
@@ -256,7 +254,7 @@ class HookedModel:
             return [RowGroup(rows, batch.tokens, None)]
         if len(rows) == 1:  # a lone row runs on mlx-lm's plain cache, as mlx-lm runs it
             return [RowGroup(rows, batch.tokens, make_prompt_cache(self.model))]
-        if self.padded_batches:
+        if self.supports_padded_batch():
             return [RowGroup(rows, batch.tokens, make_batch_cache(self.model, batch.left_padding))]
         return [RowGroup([i], batch.tokens[i : i + 1, pad:],
                          make_prompt_cache(self.model) if cache else None)
@@ -320,7 +318,11 @@ class HookedModel:
         reduce: Optional[Callable[[mx.array], mx.array]] = None,
     ) -> dict[str, mx.array]:
         """The activations at `names` (default: every residual), evaluated, from blocks run
-        only up to the deepest requested hook point: no final norm, no LM head, no KV cache."""
+        only up to the deepest requested hook point: no final norm, no LM head, no KV cache.
+
+        Hooks placed after that point never run. `reduce` sees `(B, T, D)` of the left-padded
+        batch, or `(1, T_i, D)` per row on architectures that run rows alone; outputs that keep
+        their row's length are left-padded back to the batch's."""
         return self._record(inputs, names, hooks, reduce, None, stop_early=True)[1]
 
     def _record(self, inputs: Inputs, names: Optional[LayerSpec], hooks: Optional[HookSpec],

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
+import mlx.nn as nn
 from mlx.utils import tree_flatten
+
+from .arch import detect_architecture, hidden_size_of
 
 __all__ = [
     "BEHAVIORS",
@@ -104,10 +107,8 @@ def get_model_config(name: str) -> Optional[ModelConfig]:
 def infer_model_config(model_or_hooked: Any, name: Optional[str] = None) -> ModelConfig:
     """By name when known (and consistent with the model), else from the model's structure with
     the middle third of layers as the default recommendation."""
-    from .arch import detect_architecture, hidden_size_of
-    from .model import HookedModel
-
-    if isinstance(model_or_hooked, HookedModel):
+    if isinstance(getattr(model_or_hooked, "model", None), nn.Module) and hasattr(
+            model_or_hooked, "num_layers"):  # a HookedModel (not imported: it imports this)
         model, num_layers = model_or_hooked.model, model_or_hooked.num_layers
         hidden, name = model_or_hooked.hidden_size, name or model_or_hooked.model_id
     else:

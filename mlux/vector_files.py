@@ -6,8 +6,8 @@
   layer ``i`` (hook point ``residuals_i``) <-> ``direction.{i}`` with no offset (repeng's
   convention too); llama.cpp rejects ``direction.0``, so layer 0 cannot be exported.
 
-Writes go through ``mlux.atomic``. This module imports ``SteeringVector`` at load time, while
-``mlux.vectors`` imports this module only inside its methods, so there is no import cycle.
+Writes go through ``mlux.atomic``. ``SteeringVector`` passes its own class in (``vector_cls``),
+so this module needs no import of ``mlux.vectors``, which imports it.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import mlx.core as mx
 import numpy as np
 
 from mlux.atomic import PathLike, atomic_write
-from mlux.vectors import FORMAT_VERSION, HOOK_POINT, SteeringVector
 
-__all__ = ["export_gguf", "import_gguf", "load_safetensors", "read_summary", "save_safetensors"]
+__all__ = ["FORMAT_VERSION", "HOOK_POINT", "export_gguf", "import_gguf", "load_safetensors",
+           "read_summary", "save_safetensors"]
 
 _FORMAT = "mlux.steering_vector"
 _META_KEY = "mlux"  # safetensors metadata key holding the JSON blob
@@ -33,7 +33,10 @@ _GGUF_META_KEY = "mlux.metadata"  # extra GGUF KV; llama.cpp ignores keys it doe
 _GGUF_ARCH = "controlvector"
 _TENSOR_NAME = re.compile(r"(?:residuals_|direction\.)(\d+)")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-_VectorType = type[SteeringVector]  # SteeringVector.load/import_gguf pass cls for subclasses
+HOOK_POINT = "residuals"  # the hook point whose output every direction is added to
+FORMAT_VERSION = 1  # of the saved file format; this module reads versions up to this
+SteeringVector = Any  # mlux.vectors.SteeringVector, which passes its class in as vector_cls
+_VectorType = Any
 
 
 # -- safetensors ----------------------------------------------------------------------------------
@@ -52,7 +55,7 @@ def save_safetensors(vector: SteeringVector, path: PathLike) -> Path:
 
 
 def load_safetensors(
-    path: PathLike, hidden_size: int | None = None, *, vector_cls: _VectorType = SteeringVector
+    path: PathLike, hidden_size: int | None = None, *, vector_cls: _VectorType
 ) -> SteeringVector:
     """Read a file written by ``save_safetensors``; also accepts bare ``residuals_N`` or
     ``direction.N`` safetensors without mlux metadata. ``hidden_size``, if given, must match."""
@@ -162,7 +165,7 @@ def export_gguf(vector: SteeringVector, path: PathLike, model_hint: str | None =
     return atomic_write(path, write)
 
 
-def import_gguf(path: PathLike, *, vector_cls: _VectorType = SteeringVector) -> SteeringVector:
+def import_gguf(path: PathLike, *, vector_cls: _VectorType) -> SteeringVector:
     """Read a llama.cpp control vector (from mlux, repeng or llama-cvector-generator);
     ``direction.N`` becomes mlux layer ``N``. See ``export_gguf`` for the numbering."""
     gguf = _import_gguf()

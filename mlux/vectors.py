@@ -25,12 +25,14 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from mlux import vector_files
 from mlux.atomic import PathLike
+from mlux.positions import resolve_positions
+from mlux.steering import Steering, steering_hooks
+from mlux.vector_files import FORMAT_VERSION, HOOK_POINT
 
 __all__ = ["FORMAT_VERSION", "HOOK_POINT", "SteeringVector", "read_summary"]
 
-HOOK_POINT = "residuals"  # the hook point whose output every direction is added to
-FORMAT_VERSION = 1  # of the saved file format; mlux.vector_files reads versions up to this
 
 
 def _utc_now() -> str:
@@ -168,9 +170,6 @@ class SteeringVector(Mapping):
         mlx-lm calls on ``hooked.model`` are steered too; ``"prompt"`` / ``"generated"`` need each
         prompt's length and apply to mlux's generation (every row its decoder starts).
         """
-        from mlux.positions import resolve_positions
-        from mlux.steering import Steering, steering_hooks
-
         self.check_compatible(hooked.hidden_size, hooked.num_layers)
         if positions in ("prompt", "generated"):
             term = Steering(self, float(alpha), positions=positions)
@@ -297,40 +296,30 @@ class SteeringVector(Mapping):
     def __neg__(self) -> SteeringVector:
         return self._derive({layer: -d for layer, d in self.directions.items()})
 
-    # -- files (mlux.vector_files, imported lazily because it imports this module) -------------
+    # -- files (mlux.vector_files) --------------------------------------------------------------
 
     def save(self, path: PathLike) -> Path:
         """Write a safetensors file atomically (an existing file is replaced only on success)."""
-        from mlux.vector_files import save_safetensors
-
-        return save_safetensors(self, path)
+        return vector_files.save_safetensors(self, path)
 
     @classmethod
     def load(cls, path: PathLike, *, hidden_size: int | None = None) -> SteeringVector:
         """Read a file written by ``save``; also accepts bare ``residuals_N``/``direction.N``
         safetensors without mlux metadata. ``hidden_size``, if given, must match."""
-        from mlux.vector_files import load_safetensors
-
-        return load_safetensors(path, hidden_size, vector_cls=cls)
+        return vector_files.load_safetensors(path, hidden_size, vector_cls=cls)
 
     def export_gguf(self, path: PathLike, *, model_hint: str | None = None) -> Path:
         """Write a llama.cpp control vector: ``direction.{i}`` for mlux layer ``i`` (the same
         block output; layer 0 cannot be exported). See ``mlux.vector_files.export_gguf``."""
-        from mlux.vector_files import export_gguf
-
-        return export_gguf(self, path, model_hint=model_hint)
+        return vector_files.export_gguf(self, path, model_hint=model_hint)
 
     @classmethod
     def import_gguf(cls, path: PathLike) -> SteeringVector:
         """Read a llama.cpp control vector (from mlux, repeng or llama-cvector-generator);
         ``direction.N`` becomes mlux layer ``N``. See ``export_gguf`` for the numbering."""
-        from mlux.vector_files import import_gguf
-
-        return import_gguf(path, vector_cls=cls)
+        return vector_files.import_gguf(path, vector_cls=cls)
 
 
 def read_summary(path: PathLike) -> dict[str, Any]:
     """The mlux metadata of a saved vector without loading its tensors (for listings)."""
-    from mlux.vector_files import read_summary as read_file_summary
-
-    return read_file_summary(path)
+    return vector_files.read_summary(path)

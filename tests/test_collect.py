@@ -129,7 +129,7 @@ def test_capture_batch_uses_capture_and_equals_each_prompt_alone(arch, monkeypat
     from mlux.testing import make_tiny_model
 
     hooked = HookedModel(make_tiny_model(arch)[0], None)
-    assert hooked.padded_batches == (arch == "llama")
+    assert hooked.supports_padded_batch() == (arch == "llama")
     rows, hooks = [[5, 9, 13], [7, 21, 4, 30, 11, 2], [8, 8]], ["residuals_1", "mlp_0"]
     refs = [hooked.run_with_cache([r], hooks)[1] for r in rows]
 

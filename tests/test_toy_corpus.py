@@ -24,7 +24,6 @@ from mlux.toy import (
     grammar_score,
     repetition_rate,
 )
-from mlux.toy.sampling import sample_continuations
 
 MODELS = Path(mlux.__file__).resolve().parent / "models"
 
@@ -132,12 +131,14 @@ def test_shipped_model_loads_and_generates(quantized: bool) -> None:
 
 @pytest.mark.parametrize("feature", list(FEATURES))
 def test_shipped_model_follows_markers(feature: str) -> None:
-    model, tokenizer = mlx_lm.load(str(MODELS / "mlux-toy"))
+    hooked = mlux.HookedModel.from_pretrained(str(MODELS / "mlux-toy"))
     prefix = {"sentiment": "mood:", "formality": "style:"}[feature]
     first, second = FEATURES[feature]
     rates = {}
     for seed, value in enumerate((first, second)):
-        texts = sample_continuations(model, tokenizer, f"{prefix} {value}", 40, seed=seed)
+        rows = mlux.generate_batch(hooked, [f"{prefix} {value}"] * 40, max_tokens=30,
+                                   temperature=1.0, seed=seed * 1000)
+        texts = [hooked.tokenizer.decode(r) for r in rows]
         rates[value] = np.mean([feature_label(t, feature) == first for t in texts])
     assert rates[first] >= 0.8
     assert rates[second] <= 0.2

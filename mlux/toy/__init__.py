@@ -1,7 +1,7 @@
 """The built-in toy world: a synthetic two-feature corpus and the small model trained on it.
 
 `mlux/models/mlux-toy` (fp32) and `mlux/models/mlux-toy-4bit` were trained on this corpus by
-`experiments/train_toy_model.py` (`mlux.builtin.builtin_model_path("mlux-toy")`); `classify`
+`experiments/toy_model/train.py` (`mlux.builtin.builtin_model_path("mlux-toy")`); `classify`
 scores the behaviour of their generations.
 """
 

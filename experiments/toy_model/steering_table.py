@@ -4,7 +4,7 @@ For each feature, layer and alpha: the rate of the feature's first value (happy 
 of the other feature, and the grammar score, over seeded temperature-1 continuations of the
 neutral test prompts, steering every position. fp32 and 4-bit, side by side.
 
-    python experiments/toy_steering_table.py [--samples 4]
+    python experiments/toy_model/steering_table.py [--samples 4]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def markdown(rows: list[dict[str, Any]], samples: int) -> str:
         f"position of `residuals_<layer>`; {len(TEST_PROMPTS)} neutral prompts x {samples} "
         "seeded temperature-1 samples per cell (24 tokens). Each cell: rate of the steered "
         "feature's first value (happy / formal) / rate of the other feature's / mean grammar "
-        "score. Measured by `experiments/toy_steering_table.py`.",
+        "score. Measured by `experiments/toy_model/steering_table.py`.",
     ]
     for feature, alphas in ALPHAS.items():
         for model in dict.fromkeys(r["model"] for r in rows):

@@ -14,6 +14,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask
 
+from mlux.generate import generate_batch
+from mlux.model import HookedModel
 from mlux.toy.corpus import (
     CONTRAST_PROMPTS,
     FEATURES,
@@ -24,9 +26,32 @@ from mlux.toy.corpus import (
     grammar_score,
     repetition_rate,
 )
-from mlux.toy.sampling import sample_continuations
 
-__all__ = ["base_rates", "last_token_residuals", "marker_accuracy", "probe_layers"]
+__all__ = ["base_rates", "last_token_residuals", "marker_accuracy", "probe_layers",
+           "sample_continuations"]
+
+
+def sample_continuations(
+    model: nn.Module | HookedModel,
+    tokenizer: Any,
+    prompt: str,
+    n: int,
+    *,
+    max_tokens: int = 30,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> list[str]:
+    """Sample `n` continuations of `prompt` (text after the prompt, cut at `<eos>`).
+
+    `tokenizer` is an `mlx_lm` TokenizerWrapper or a Hugging Face tokenizer; `seed` makes the
+    draw reproducible (it reseeds MLX's global generator, so all rows sample in one call).
+    """
+    hooked = model if isinstance(model, HookedModel) else HookedModel(model, tokenizer)
+    if seed is not None:
+        mx.random.seed(seed)
+    ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+    rows = generate_batch(hooked, [ids] * n, max_tokens=max_tokens, temperature=temperature)
+    return [tokenizer.decode(row) for row in rows]
 
 
 def marker_accuracy(

@@ -87,7 +87,7 @@ def write_model_card(out_dir: str | Path, report: dict[str, Any], *, quantized: 
         "sequences start with `<bos>` half the time, so prompts work with or without it. The chat",
         "template joins message contents with spaces.", "",
         "## Training", "",
-        f"`experiments/train_toy_model.py`: {hp['steps']} steps of AdamW, batch "
+        f"`experiments/toy_model/train.py`: {hp['steps']} steps of AdamW, batch "
         f"{hp['batch_size']}, peak lr {hp['lr']}, {corpus['train_paragraphs']:,} fresh",
         f"paragraphs (sequence length {corpus['sequence_length']}), seed {hp['seed']}.",
         f"Final train loss {report['final_train_loss']:.3f}, held-out loss "

@@ -4,7 +4,7 @@ A 6-layer llama (mlx-lm architecture) learns the synthetic corpus of `mlux.toy.c
 two latent features (sentiment, formality) drive word choice. Run from the repository root:
 
     PYTHONPATH=. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \
-        python experiments/train_toy_model.py
+        python experiments/toy_model/train.py
 
 OpenBLAS makes fp32 matmuls ~20x faster on CPU; the default run takes ~10 min on 2 cores.
 """
@@ -26,11 +26,11 @@ import mlx_lm
 import numpy as np
 from mlx_lm.models.llama import Model, ModelArgs
 from mlx_lm.utils import quantize_model, save_config, save_model
+from model_card import write_model_card
+from toy_eval import base_rates, marker_accuracy, probe_layers
 
 from mlux.tokenizer_files import write_word_tokenizer
 from mlux.toy import MARKER_RATE, VOCABULARY, Example, generate_corpus
-from mlux.toy.evaluate import base_rates, marker_accuracy, probe_layers
-from mlux.toy.model_card import write_model_card
 
 PAD, BOS, EOS = 0, 2, 3
 ARCH: dict[str, Any] = {
