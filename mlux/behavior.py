@@ -4,19 +4,30 @@ continuations, per layer and alpha, with one prefill per prompt shared by every 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
-
-import mlx.core as mx
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .evaluation import distinct_n, repetition_rate
 from .generate import collect_rows, stream_rows
 from .model import HookedModel
 from .positions import Positions, resolve_positions
-from .steering import Steering
+from .steering import Steering, directions_at
 
-__all__ = ["BehaviorCell", "Scorer", "behavior_rates"]
+__all__ = ["BehaviorCell", "Prompt", "Scorer", "ScorerError", "behavior_rates", "prompt_ids"]
 
 Scorer = Callable[[str], Optional[bool]]  # True = target behaviour, False = not, None = unclear
+Prompt = Union[str, list[int]]  # text, or token ids as they are
+
+
+class ScorerError(ValueError):
+    """A behaviour function raised or returned something other than True, False or None."""
+
+
+def prompt_ids(hooked: HookedModel, prompt: Prompt, chat: bool = False) -> list[int]:
+    """One prompt's token ids: ids as given, text tokenized, or with `chat` text wrapped in the
+    model's chat template (`hooked.encode_chat`, the one chat route)."""
+    if chat and isinstance(prompt, str):
+        return hooked.encode_chat(prompt)
+    return hooked.tokenize(prompt).tokens[0].tolist()
 
 
 @dataclass
@@ -57,8 +68,8 @@ def _generate_rows(hooked: HookedModel, ids: list[int], rows: list[tuple[dict, f
 
 def behavior_rates(
     hooked: HookedModel,
-    vectors: Mapping[int, mx.array],
-    prompts: Sequence[str],
+    vector: Any,
+    prompts: Sequence[Prompt],
     scorer: Optional[Scorer],
     *,
     alphas: Iterable[float],
@@ -71,29 +82,32 @@ def behavior_rates(
     keep_tokens: bool = False,
     max_batch: int = 32,
     positions: Positions = "all",
+    chat: bool = False,
 ) -> list[BehaviorCell]:
-    """Steer with `alpha * vectors[layer]` and score each continuation.
+    """Steer with `alpha * vector[layer]` and score each continuation.
 
-    A `layers` entry may be a tuple: those layers are steered together. Every (layers, alpha,
+    `vector` is a `SteeringVector` or `{layer: (D,) array}` (every layer of it unless `layers`
+    says), or one `(D,)` array added at each of `layers`. A `layers` entry may be a tuple: those
+    layers are steered together. `prompts` are strings or token-id lists; with `chat` strings
+    are wrapped in the model's chat template (`hooked.encode_chat`). Every (layers, alpha,
     sample) of a prompt is a row of one batch; with `positions` "generated" they share one
     prefill of `prompt[:-1]`, with "all" (the default) the prompt is steered too. Seeds depend
     on (prompt, sample) only, so cells differ by their steering, not their luck; alpha 0 is
     generated once and shared by every layer.
     """
-    layers = list(vectors) if layers is None else list(layers)
     alphas = [float(a) for a in alphas]
     if not prompts:
         raise ValueError("behaviour measurement needs at least one prompt")
     resolve_positions(positions, 1)  # validate before any work
-    keys = [k if isinstance(k, tuple) else (k,) for k in layers]
-    missing = sorted({i for k in keys for i in k if i not in vectors})
-    if missing:
-        raise ValueError(f"no vector for layers {missing}")
+    flat = None if layers is None else [i for k in layers for i in (k if isinstance(k, tuple)
+                                                                     else (k,))]
+    vectors = directions_at(vector, flat)
+    keys = [k if isinstance(k, tuple) else (k,) for k in (vectors if layers is None else layers)]
     cells = [(key, alpha) for key in keys for alpha in alphas]
     unique = list(dict.fromkeys((key if a else (), a) for key, a in cells))
     texts: dict[tuple, list[tuple[str, list[int]]]] = {u: [] for u in unique}
     for pi, prompt in enumerate(prompts):
-        ids = hooked.tokenize(prompt).tokens[0].tolist()
+        ids = prompt_ids(hooked, prompt, chat)
         rows = [(u, s) for u in unique for s in range(samples_per_prompt)]
         spec = [({i: vectors[i] for i in u[0]}, u[1]) for u, _ in rows]
         seeds = [seed + 1000 * pi + s for _, s in rows]
@@ -124,9 +138,9 @@ def _score(scorer: Optional[Scorer], text: str) -> Optional[bool]:
         verdict = scorer(text)
     except Exception as e:  # name the culprit instead of failing deep inside a sweep
         name = getattr(scorer, "__name__", repr(scorer))
-        raise RuntimeError(f"behaviour function {name} raised {e!r} on the text "
-                           f"{text[:80]!r}") from e
+        raise ScorerError(f"behaviour function {name} raised {e!r} on the text "
+                          f"{text[:80]!r}") from e
     if verdict is not None and not isinstance(verdict, (bool, int)):
-        raise RuntimeError(f"behaviour function must return True, False or None; got "
-                           f"{type(verdict).__name__}")
+        raise ScorerError(f"behaviour function must return True, False or None; got "
+                          f"{type(verdict).__name__}")
     return None if verdict is None else bool(verdict)

@@ -1,40 +1,34 @@
-"""The `mlux` command: one subcommand per job (`info`, `demo`, `extract`, ...)."""
+"""The `mlux` command: one verb per job (`info`, `demo`, the sweeps, `serve`, `explore`,
+collection). Every verb runs the same way (`mlux.entry.run_verb`): a user error is one line
+`mlux <verb>: error: ...` and exit code 2, Ctrl-C exit code 130, a bug keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
+from . import demo, serve
 from .builtin import DEFAULT_MODEL
+from .collect import cli as collect_cli
+from .entry import Verb, run_command
+from .experiments import alpha_calibration, layer_sweep, strength_sweep
+from .explorer import launch
+from .info import model_info
+from .model import HookedModel
 
-__all__ = ["build_parser", "main", "run_guarded"]
-
-
-def run_guarded(fn: Callable[[], int], name: str) -> int:
-    """Run a command, turning expected failures into one clear line instead of a traceback."""
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        print(f"mlux {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mlux {name}: interrupted; finished cells are saved, rerun the same command to "
-              "resume", file=sys.stderr)
-        return 130
+__all__ = ["VERBS", "main"]
 
 
-def _load(model: str):  # noqa: ANN202
-    from .model import HookedModel
-
-    return HookedModel.from_pretrained(model)
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"model directory, hub id or built-in name (default: {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .info import model_info
-
-    info = model_info(_load(args.model))
+    info = model_info(HookedModel.from_pretrained(args.model))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -58,55 +52,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(model=args.model, feature=args.feature, max_tokens=args.max_tokens,
-                    seed=args.seed)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlux", description="MLX-native activation steering")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str):  # noqa: A002
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=fn)
-        return p
-
-    p = add("info", cmd_info, "show a model's layers, hidden size, hook points, configs")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"model directory, hub id or built-in name (default: {DEFAULT_MODEL})")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = add("demo", cmd_demo, "extract a vector and show steered vs baseline generations")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="any mlx-lm model (default: built-in)")
-    p.add_argument("--feature", default=None, help="feature to steer (built-in model: "
-                   "sentiment or formality; other models: happy/sad contrast)")
-    p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-
-    from .collect.cli import register as register_collect
-    from .experiments import alpha_calibration, layer_sweep, strength_sweep
-    from .experiments.steering_explorer import register as register_explore
-    from .serve import register as register_serve
-
-    for name, module, text in (
-            ("layer-sweep", layer_sweep, "rank layers by how well a vector steers there"),
-            ("calibrate", alpha_calibration, "find where each layer's output degenerates"),
-            ("strength-sweep", strength_sweep, "behaviour rate per strength, with controls")):
-        p = sub.add_parser(name, help=text, description=module.__doc__)
-        module.build_parser(p)
-        p.set_defaults(func=module.run_cli)
-    register_serve(sub)
-    register_explore(sub)
-    register_collect(sub)
-    return parser
+VERBS: tuple[Verb, ...] = (
+    Verb("info", "show a model's layers, hidden size, hook points, configs", _info_arguments,
+         cmd_info),
+    demo.VERB,
+    layer_sweep.VERB,
+    alpha_calibration.VERB,
+    strength_sweep.VERB,
+    serve.VERB,
+    launch.VERB,
+    *collect_cli.VERBS,
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_guarded(lambda: args.func(args), args.command)
+    return run_command("mlux", VERBS, argv, description="MLX-native activation steering")
 
 
 if __name__ == "__main__":

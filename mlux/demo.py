@@ -6,6 +6,7 @@ small happy/sad contrast set on any mlx-lm model.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -13,10 +14,12 @@ from typing import Callable, Optional, Sequence
 from .behavior import behavior_rates
 from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from .contrastive import ContrastiveSteering
+from .entry import Verb
 from .extract import extract_steering_vectors
 from .model import HookedModel
+from .toy import CONTRAST_PROMPTS, FEATURES, TEST_PROMPTS, feature_scorer
 
-__all__ = ["HAPPY_SAD", "DemoTask", "demo_task", "run_demo"]
+__all__ = ["HAPPY_SAD", "VERB", "DemoTask", "demo_task", "run_demo"]
 
 HAPPY_SAD = (
     ("I feel so happy and grateful today.", "What a wonderful, joyful morning!",
@@ -54,8 +57,6 @@ def _word_scorer(text: str) -> Optional[bool]:
 def demo_task(model_name: str, feature: Optional[str]) -> DemoTask:
     """Contrast prompts, test prompts and scorer for the demo on `model_name`."""
     if model_name in BUILTIN_MODELS:
-        from .toy import CONTRAST_PROMPTS, FEATURES, TEST_PROMPTS, feature_scorer
-
         feature = feature or "sentiment"
         if feature not in FEATURES:
             raise ValueError(f"unknown feature {feature!r}; the built-in model has "
@@ -122,3 +123,20 @@ def run_demo(model: str = DEFAULT_MODEL, feature: Optional[str] = None, max_toke
              f"alpha {task.alphas[0]:+g} and {task.alphas[-1]:+g}); "
              f"total {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="any mlx-lm model (default: built-in)")
+    p.add_argument("--feature", default=None, help="feature to steer (built-in model: "
+                   "sentiment or formality; other models: happy/sad contrast)")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_demo(model=args.model, feature=args.feature, max_tokens=args.max_tokens,
+                    seed=args.seed)
+
+
+VERB = Verb("demo", "extract a vector and show steered vs baseline generations",
+            _add_arguments, _run, description=__doc__)

@@ -9,7 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mlux import HookedModel
+from mlux import HookedModel, extract_steering_vectors
+from mlux.behavior import behavior_rates
 from mlux.cli import main as mlux_main
 from mlux.experiments import alpha_calibration, layer_sweep, strength_sweep
 from mlux.experiments.common import ResultFile
@@ -89,16 +90,16 @@ def test_interrupted_layer_sweep_resumes_without_redoing_cells(setup, tmp_path):
     out = tmp_path / "resume.json"
     kw = dict(layers=[0, 1, 2], samples_per_prompt=1, max_tokens=5)
     with pytest.raises(KeyboardInterrupt):
-        layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw,
+        layer_sweep.layer_sweep(hooked, (pos, neg), ["w40"], scorer, **kw,
                                 result=ResultFile(out, "layer_sweep", hooked, settings))
     saved = json.loads(out.read_text())["cells"]
     assert set(saved) == {"baseline", "layer_0", "layer_1"}  # finished cells survived
     calls.update(n=0, fail_at=-1)
-    resumed = layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw,
+    resumed = layer_sweep.layer_sweep(hooked, (pos, neg), ["w40"], scorer, **kw,
                                       result=ResultFile(out, "layer_sweep", hooked, settings))
     assert calls["n"] == 2  # only layer 2's two cells ran again
     calls.update(n=0)
-    fresh = layer_sweep.layer_sweep(hooked, pos, neg, ["w40"], scorer, **kw)
+    fresh = layer_sweep.layer_sweep(hooked, (pos, neg), ["w40"], scorer, **kw)
     assert resumed.rows == fresh.rows
 
 
@@ -136,19 +137,65 @@ def test_result_file_refuses_other_settings(setup, tmp_path):
     assert ResultFile(tmp_path / "r.json", "layer_sweep", hooked, {"a": 2}, fresh=True)
 
 
-def test_strength_sweep_accepts_model_and_tokenizer(setup):
+def test_sweeps_share_one_calling_convention(setup):
+    """(hooked, vector, prompts, scorer, ...): a ready vector or a contrast to extract from."""
     root, model = setup
     hooked = HookedModel.from_pretrained(model)
-    import mlx.core as mx
-
-    vec = {1: mx.ones((hooked.hidden_size,))}
-    rows = strength_sweep.strength_sweep(hooked.model, hooked.tokenizer, vec, ["w40"],
-                                         lambda t: "w20" in t, [0.0, 5.0], samples_per_prompt=1,
-                                         max_tokens=4)
+    contrast = (["w5 w6", "w8"], ["w30", "w31 w32"])
+    scorer = lambda t: "w20" in t  # noqa: E731
+    kw = dict(samples_per_prompt=1, max_tokens=4)
+    vec = extract_steering_vectors(hooked, *contrast, [1, 2])
+    rows = strength_sweep.strength_sweep(hooked, vec, ["w40"], scorer, strengths=[0.0, 5.0],
+                                         **kw)
     assert [r["strength"] for r in rows] == [0.0, 5.0]
     assert {"behavior_rate", "coherence", "samples", "control_rate"} <= set(rows[0])
-    best = strength_sweep.find_best_layers(hooked, None, ["w5 w6", "w8"], ["w30", "w31 w32"],
-                                           ["w40"], lambda t: "w20" in t, layers=[0, 1],
-                                           samples_per_prompt=1, max_tokens=4)
+    # a contrast is extracted where the sweep steers: the same vector gives the same rows
+    assert strength_sweep.strength_sweep(hooked, contrast, ["w40"], scorer, layers=[1, 2],
+                                         strengths=[0.0, 5.0], **kw) == rows
+    best = strength_sweep.find_best_layers(hooked, contrast, ["w40"], scorer, layers=[0, 1],
+                                           **kw)
     assert len(best["best_layers"]) == 2 and set(best["per_layer"]) == {0, 1}
+    ls = layer_sweep.layer_sweep(hooked, vec, ["w40"], scorer, alpha=0.5, **kw)
+    assert [r["layer"] for r in ls.rows] == [1, 2]  # a ready vector: its own layers
+    assert layer_sweep.layer_sweep(hooked, contrast, ["w40"], scorer, layers=[1],
+                                   method="pca", **kw).rows[0]["layer"] == 1
+    cal = alpha_calibration.alpha_calibration(hooked, vec.select([1]), ["w40"], scorer,
+                                              alphas=[1.0], **kw)
+    assert [r["layer"] for r in cal.layers] == [1] and "rate" in cal.layers[0]["sweep"][0]
     assert alpha_calibration.THRESHOLDS
+
+
+def test_chat_formats_every_prompt_with_the_template(setup):
+    root, model = setup
+    hooked = HookedModel.from_pretrained(model)
+    vec = {1: extract_steering_vectors(hooked, ["w5 w6"], ["w30"], [1])[1]}
+    kw = dict(alphas=[0.0, 4.0], samples_per_prompt=1, max_tokens=4, keep_tokens=True)
+    chat = behavior_rates(hooked, vec, ["w40 w41", "w42"], None, chat=True, **kw)
+    ids = behavior_rates(hooked, vec, [hooked.encode_chat(p) for p in ["w40 w41", "w42"]],
+                         None, **kw)
+    plain = behavior_rates(hooked, vec, ["w40 w41", "w42"], None, **kw)
+    assert [c.token_ids for c in chat] == [c.token_ids for c in ids]
+    assert [c.token_ids for c in chat] != [c.token_ids for c in plain]
+
+
+@pytest.mark.parametrize("extra", [["--chat"], ["--method", "pca"]])
+def test_cli_chat_and_method(setup, tmp_path, extra):
+    root, model = setup
+    out = tmp_path / "ls.json"
+    assert mlux_main(["layer-sweep", *common_args(root, model, out), "--layers", "1", *extra]) == 0
+    settings = validate(out, "layer_sweep")["settings"]
+    assert settings["chat"] == ("--chat" in extra)
+    assert settings["method"] == ("pca" if "pca" in extra else "mean_diff")
+
+
+def test_cli_sweeps_a_saved_vector(setup, tmp_path):
+    root, model = setup
+    hooked = HookedModel.from_pretrained(model)
+    vec = extract_steering_vectors(hooked, ["w5 w6"], ["w30"], [1, 2])
+    path = vec.save(tmp_path / "v.safetensors")
+    out = tmp_path / "cal.json"
+    assert mlux_main(["calibrate", *common_args(root, model, out), "--vector", str(path),
+                      "--alphas", "1,100"]) == 0
+    data = validate(out, "alpha_calibration")
+    assert data["settings"]["vector"] == str(path) and "positive" not in data["settings"]
+    assert set(data["summary"]["max_safe_alpha"]) == {"1", "2"}

@@ -7,8 +7,8 @@ import pytest
 from mlux import HookedModel, extract_steering_vectors
 from mlux.behavior import behavior_rates
 from mlux.experiments.alpha_calibration import alpha_calibration
-from mlux.experiments.common import resolve_scorer
 from mlux.experiments.layer_sweep import layer_sweep
+from mlux.experiments.options import resolve_scorer
 from mlux.experiments.strength_sweep import strength_sweep
 from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS, grammar_score
 
@@ -26,7 +26,8 @@ def scorer():
 
 
 def test_layer_sweep_ranks_steerable_layers_above_the_first_block(hooked, scorer):
-    res = layer_sweep(hooked, POS, NEG, TEST_PROMPTS, scorer, alpha=0.75, samples_per_prompt=2)
+    res = layer_sweep(hooked, (POS, NEG), TEST_PROMPTS, scorer, alpha=0.75,
+                      samples_per_prompt=2)
     effects = {r["layer"]: r["effect"] for r in res.rows}
     assert 0 not in res.best_layers
     assert all(effects[b] > effects[0] + 0.2 for b in res.best_layers)
@@ -35,7 +36,7 @@ def test_layer_sweep_ranks_steerable_layers_above_the_first_block(hooked, scorer
 
 def test_calibration_finds_the_breakdown_a_direct_sweep_shows(hooked):
     layer, grid = 2, [1.0, 2.0, 4.0, 8.0, 16.0]
-    cal = alpha_calibration(hooked, POS, NEG, TEST_PROMPTS[:4], layers=[layer], alphas=grid,
+    cal = alpha_calibration(hooked, (POS, NEG), TEST_PROMPTS[:4], layers=[layer], alphas=grid,
                             samples_per_prompt=2, max_tokens=16)
     (row,) = cal.layers
     assert row["degenerates_at"] is not None
@@ -51,7 +52,7 @@ def test_calibration_finds_the_breakdown_a_direct_sweep_shows(hooked):
 
 def test_random_direction_moves_behavior_far_less(hooked, scorer):
     vectors = extract_steering_vectors(hooked, POS, NEG, [2])
-    rows = strength_sweep(hooked, None, vectors, TEST_PROMPTS, scorer, [-2.0, 0.0, 2.0],
+    rows = strength_sweep(hooked, vectors, TEST_PROMPTS, scorer, strengths=[-2.0, 0.0, 2.0],
                           samples_per_prompt=2)
     base = rows[1]["behavior_rate"]
     real = max(abs(r["behavior_rate"] - base) for r in rows)

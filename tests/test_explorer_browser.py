@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 
 from mlux import HookedModel
 from mlux.builtin import DEFAULT_MODEL, builtin_model_path
-from mlux.explorer import create_app
+from mlux.explorer import create_app, get_state
 from mlux.testing import save_tiny_model
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -140,7 +140,8 @@ def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], An
         page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
 
         # Stop mid-stream: the browser drops the connection, the server stops generating.
-        lock = app.extensions["mlux"].lock
+        with app.app_context():
+            lock = get_state().lock
         page.fill("#max-tokens", "256")
         with hooked.hooks({"residuals_0": _slow}):
             page.click("#generate")

@@ -91,8 +91,8 @@ def test_bad_generate_request(client: Any, vid: str, path: str, change: dict, fi
 
 BAD_COMPUTE = [
     ({"positive": "w10"}, "positive"), ({"positive": []}, "positive"),
-    ({"positive": ["w10"] * 65}, "positive"), ({"positive": ["w10", 3]}, "positive"),
-    ({"positive": ["w10", ""]}, "positive"), ({"positive": [LONG]}, "positive"),
+    ({"positive": ["w10"] * 65}, "positive"), ({"positive": ["w10", 3]}, "positive[1]"),
+    ({"positive": ["w10", ""]}, "positive[1]"), ({"positive": [LONG]}, "positive[0]"),
     ({"negative": None}, "negative"), ({"method": "svd"}, "method"),
     ({"method": "pca", "negative": NEG[:2]}, "negative"), ({"chat": 1}, "chat"),
     ({"layer": 2}, "layer"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -36,7 +37,7 @@ def server(tmp_path_factory):
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="none",
                            max_retries=0, timeout=60)
     yield {"client": client, "hooked": hooked, "direction": direction, "port": srv.server_port,
-           "engine": app.extensions["mlux_serve"]["engine"]}
+           "engine": app.extensions["mlux_serve"]["engine"], "app": app}
     srv.shutdown()
     app.extensions["mlux_serve"]["engine"].close()
 
@@ -138,9 +139,19 @@ def post(port, path, body, content_type="application/json"):
          "steering.vector"),
         ({"prompt": PROMPT, "steering": {"vector": "push", "positions": "middle"}},
          "steering.positions"),
-        ({"prompt": PROMPT, "steering": {"vector": "push", "colour": 1}}, "steering"),
+        ({"prompt": PROMPT, "steering": {"vector": "push", "colour": 1}}, "steering.colour"),
+        ({"prompt": PROMPT, "steering": [{"vector": "push"}, {"vector": "push", "alpha": "x"}]},
+         "steering[1].alpha"),
+        ({"prompt": PROMPT, "steering": {"vector": "push", "layers": [1, 1]}},
+         "steering.layers"),
+        ({"prompt": PROMPT, "steering": {"vector": [1.0] * 63 + [10**400], "layers": [1]}},
+         "steering.vector[63]"),
+        ({"prompt": PROMPT, "steering": [{"vector": "push"}] * 9}, "steering"),
+        ({"prompt": PROMPT, "steering": "push"}, "steering"),
         ({"prompt": " ".join(["w5"] * 5000)}, "prompt"),
-        ({"prompt": 3}, "prompt"),
+        ({"prompt": 3}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "w5\ud800"}, "prompt"),
+        ({"prompt": PROMPT, "seed": 10**4000}, "seed"), ({"prompt": PROMPT, "n": 2}, "n"),
+        ({"prompt": PROMPT, "top_p": float("inf")}, "top_p"),
         ({"prompt": PROMPT, "max_tokens": "ten"}, "max_tokens"),
         ({"prompt": PROMPT, "max_tokens": 100000}, "max_tokens"),
         ({"prompt": PROMPT, "temperature": -1}, "temperature"),
@@ -158,8 +169,10 @@ def test_bad_requests_get_openai_style_400s(server, body, param):
 
 def test_non_json_and_bad_messages(server):
     status, payload = post(server["port"], "/v1/completions", b"prompt=x", "text/plain")
-    assert status == 400 and "JSON object" in payload["error"]["message"]
+    assert status == 415 and "JSON object" in payload["error"]["message"]
     status, payload = post(server["port"], "/v1/chat/completions", {"messages": [{"x": 1}]})
+    assert status == 400 and payload["error"]["param"] == "messages[0].role"
+    status, payload = post(server["port"], "/v1/chat/completions", {"messages": "hi"})
     assert status == 400 and payload["error"]["param"] == "messages"
     with pytest.raises(openai.BadRequestError):
         server["client"].completions.create(model="m", prompt=PROMPT, max_tokens=5,
@@ -167,9 +180,89 @@ def test_non_json_and_bad_messages(server):
                                                                      "layers": [1]}})
 
 
-def test_client_disconnect_cancels_its_generation(server):
-    import http.client
+def raw_request(port, method, path, body=b"", headers=None):
+    """(status, headers, parsed JSON or raw text) over a plain socket, any Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body, {"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    data = resp.read().decode()
+    conn.close()
+    is_json = resp.getheader("Content-Type", "").startswith("application/json")
+    return resp.status, resp.headers, json.loads(data) if is_json else data
 
+
+def test_host_header_must_name_this_server(server):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 still sends its own Host."""
+    port, steps = server["port"], server["engine"].steps
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 5}).encode()
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "[::1"):
+        status, headers, payload = raw_request(port, "POST", "/v1/completions", body,
+                                               {"Host": host})
+        assert status == 400, host
+        assert payload["error"]["type"] == "invalid_request_error", host
+        assert "Host" in payload["error"]["message"] and payload["error"]["param"] is None
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert server["engine"].steps == steps  # refused before reaching the model
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        status, _, payload = raw_request(port, "GET", "/v1/models", headers={"Host": host})
+        assert status == 200 and payload["object"] == "list", host
+
+
+def test_security_headers_on_every_response(server):
+    port = server["port"]
+    stream = json.dumps({"prompt": PROMPT, "max_tokens": 2, "stream": True}).encode()
+    responses = [raw_request(port, "GET", "/v1/models"),
+                 raw_request(port, "POST", "/v1/completions", stream),
+                 raw_request(port, "POST", "/v1/completions", b"{}"),
+                 raw_request(port, "GET", "/nothing"),
+                 raw_request(port, "DELETE", "/v1/models")]
+    assert [r[0] for r in responses] == [200, 200, 400, 404, 405]
+    assert responses[1][2].endswith("data: [DONE]\n\n")
+    for status, headers, _ in responses:
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'"), status
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Cache-Control"] == "no-store"
+    for status, _, payload in responses[2:]:  # errors keep the OpenAI shape, 404/405 too
+        assert set(payload["error"]) == {"message", "type", "param", "code"}, status
+    assert responses[3][2]["error"]["type"] == "not_found_error"
+
+
+def test_hostile_bodies_get_clean_400s(server):
+    port = server["port"]
+    deep = b'{"prompt": "w5", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    nested = b'{"prompt": "w5", "x": ' + b"[" * 40 + b"]" * 40 + b"}"
+    cases = [
+        (deep, 400, None, "nested too deeply"),
+        (nested, 400, "x" + "[0]" * 31, "nested too deeply"),  # level 33
+        (b'{"prompt": "w5", "max_tokens": 1' + b"0" * 5000 + b"}", 400, None, "not valid JSON"),
+        (json.dumps({"messages": [{"role": "user", "content": "w5 \udfff"}]}).encode(), 400,
+         "messages[0].content", "surrogate"),
+        (b"\xff\xfe", 400, None, "not valid JSON"),
+    ]
+    for i, (body, status, param, words) in enumerate(cases):
+        path = "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+        got, _, payload = raw_request(port, "POST", path, body)
+        assert got == status, (i, payload)
+        assert payload["error"]["param"] == param and words in payload["error"]["message"], i
+    assert server["client"].models.list().data  # and the server carries on
+    # Over the body cap (8 MiB by default): 413 before the body is read (the test client: a
+    # real socket may see the connection close while it still sends).
+    big = server["app"].test_client().post("/v1/completions", json={"prompt": "w5 " * (3 << 20)})
+    assert big.status_code == 413 and big.json["error"]["type"] == "invalid_request_error"
+
+
+def test_a_server_exposed_on_purpose_accepts_any_host(server):
+    app = create_server_app(server["hooked"], allowed_hosts=None)
+    try:
+        r = app.test_client().get("/v1/models", headers={"Host": "gpu-box.lan:8080"})
+        assert r.status_code == 200 and r.headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        app.extensions["mlux_serve"]["engine"].close()
+
+
+def test_client_disconnect_cancels_its_generation(server):
     conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
     body = json.dumps({"prompt": PROMPT, "max_tokens": 500, "stream": True})
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})

@@ -1,7 +1,7 @@
-"""Subcommands `collect`, `train-sae` and `analyze-layers` for the `mlux` CLI.
+"""Verbs `collect`, `train-sae` and `analyze-layers` of the `mlux` command.
 
-`register(subparsers)` adds them to `mlux`'s parser; `python -m mlux.collect.cli ...` runs them
-on their own through `main(argv)`.
+`VERBS` lists them for `mlux.cli`; `python -m mlux.collect.cli ...` runs them on their own
+through `main(argv)`, the same way (`mlux.entry`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "register"]
+from ..entry import Verb, run_command
+from .analysis import analyze_layers
+from .collector import collect
+from .run_config import SAESection, load_config
+from .sae_train import train_saes
+
+__all__ = ["VERBS", "cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "register"]
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .run_config import load_config
-
     return load_config(args.config) if getattr(args, "config", None) else None
 
 
@@ -30,8 +34,6 @@ def _result_dir(args: argparse.Namespace, config: Any) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from .collector import collect
-
     config = _config(args)
     if args.batch_size is not None:
         config = config.replace("inference", batch_size=args.batch_size)
@@ -52,9 +54,6 @@ _SAE_FLAGS = {  # flag -> SAESection field
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from .run_config import SAESection
-    from .sae_train import train_saes
-
     config = _config(args)
     settings = config.sae if config is not None else SAESection()
     changes = {f: getattr(args, a) for a, f in _SAE_FLAGS.items() if getattr(args, a) is not None}
@@ -65,8 +64,6 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze_layers(args: argparse.Namespace) -> int:
-    from .analysis import analyze_layers
-
     report = analyze_layers(_result_dir(args, _config(args)), categories=args.categories,
                             position=args.position, test_fraction=args.test_fraction,
                             seed=args.seed, out_dir=args.out_dir)
@@ -75,16 +72,7 @@ def cmd_analyze_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add `collect`, `train-sae` and `analyze-layers` to an argparse subparsers object."""
-
-    def add(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, help=text, description=text)
-        p.set_defaults(func=fn)
-        return p
-
-    p = add("collect", cmd_collect, "collect activations over a data set into resumable "
-            "safetensors shards, as a YAML config describes")
+def _collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (see configs/models/)")
     p.add_argument("--dry-run", action="store_true",
                    help="print hook points and storage/memory estimates, then stop")
@@ -92,7 +80,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--result-dir", default=None, help="override output.result_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = add("train-sae", cmd_train_sae, "train one sparse autoencoder per collected hook point")
+
+def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config (its sae section and result_dir)")
     p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json)")
     p.add_argument("--out-dir", default=None, help="default <result_dir>/sae/<position>")
@@ -110,8 +99,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = add("analyze-layers", cmd_analyze_layers,
-            "per-layer separability of two collected categories (JSON + plot)")
+
+def _analyze_layers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config (its output.result_dir)")
     p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json)")
     p.add_argument("--categories", nargs=2, default=None, metavar=("A", "B"))
@@ -121,16 +110,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out-dir", default=None, help="default <result_dir>/analysis")
 
 
+VERBS = (
+    Verb("collect", "collect activations over a data set into resumable safetensors shards, as "
+         "a YAML config describes", _collect_arguments, cmd_collect,
+         on_interrupt="finished chunks are kept; rerun the same command to resume"),
+    Verb("train-sae", "train one sparse autoencoder per collected hook point",
+         _train_sae_arguments, cmd_train_sae),
+    Verb("analyze-layers", "per-layer separability of two collected categories (JSON + plot)",
+         _analyze_layers_arguments, cmd_analyze_layers),
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add `collect`, `train-sae` and `analyze-layers` to an argparse subparsers object."""
+    for verb in VERBS:
+        verb.register(subparsers)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlux.collect.cli",
-                                     description="activation collection and SAEs")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:  # FileNotFoundError and PermissionError are OSErrors
-        print(f"mlux {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("python -m mlux.collect.cli", VERBS, argv,
+                       description="activation collection and SAEs")
 
 
 if __name__ == "__main__":

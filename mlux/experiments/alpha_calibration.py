@@ -20,25 +20,30 @@ from typing import Any, Optional, Sequence
 
 import mlx.core as mx
 
-from ..behavior import behavior_rates
+from ..behavior import Prompt, Scorer, behavior_rates, prompt_ids
+from ..entry import Verb
 from ..evaluation import kl_divergence, perplexity
-from ..extract import extract_with_activations
 from ..generate import prefill_with_cache
 from ..model import HookedModel
 from ..steering import create_steering_hook
 from .common import (
     ResultFile,
-    add_common_arguments,
-    cli_main,
-    layer_ints,
-    plot_path,
     progress_bar,
-    prompts_from_args,
+    residual_norms,
     save_plot,
+    sweep_directions,
     timed_cell,
 )
+from .options import (
+    RESUME_NOTE,
+    add_common_arguments,
+    layer_ints,
+    parse_floats,
+    plot_path,
+    sweep_inputs,
+)
 
-__all__ = ["THRESHOLDS", "CalibrationResult", "alpha_calibration", "main"]
+__all__ = ["THRESHOLDS", "VERB", "CalibrationResult", "alpha_calibration", "main"]
 
 # A cell degenerates when any of these trips (relative to the unsteered baseline).
 THRESHOLDS = {"distinct_2_ratio": 0.6, "repetition_3": 0.5, "perplexity_ratio": 4.0,
@@ -57,14 +62,15 @@ class CalibrationResult:
         return asdict(self)
 
 
-def _measure(hooked: HookedModel, vectors: dict, prompts: Sequence[str], layer: int,
-             alpha: float, common: dict[str, Any]) -> dict[str, Any]:
-    cell = behavior_rates(hooked, vectors, prompts, None, alphas=[alpha], layers=[layer],
+def _measure(hooked: HookedModel, vectors: dict, prompts: Sequence[Prompt],
+             scorer: Optional[Scorer], layer: int, alpha: float,
+             common: dict[str, Any]) -> dict[str, Any]:
+    cell = behavior_rates(hooked, vectors, prompts, scorer, alphas=[alpha], layers=[layer],
                           keep_tokens=True, **common)[0]
     ppl, kl, finite = [], [], True
+    per = common["samples_per_prompt"]
     for i, prompt in enumerate(prompts):
-        ids = hooked.tokenize(prompt).tokens[0].tolist()
-        per = common["samples_per_prompt"]
+        ids = prompt_ids(hooked, prompt, common["chat"])
         for toks in cell.token_ids[i * per : (i + 1) * per]:
             ppl.append(perplexity(hooked, ids, toks))
         hook = {f"residuals_{layer}": create_steering_hook(vectors[layer], alpha)}
@@ -75,7 +81,8 @@ def _measure(hooked: HookedModel, vectors: dict, prompts: Sequence[str], layer: 
     good = [p for p in ppl if p == p and p != float("inf")]
     return {"alpha": alpha, "distinct_2": cell.distinct_2, "repetition_3": cell.repetition_3,
             "perplexity": statistics.median(good) if good else float("inf"),
-            "kl": statistics.mean(kl), "finite": finite, "texts": cell.texts[:2]}
+            "kl": statistics.mean(kl), "finite": finite, "texts": cell.texts[:2],
+            "rate": cell.rate}
 
 
 def _degenerate(m: dict[str, Any], base: dict[str, float]) -> list[str]:
@@ -95,12 +102,14 @@ def _degenerate(m: dict[str, Any], base: dict[str, float]) -> list[str]:
 
 def alpha_calibration(
     hooked: HookedModel,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    prompts: Sequence[str],
+    vector: Any,
+    prompts: Sequence[Prompt],
+    scorer: Optional[Scorer] = None,
     *,
     layers: Optional[Sequence[int]] = None,
     alphas: Optional[Sequence[float]] = None,
+    method: str = "mean_diff",
+    chat: bool = False,
     samples_per_prompt: int = 2,
     max_tokens: int = 24,
     temperature: float = 1.0,
@@ -108,31 +117,33 @@ def alpha_calibration(
     result: Optional[ResultFile] = None,
     progress: bool = False,
 ) -> CalibrationResult:
-    """`alphas` default to a geometric grid of pushes from 0.05 to 20 times the layer's mean
-    residual norm (as multiples of each layer's own vector)."""
-    layers = list(range(hooked.num_layers)) if layers is None else list(layers)
-    vectors, acts = extract_with_activations(hooked, positive, negative, layers)
+    """Find each layer's degeneration point. `vector`: a contrast `(positive, negative)`
+    extracted at `layers` (default: every layer; `method`, `chat`), or a `SteeringVector` /
+    `{layer: (D,)}` (default: its layers). `alphas` default to a geometric grid of pushes from
+    0.05 to 20 times the layer's mean residual norm (as multiples of each layer's own vector).
+    `scorer` (optional) adds the behaviour `rate` to every cell, to see how far the behaviour
+    has moved before the text breaks."""
+    vectors, acts = sweep_directions(hooked, vector, layers, method=method, chat=chat)
+    layers = list(vectors)
+    residual = residual_norms(hooked, layers, acts, prompts, chat)
     common = dict(samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                  temperature=temperature, seed=seed)
+                  temperature=temperature, seed=seed, chat=chat)
 
-    def cell(key: str, fn: Any) -> Any:
-        return timed_cell(result, key, fn) if result is not None else fn()
+    def cell(key: str, layer: int, alpha: float) -> dict[str, Any]:
+        return timed_cell(result, key, lambda: _measure(hooked, vectors, prompts, scorer,
+                                                        layer, alpha, common))
 
-    base = cell("baseline", lambda: _measure(hooked, vectors, prompts, layers[0], 0.0, common))
+    base = cell("baseline", layers[0], 0.0)
     rows = []
     for layer in progress_bar(layers, progress):
         norm = float(mx.linalg.norm(vectors[layer]).item())
-        residual = float(mx.linalg.norm(acts[layer], axis=-1).mean().item())
-        grid = alphas or [residual / norm * 0.05 * (400 ** (k / 9)) for k in range(10)]
-        sweep = [cell(f"layer_{layer}_alpha_{a:.6g}",
-                      lambda a=a, layer=layer: _measure(hooked, vectors, prompts, layer, a,
-                                                        common))
-                 for a in grid]
+        grid = alphas or [residual[layer] / norm * 0.05 * (400 ** (k / 9)) for k in range(10)]
+        sweep = [cell(f"layer_{layer}_alpha_{a:.6g}", layer, a) for a in grid]
         for m in sweep:
             m["degenerate"] = _degenerate(m, base)
         first = next((i for i, m in enumerate(sweep) if m["degenerate"]), None)
         safe = grid[-1] if first is None else (grid[first - 1] if first > 0 else 0.0)
-        rows.append({"layer": layer, "vector_norm": norm, "residual_norm": residual,
+        rows.append({"layer": layer, "vector_norm": norm, "residual_norm": residual[layer],
                      "sweep": sweep, "degenerates_at": None if first is None else grid[first],
                      "max_safe_alpha": safe, "c": safe * norm})
     cs = [r["c"] for r in rows if r["c"] > 0]
@@ -163,31 +174,21 @@ def plot(res: CalibrationResult, path: Any) -> Any:
     return save_plot(path, draw)
 
 
-def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="python -m mlux.experiments.alpha_calibration",
-                                     description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, "alpha_calibration.json")
     p.add_argument("--layers", default=None, help="layers to calibrate (default: all)")
     p.add_argument("--alphas", default=None, help="comma-separated alphas (default: auto grid)")
-    return p
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    from .common import parse_floats
-
-    hooked = HookedModel.from_pretrained(args.model)
-    pos, neg, test = prompts_from_args(args)
-    layers = layer_ints(hooked, args.layers)
+def run(args: argparse.Namespace) -> int:
+    inp = sweep_inputs(args)
+    layers = layer_ints(inp.hooked, args.layers)
     alphas = parse_floats(args.alphas, "--alphas") if args.alphas else None
-    settings = {"layers": layers, "alphas": alphas, "samples": args.samples,
-                "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "seed": args.seed, "thresholds": THRESHOLDS, "positive": pos, "negative": neg,
-                "prompts": test}
-    result = ResultFile(args.output, "alpha_calibration", hooked, settings, fresh=args.fresh)
-    res = alpha_calibration(hooked, pos, neg, test, layers=layers, alphas=alphas,
-                            samples_per_prompt=args.samples, max_tokens=args.max_tokens,
-                            temperature=args.temperature, seed=args.seed, result=result,
-                            progress=True)
+    settings = {**inp.settings, "layers": layers, "alphas": alphas, "thresholds": THRESHOLDS}
+    result = ResultFile(args.output, "alpha_calibration", inp.hooked, settings, fresh=args.fresh)
+    res = alpha_calibration(inp.hooked, inp.vector, inp.prompts, inp.scorer, layers=layers,
+                            alphas=alphas, method=args.method, result=result, progress=True,
+                            **inp.common)
     print("layer | norm   | degenerates at | max safe alpha | c")
     for r in res.layers:
         deg = "-" if r["degenerates_at"] is None else f"{r['degenerates_at']:.3g}"
@@ -199,8 +200,12 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+VERB = Verb("calibrate", "find where each layer's output degenerates", add_arguments, run,
+            description=__doc__, on_interrupt=RESUME_NOTE)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli_main(build_parser, run_cli, argv, "alpha_calibration")
+    return VERB.main(argv, prog="python -m mlux.experiments.alpha_calibration")
 
 
 if __name__ == "__main__":

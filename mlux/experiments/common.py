@@ -1,30 +1,34 @@
-"""What every experiment shares: resumable JSON results, behaviour functions by name, prompt
-files, default contrast sets, plots and the common command-line options."""
+"""What the sweeps share: the vector a sweep steers with (a ready vector or a contrast to
+extract from), resumable JSON results, cells, ranking and plots. The command-line side (prompt
+files, behaviour functions by name, common options) is `mlux.experiments.options`."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import mlx.core as mx
+from tqdm import tqdm
+
+from .. import __version__
 from ..atomic import atomic_write, atomic_write_json
-from ..behavior import Scorer
-from ..builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from ..evaluation import is_refusal
+from ..behavior import Prompt, prompt_ids
+from ..extract import extract_with_activations, last_token_activations
 from ..model import HookedModel
+from ..steering import directions_at
 
 __all__ = [
     "ResultFile",
-    "add_common_arguments",
     "best_by_effect",
-    "contrast_prompts",
-    "load_prompts",
-    "resolve_scorer",
+    "is_contrast",
+    "progress_bar",
+    "residual_norms",
     "save_plot",
+    "sweep_directions",
+    "timed_cell",
 ]
 
 
@@ -35,8 +39,6 @@ class ResultFile:
 
     def __init__(self, path: str | Path, kind: str, hooked: HookedModel,
                  settings: dict[str, Any], *, fresh: bool = False) -> None:
-        from .. import __version__
-
         self.path = Path(path)
         self.data: dict[str, Any] = {
             "schema": f"mlux.{kind}/1", "kind": kind, "mlux_version": __version__,
@@ -101,8 +103,6 @@ def progress_bar(items: Sequence[Any], show: bool, desc: str = "layers") -> Any:
     """`items`, wrapped in a tqdm bar when `show` (CLI runs), as they are otherwise."""
     if not show:
         return items
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="layer")
 
 
@@ -112,89 +112,16 @@ def best_by_effect(effects: dict[int, float], top_k: int) -> list[int]:
                                            else float("-inf")), i))[:top_k]
 
 
-def timed_cell(result: ResultFile, key: str, fn: Callable[[], Any]) -> Any:
-    """Compute a cell unless a previous run finished it."""
+def timed_cell(result: Optional[ResultFile], key: str, fn: Callable[[], Any]) -> Any:
+    """Compute a cell unless a previous run finished it (no result file: just compute it)."""
+    if result is None:
+        return fn()
     if result.done(key):
         return result.get(key)
     t = time.perf_counter()
     value = fn()
     result.put(key, value, time.perf_counter() - t)
     return value
-
-
-def cli_main(build_parser: Callable[[], argparse.ArgumentParser],
-             run_cli: Callable[[argparse.Namespace], int], argv: Optional[Sequence[str]],
-             name: str) -> int:
-    """`python -m mlux.experiments.<name>`: parse, run, one clear line on expected errors."""
-    from ..cli import run_guarded
-
-    return run_guarded(lambda: run_cli(build_parser().parse_args(argv)), name)
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .txt (one per line), .json (list of strings) or .jsonl ("prompt"/"text")."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"prompt file {p} does not exist")
-    text = p.read_text()
-    if p.suffix == ".json":
-        items = json.loads(text)
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-            raise ValueError(f"{p} must hold a JSON list of strings")
-    elif p.suffix == ".jsonl":
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        items = [x if isinstance(x, str) else x.get("prompt") or x.get("text") for x in items]
-        if not all(isinstance(x, str) for x in items):
-            raise ValueError(f"{p}: every JSONL line needs a 'prompt' or 'text' string")
-    else:
-        items = [line.strip() for line in text.splitlines()]
-    items = [x for x in items if x.strip()]
-    if not items:
-        raise ValueError(f"prompt file {p} holds no prompts")
-    return items
-
-
-def contrast_prompts(model: str, feature: Optional[str]) -> tuple[list[str], list[str], list[str]]:
-    """Default (positive, negative, test prompts): the built-in model's own features, else the
-    demo's happy/sad contrast."""
-    from ..demo import demo_task
-
-    task = demo_task(model if model in BUILTIN_MODELS else "", feature)
-    return list(task.positive), list(task.negative), list(task.prompts)
-
-
-def resolve_scorer(spec: Optional[str], model: str,
-                   feature: Optional[str] = None) -> tuple[Scorer, str]:
-    """A behaviour function from a name: `toy:FEATURE=VALUE` (built-in model), `refusal`,
-    `contains:w1,w2`, or `package.module:function`. None: the scorer of the default contrast
-    task (the built-in model's `feature`, else the happy/sad word count)."""
-    if spec is None:
-        from ..demo import demo_task
-
-        task = demo_task(model if model in BUILTIN_MODELS else "", feature)
-        name = f"toy:{task.feature}={task.target}" if model in BUILTIN_MODELS else "happy_sad"
-        return task.scorer, name
-    if spec.startswith("toy:"):
-        from ..toy import feature_scorer
-
-        feature, _, value = spec[4:].partition("=")
-        return feature_scorer(feature, value), spec
-    if spec == "refusal":
-        return is_refusal, spec
-    if spec.startswith("contains:"):
-        words = {w.strip().lower() for w in spec[9:].split(",") if w.strip()}
-        if not words:
-            raise ValueError("contains: needs at least one word, e.g. contains:happy,joy")
-        return (lambda t: bool(words & {w.strip(".,!?").lower() for w in t.split()})), spec
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"unknown behaviour {spec!r}: use toy:FEATURE=VALUE, refusal, "
-                         f"contains:w1,w2 or module:function ({e})") from e
-    if not callable(fn):
-        raise ValueError(f"behaviour {spec!r} is not callable")
-    return fn, spec
 
 
 def save_plot(path: str | Path, draw: Callable[[Any], None]) -> Path:
@@ -213,47 +140,42 @@ def save_plot(path: str | Path, draw: Callable[[Any], None]) -> Path:
         plt.close(fig)
 
 
-def add_common_arguments(p: argparse.ArgumentParser, output: str) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="mlx-lm model (default: built-in)")
-    p.add_argument("--positive", help="file of positive contrast prompts (.txt/.json/.jsonl)")
-    p.add_argument("--negative", help="file of negative contrast prompts")
-    p.add_argument("--prompts", help="file of test prompts to steer")
-    p.add_argument("--feature", help="built-in model feature (sentiment, formality)")
-    p.add_argument("--behavior", help="toy:FEATURE=VALUE | refusal | contains:w1,w2 | "
-                   "module:function (default: the feature's first value)")
-    p.add_argument("--samples", type=int, default=2, help="samples per prompt per cell")
-    p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=output, help="JSON result (resumed if it exists)")
-    p.add_argument("--plot", default=None, help="PNG plot path (default: next to --output)")
-    p.add_argument("--fresh", action="store_true", help="overwrite a previous result")
 
 
-def prompts_from_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
-    pos, neg, test = contrast_prompts(args.model, args.feature)
-    return (load_prompts(args.positive) if args.positive else pos,
-            load_prompts(args.negative) if args.negative else neg,
-            load_prompts(args.prompts) if args.prompts else test)
+def is_contrast(vector: Any) -> bool:
+    """True for a contrast `(positive prompts, negative prompts)` rather than a vector."""
+    return (isinstance(vector, tuple) and len(vector) == 2
+            and all(isinstance(side, (list, tuple)) and all(isinstance(p, str) for p in side)
+                    for side in vector))
 
 
-def plot_path(args: argparse.Namespace) -> Path:
-    return Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
+def sweep_directions(
+    hooked: HookedModel, vector: Any, layers: Optional[Sequence[int]] = None, *,
+    method: str = "mean_diff", chat: bool = False,
+) -> tuple[dict[int, mx.array], Optional[dict[int, mx.array]]]:
+    """The float32 `(D,)` direction a sweep steers with at each layer, and the last-token
+    activations `(N, D)` they were extracted from (None for a ready vector).
+
+    `vector` is a `SteeringVector` or `{layer: (D,) array}` (narrowed to `layers`), one `(D,)`
+    array (placed at each of `layers`), or a contrast `(positive, negative)` of prompts,
+    extracted at `layers` (default: every layer) by `method` (mean_diff | pca), each prompt
+    wrapped in the model's chat template with `chat`, all layers from one batched pass.
+    """
+    if is_contrast(vector):
+        layers = range(hooked.num_layers) if layers is None else layers
+        vec, acts = extract_with_activations(hooked, vector[0], vector[1], list(layers),
+                                             method=method, chat=chat)
+        return dict(vec.items()), acts
+    return {i: mx.array(v, dtype=mx.float32)
+            for i, v in directions_at(vector, layers).items()}, None
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from e
-    if not values:
-        raise ValueError(f"{what} is empty")
-    return values
-
-
-def layer_ints(hooked: HookedModel, spec: Optional[str | Sequence[Any]]) -> list[int]:
-    from ..extract import resolve_layers
-
-    if spec is None:
-        return list(range(hooked.num_layers))
-    return resolve_layers(hooked, spec)
+def residual_norms(hooked: HookedModel, layers: Sequence[int],
+                   acts: Optional[dict[int, mx.array]], prompts: Sequence[Prompt],
+                   chat: bool = False) -> dict[int, float]:
+    """Each layer's mean residual norm at the last token: of the contrast prompts when their
+    activations `acts` are at hand (`sweep_directions`), else of `prompts`."""
+    if acts is None:
+        acts = last_token_activations(hooked, [prompt_ids(hooked, p, chat) for p in prompts],
+                                      list(layers))
+    return {i: float(mx.linalg.norm(acts[i], axis=-1).mean().item()) for i in layers}

@@ -2,19 +2,25 @@
 
 `create_app(hooked, vectors_dir=...)` builds the app; `python -m mlux.experiments.steering_explorer`
 (or `mlux explore`) serves it at http://127.0.0.1:5001. The JSON API is in `docs/explorer.md`.
+
+Modules, in reading order: `validation` (request schemas), `engine` (the model work), `state`
+(per-app state), `api` (the blueprint), `app` (the factory); the guard rails every route shares
+(field reader, `RequestError`, Host check, headers, server start) are `mlux.web`.
 """
 
 from __future__ import annotations
 
-from mlux.explorer.app import ExplorerState, create_app, get_state
+from mlux.explorer.app import create_app
 from mlux.explorer.engine import SweepFn, projection_sweep
-from mlux.explorer.validation import Limits, ValidationError
+from mlux.explorer.state import ExplorerState, get_state
+from mlux.explorer.validation import Limits
+from mlux.web import RequestError
 
 __all__ = [
     "ExplorerState",
     "Limits",
+    "RequestError",
     "SweepFn",
-    "ValidationError",
     "create_app",
     "get_state",
     "projection_sweep",

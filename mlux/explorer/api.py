@@ -13,22 +13,19 @@ import logging
 import time
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, jsonify, render_template
 
 from mlux.detokenize import RowText
-from mlux.explorer.app import ExplorerState, get_state
 from mlux.explorer.engine import (
     generated_projections,
     prompt_tokens,
     stream_rows,
     unit_vectors,
 )
+from mlux.explorer.state import ExplorerState, get_state
 from mlux.explorer.validation import (
     GenerateRequest,
-    ValidationError,
     VectorRef,
-    json_body,
     parse_compute,
     parse_generate,
     parse_save,
@@ -38,22 +35,24 @@ from mlux.extract import extract_steering_vectors
 from mlux.steering import Steering
 from mlux.vector_library import validate_name
 from mlux.vectors import SteeringVector
+from mlux.web import RequestError, json_object
 
-__all__ = ["bp", "describe_vector", "generation_events"]
+__all__ = ["bp", "describe_vector", "error_body", "generation_events"]
 
 bp = Blueprint("explorer", __name__)
 log = logging.getLogger("mlux.explorer")
 
 
-def _body() -> dict[str, Any]:
-    return json_body(request.mimetype, request.get_data(cache=False))
+def error_body(exc: RequestError) -> dict[str, Any]:
+    """The explorer's error shape: `{"error": message, "field": the field at fault or null}`."""
+    return {"error": exc.message, "field": exc.field}
 
 
 def _name(name: str) -> str:
     try:
         return validate_name(name)
     except ValueError as exc:
-        raise ValidationError("name", str(exc)) from None
+        raise RequestError(str(exc), "name") from None
 
 
 @contextlib.contextmanager
@@ -62,7 +61,7 @@ def _model(state: ExplorerState) -> Iterator[None]:
     try:
         yield
     except ValueError as exc:  # the library's own checks (e.g. prompts that encode to nothing)
-        raise ValidationError(None, str(exc)) from None
+        raise RequestError(str(exc)) from None
     finally:
         state.lock.release()
 
@@ -72,24 +71,6 @@ def describe_vector(vector: SteeringVector) -> dict[str, Any]:
     return {"layers": vector.layers, "norms": [norms[i] for i in vector.layers],
             "hidden_size": vector.hidden_size, "method": vector.method,
             "num_pairs": vector.num_pairs, "model_id": vector.model_id, "created": vector.created}
-
-
-# -- errors: always JSON with the field at fault -------------------------------------------------
-
-@bp.app_errorhandler(ValidationError)
-def _invalid(exc: ValidationError) -> tuple[Response, int]:
-    return jsonify(exc.to_dict()), exc.status
-
-
-@bp.app_errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> tuple[Response, int]:
-    return jsonify(error=exc.description, field=None), exc.code or 500
-
-
-@bp.app_errorhandler(Exception)
-def _crash(exc: Exception) -> tuple[Response, int]:
-    log.exception("explorer request failed")
-    return jsonify(error=f"internal error: {type(exc).__name__}: {exc}", field=None), 500
 
 
 # -- page and model ------------------------------------------------------------------------------
@@ -109,10 +90,10 @@ def model() -> Response:
 @bp.post("/api/compute")
 def compute() -> Response:
     state = get_state()
-    req = parse_compute(_body(), state.limits)
+    req = parse_compute(json_object(), state.limits)
     hooked = state.hooked
     if req.chat and getattr(hooked.tokenizer, "chat_template", None) is None:
-        raise ValidationError("chat", "this model's tokenizer has no chat template")
+        raise RequestError("this model's tokenizer has no chat template", "chat")
     with _model(state):
         directions = extract_steering_vectors(hooked, req.positive, req.negative, "all",
                                               method=req.method, chat=req.chat)
@@ -126,14 +107,14 @@ def compute() -> Response:
 # -- generation ----------------------------------------------------------------------------------
 
 def _generation(state: ExplorerState) -> tuple[GenerateRequest, SteeringVector]:
-    req = parse_generate(_body(), state.limits, state.hooked.num_layers)
+    req = parse_generate(json_object(), state.limits, state.hooked.num_layers)
     vector = state.resolve(req.vector)
     missing = [i for i in req.layers if i not in vector]
     if missing:
-        raise ValidationError("layers", f"the vector has no direction at layers {missing}; "
-                                        f"it has {vector.layers}")
+        raise RequestError(f"the vector has no direction at layers {missing}; it has "
+                           f"{vector.layers}", "layers")
     if req.chat and getattr(state.hooked.tokenizer, "chat_template", None) is None:
-        raise ValidationError("chat", "this model's tokenizer has no chat template")
+        raise RequestError("this model's tokenizer has no chat template", "chat")
     return req, vector
 
 
@@ -193,11 +174,11 @@ def stream() -> Response:
                 with contextlib.closing(gen):  # a closed response closes the generation
                     for event, data in gen:
                         yield _sse(event, data)
-        except ValidationError as exc:
-            yield _sse("error", exc.to_dict())
+        except RequestError as exc:
+            yield _sse("error", error_body(exc))
         except Exception as exc:  # the headers are gone: report in-band
             log.exception("explorer stream failed")
-            yield _sse("error", {"error": f"internal error: {exc}", "field": None})
+            yield _sse("error", error_body(RequestError(f"internal error: {exc}", None, 500)))
 
     return Response(events(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -206,12 +187,12 @@ def stream() -> Response:
 @bp.post("/api/sweep")
 def sweep() -> Response:
     state = get_state()
-    req = parse_sweep(_body(), state.limits, state.hooked.num_layers, list(state.sweeps))
+    req = parse_sweep(json_object(), state.limits, state.hooked.num_layers, list(state.sweeps))
     vector = state.resolve(req.vector)
     layers = req.layers or vector.layers
     missing = [i for i in layers if i not in vector]
     if missing:
-        raise ValidationError("layers", f"the vector has no direction at layers {missing}")
+        raise RequestError(f"the vector has no direction at layers {missing}", "layers")
     with _model(state):
         tokens = prompt_tokens(state.hooked, req.prompt, req.chat)
         result = state.sweeps[req.mode](state.hooked, vector, tokens, layers=layers,
@@ -237,11 +218,11 @@ def list_vectors() -> Response:
 @bp.post("/api/vectors")
 def save_vector() -> tuple[Response, int]:
     state = get_state()
-    req = parse_save(_body())
+    req = parse_save(json_object())
     vector = state.resolve(req.vector)
     if req.name in state.library and not req.overwrite:
-        raise ValidationError("name", f"a vector named {req.name!r} exists; send "
-                                      '"overwrite": true to replace it', status=409)
+        raise RequestError(f'a vector named {req.name!r} exists; send "overwrite": true to '
+                           "replace it", "name", 409)
     path = state.library.save(req.name, vector)
     return jsonify(name=req.name, file=path.name, **describe_vector(vector)), 201
 
@@ -259,6 +240,5 @@ def delete_vector(name: str) -> Response:
     try:
         state.library.delete(_name(name))
     except FileNotFoundError:
-        raise ValidationError("name", f"no vector named {name!r} in the library",
-                              status=404) from None
+        raise RequestError(f"no vector named {name!r} in the library", "name", 404) from None
     return jsonify(deleted=name)

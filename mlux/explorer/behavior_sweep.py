@@ -23,10 +23,9 @@ def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[st
     def sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[int], *,
               layers: Sequence[int], alpha: float, max_tokens: int) -> dict[str, Any]:
         del tokens  # the behaviour is measured on the fixed test prompts, not the page's one
-        cells = behavior_rates(hooked, {i: vector[i] for i in layers}, prompts, scorer,
-                               alphas=[0.0, alpha], layers=list(layers),
-                               samples_per_prompt=samples, max_tokens=max_tokens,
-                               positions="all")
+        cells = behavior_rates(hooked, vector, prompts, scorer, alphas=[0.0, alpha],
+                               layers=list(layers), samples_per_prompt=samples,
+                               max_tokens=max_tokens, positions="all")
         base = cells[0]
         rows = [{"layer": c.layer, "norm": vector.norms[c.layer], "baseline": _finite(base.rate),
                  "steered": _finite(c.rate), "delta": _finite(c.rate - base.rate),

@@ -2,6 +2,8 @@
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (streaming as
 server-sent events, as the OpenAI API does it). Requests without `steering` are the plain model.
+The app has the explorer's guard rails (`mlux.web.install`: Host allow-list, security headers,
+body cap); every error, 404s and crashes included, is an OpenAI error object.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from .. import web
 from ..detokenize import RowText
 from ..model import HookedModel
 from ..vector_library import VectorLibrary
+from ..web import LOOPBACK_HOSTS, Fields
 from .engine import Engine, Job
-from .protocol import APIError, GenerationRequest, Limits, parse_request
+from .protocol import GenerationRequest, Limits, error_body, parse_request
 
 __all__ = ["create_server_app"]
 
@@ -26,42 +30,29 @@ bp = Blueprint("openai", __name__)
 
 
 def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = None,
-                      limits: Optional[Limits] = None, max_batch: int = 8) -> Flask:
+                      limits: Optional[Limits] = None, max_batch: int = 8,
+                      allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS) -> Flask:
+    """The server app for a loaded model; its engine thread starts now (close it with
+    `app.extensions["mlux_serve"]["engine"].close()`). `allowed_hosts` as for the explorer:
+    None accepts any Host header (a server bound to a public address on purpose), see
+    `mlux.web.allowed_hosts_for`."""
+    limits = limits or Limits()
     app = Flask(__name__)
+    web.install(app, error_body=error_body, allowed_hosts=allowed_hosts, csp=web.API_CSP,
+                max_body_bytes=limits.max_body_bytes)
     app.extensions["mlux_serve"] = {
         "hooked": hooked,
         "engine": Engine(hooked, max_batch=max_batch),
         "library": VectorLibrary(vectors) if vectors else None,
-        "limits": limits or Limits(),
+        "limits": limits,
         "model_id": hooked.model_id or "mlux-model",
     }
     app.register_blueprint(bp)
-
-    @app.errorhandler(APIError)
-    def api_error(e: APIError):  # noqa: ANN202
-        return jsonify(e.body()), e.status
-
-    @app.errorhandler(404)
-    def not_found(e: Any):  # noqa: ANN202
-        return jsonify(APIError(f"no route {request.path}", None, 404, "not_found").body()), 404
-
-    @app.errorhandler(405)
-    def bad_method(e: Any):  # noqa: ANN202
-        err = APIError(f"{request.method} is not allowed on {request.path}", None, 405)
-        return jsonify(err.body()), 405
-
     return app
 
 
 def _state() -> dict[str, Any]:
     return current_app.extensions["mlux_serve"]
-
-
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError("the request body must be a JSON object (Content-Type: application/json)")
-    return body
 
 
 def _load_vector(name: str) -> Any:
@@ -71,10 +62,10 @@ def _load_vector(name: str) -> Any:
     return library.load(name)
 
 
-def _parse(body: dict[str, Any], tokens: list[int]) -> GenerationRequest:
+def _parse(f: Fields, tokens: list[int]) -> GenerationRequest:
     st = _state()
     hooked = st["hooked"]
-    return parse_request(body, tokens, limits=st["limits"], num_layers=hooked.num_layers,
+    return parse_request(f, tokens, limits=st["limits"], num_layers=hooked.num_layers,
                          hidden_size=hooked.hidden_size, load_vector=_load_vector)
 
 
@@ -86,41 +77,35 @@ def models():  # noqa: ANN201
 
 @bp.post("/v1/completions")
 def completions():  # noqa: ANN201
-    body = _body()
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise APIError("'prompt' must be a non-empty string", "prompt")
-    return _respond(body, _state()["hooked"].tokenizer.encode(prompt), chat=False)
+    f = Fields(web.json_object())
+    prompt = f.text("prompt", blank=True)
+    if not prompt:
+        raise f.fail("prompt", "must be a non-empty string")
+    return _respond(f, _state()["hooked"].tokenizer.encode(prompt), chat=False)
 
 
 @bp.post("/v1/chat/completions")
 def chat_completions():  # noqa: ANN201
-    body = _body()
-    messages = body.get("messages")
-    if (not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in messages)):
-        raise APIError("'messages' must be a non-empty list of {role, content} strings",
-                       "messages")
-    tokenizer = _state()["hooked"].tokenizer
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        tokens = _state()["hooked"].encode_chat(messages)
+    f = Fields(web.json_object())
+    messages = [{"role": m.text("role", 64), "content": m.text("content", blank=True)}
+                for m in f.objects("messages")]
+    hooked = _state()["hooked"]
+    if getattr(hooked.tokenizer, "chat_template", None):
+        tokens = hooked.encode_chat(messages)
     else:  # no template: plain concatenation, as mlx-lm's server does
-        tokens = tokenizer.encode("\n".join(m["content"] for m in messages))
-    return _respond(body, list(tokens), chat=True)
+        tokens = hooked.tokenizer.encode("\n".join(m["content"] for m in messages))
+    return _respond(f, list(tokens), chat=True)
 
 
-def _respond(body: dict[str, Any], tokens: list[int], *, chat: bool) -> Response:
-    req = _parse(body, tokens)
+def _respond(f: Fields, tokens: list[int], *, chat: bool) -> Response:
+    req = _parse(f, tokens)
     st = _state()
     job = st["engine"].submit(req)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     meta = {"id": rid, "created": int(time.time()), "model": st["model_id"]}
     if req.stream:
         return Response(_sse(job, meta, chat, st["hooked"].tokenizer),
-                        mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache"})
+                        mimetype="text/event-stream")
     ids = list(job.tokens())
     text = st["hooked"].tokenizer.decode(ids)
     usage = {"prompt_tokens": len(tokens), "completion_tokens": len(ids),
