@@ -1,31 +1,24 @@
-"""mlux: MLX-native activation steering for mlx-lm models."""
+"""mlux: MLX-native activation steering for mlx-lm models.
+
+The pipeline, top-down: load and wrap (`HookedModel`), hook (`HookedModel.hooks`), capture
+(`HookedModel.capture`), extract (`extract_steering_vectors` -> `SteeringVector`), steer
+(`create_steering_hook`, `steering_hooks`, `Steering`, `ContrastiveSteering`) and decode
+(`prefill_with_cache`, `generate_from_cache`, `generate_batch`). Everything else lives in its
+submodule (`mlux.decode`, `mlux.vector_library`, `mlux.collect`, `mlux.serve`, ...).
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from .contrastive import ContrastiveSteering
 from .extract import compute_steering_vector, extract_steering_vectors
 from .generate import generate_batch, generate_from_cache, prefill_with_cache, stream_from_cache
-from .hooks import Hook, HookContext, HookError, HookWrapper
+from .hooks import Hook, HookContext, HookWrapper
 from .layers import expand_layer_specs
 from .model import HookedModel
-from .model_configs import (
-    MODEL_CONFIGS,
-    ModelConfig,
-    estimate_memory,
-    get_model_config,
-    infer_model_config,
-)
-from .steering import (
-    Steering,
-    create_ablation_hook,
-    create_additive_hook,
-    create_steering_hook,
-    steering_hooks,
-)
-from .vector_library import VectorLibrary
+from .model_configs import MODEL_CONFIGS, ModelConfig, get_model_config, infer_model_config
+from .steering import Steering, create_additive_hook, create_steering_hook, steering_hooks
 from .vectors import SteeringVector
 
 try:
@@ -34,26 +27,19 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+local"
 
 __all__ = [
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
     "MODEL_CONFIGS",
     "ContrastiveSteering",
     "Hook",
     "HookContext",
-    "HookError",
     "HookWrapper",
     "HookedModel",
     "ModelConfig",
     "Steering",
     "SteeringVector",
-    "VectorLibrary",
     "__version__",
     "compute_steering_vector",
-    "create_ablation_hook",
     "create_additive_hook",
     "create_steering_hook",
-    "default_model",
-    "estimate_memory",
     "expand_layer_specs",
     "extract_steering_vectors",
     "generate_batch",
@@ -64,8 +50,3 @@ __all__ = [
     "steering_hooks",
     "stream_from_cache",
 ]
-
-
-def default_model(quantized: bool = False) -> HookedModel:
-    """The built-in trained toy model (`mlux-toy`, or `mlux-toy-4bit`), loaded offline."""
-    return HookedModel.from_pretrained("mlux-toy-4bit" if quantized else DEFAULT_MODEL)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlux import MODEL_CONFIGS, HookedModel, estimate_memory, get_model_config, infer_model_config
-from mlux.model_configs import BEHAVIORS, ModelConfig
+from mlux import MODEL_CONFIGS, HookedModel, get_model_config, infer_model_config
+from mlux.model_configs import BEHAVIORS, ModelConfig, estimate_memory
 from mlux.testing import make_tiny_model
 
 

@@ -9,7 +9,8 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from mlux import HookedModel, HookError, HookWrapper
+from mlux import HookedModel, HookWrapper
+from mlux.hooks import HookError
 from mlux.testing import make_tiny_model, save_tiny_model
 
 TOKENS = mx.array([[5, 9, 13, 7, 21]])

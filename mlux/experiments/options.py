@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from ..behavior import Scorer
 from ..builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from ..demo import demo_task
+from ..contrasts import contrast_task
 from ..evaluation import is_refusal
 from ..extract import METHODS, resolve_layers
 from ..model import HookedModel
@@ -60,7 +60,7 @@ def load_prompts(path: str | Path) -> list[str]:
 def contrast_prompts(model: str, feature: Optional[str]) -> tuple[list[str], list[str], list[str]]:
     """Default (positive, negative, test prompts): the built-in model's own features, else the
     demo's happy/sad contrast."""
-    task = demo_task(model if model in BUILTIN_MODELS else "", feature)
+    task = contrast_task(model if model in BUILTIN_MODELS else "", feature)
     return list(task.positive), list(task.negative), list(task.prompts)
 
 
@@ -70,7 +70,7 @@ def resolve_scorer(spec: Optional[str], model: str,
     `contains:w1,w2`, or `package.module:function`. None: the scorer of the default contrast
     task (the built-in model's `feature`, else the happy/sad word count)."""
     if spec is None:
-        task = demo_task(model if model in BUILTIN_MODELS else "", feature)
+        task = contrast_task(model if model in BUILTIN_MODELS else "", feature)
         name = f"toy:{task.feature}={task.target}" if model in BUILTIN_MODELS else "happy_sad"
         return task.scorer, name
     if spec.startswith("toy:"):

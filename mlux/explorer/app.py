@@ -13,6 +13,7 @@ from flask import Flask
 
 from mlux import web
 from mlux.builtin import BUILTIN_MODELS
+from mlux.contrasts import contrast_task
 from mlux.explorer.api import bp, error_body
 from mlux.explorer.engine import SweepFn, projection_sweep
 from mlux.explorer.state import STATE_KEY, ExplorerState, get_state
@@ -27,18 +28,10 @@ __all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", 
 
 def default_settings(hooked: HookedModel) -> dict[str, Any]:
     """Starting values for the page: contrast prompts, a prompt, a layer and an alpha."""
-    from mlux.demo import HAPPY_SAD
-
-    pos, neg = HAPPY_SAD
-    prompt, alpha = "Tell me about your day.", 4.0
+    task = contrast_task(hooked.model_id or "", None)
+    pos, neg, prompt = task.positive, task.negative, task.prompts[0]
+    alpha = max(task.alphas)
     builtin = hooked.model_id in BUILTIN_MODELS
-    if builtin:
-        try:  # the toy's own contrast set: the feature it was trained to carry
-            from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS
-
-            (pos, neg), prompt, alpha = CONTRAST_PROMPTS["sentiment"], TEST_PROMPTS[1], 2.0
-        except (ImportError, KeyError, IndexError):
-            pass
     layers = hooked.config.get_recommended_layers("default") or [hooked.num_layers // 2]
     has_template = getattr(hooked.tokenizer, "chat_template", None) is not None
     return {"positive": list(pos), "negative": list(neg), "prompt": prompt,
