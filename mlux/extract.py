@@ -76,18 +76,18 @@ def _pca_direction(pos: mx.array, neg: mx.array) -> mx.array:
     return d * mx.mean(proj)
 
 
-def extract_with_activations(
-    hooked: HookedModel,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    layers: Union[int, str, Iterable[Any]],
-    *,
-    method: str = "mean_diff",
-    chat: bool = False,
-    batch_size: int = 16,
-) -> tuple[SteeringVector, dict[int, mx.array]]:
-    """`extract_steering_vectors`, plus the float32 last-token activations `(N, D)` it was
-    computed from (positives first), for callers that need both from the one pass."""
+def extract_with_activations(hooked: HookedModel, positive: Sequence[str],
+                             negative: Sequence[str], layers: Union[int, str, Iterable[Any]],
+                             **options: Any) -> tuple[SteeringVector, dict[int, mx.array]]:
+    """`extract_steering_vectors` (same options), plus the float32 last-token activations
+    `(N, D)` it was computed from (positives first), for callers that need both from one pass."""
+    return _extract(hooked, positive, negative, layers, **options)
+
+
+def _extract(hooked: HookedModel, positive: Sequence[str], negative: Sequence[str],
+             layers: Union[int, str, Iterable[Any]], *, method: str = "mean_diff",
+             chat: bool = False, batch_size: int = 16,
+             ) -> tuple[SteeringVector, dict[int, mx.array]]:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
@@ -131,8 +131,8 @@ def extract_steering_vectors(
     `"mean_diff"` (CAA) or `"pca"` (paired, repeng-style), from batched passes that stop at the
     deepest layer asked for. `chat=True` wraps each prompt in the tokenizer's chat template.
     """
-    return extract_with_activations(hooked, positive, negative, layers, method=method,
-                                    chat=chat, batch_size=batch_size)[0]
+    return _extract(hooked, positive, negative, layers, method=method, chat=chat,
+                    batch_size=batch_size)[0]
 
 
 def compute_steering_vector(

@@ -10,7 +10,6 @@ from mlux import (
     HookedModel,
     SteeringVector,
     compute_steering_vector,
-    create_ablation_hook,
     create_steering_hook,
     extract_steering_vectors,
     generate_from_cache,
@@ -18,6 +17,7 @@ from mlux import (
     steering_hooks,
 )
 from mlux.extract import _pca_direction
+from mlux.steering import create_ablation_hook
 from mlux.testing import save_tiny_model
 
 POS = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w5 w9 w20"]
