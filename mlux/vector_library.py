@@ -1,15 +1,21 @@
 """A directory of named steering vectors, ``<root>/<name>.safetensors``.
 
 Names are checked against a strict pattern before touching the file system, so a name coming
-from a web form or an API request can never escape ``root``.
+from a web form or an API request can never escape ``root``. Error messages name the file, not
+the folder it is in (they reach web pages). ``save(..., overwrite=False)`` is atomic and
+exclusive: of many concurrent saves under one new name exactly one wins, the others get
+``FileExistsError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mlux.vectors import SteeringVector, read_summary
 
@@ -22,16 +28,9 @@ NAME_RULE = (
 # No '/' or '\\' and no leading dot: rules out path traversal ('..'), hidden and temp files.
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _SUFFIX = ".safetensors"
-_SUMMARY_KEYS = (
-    "model_id",
-    "method",
-    "num_pairs",
-    "hidden_size",
-    "layers",
-    "norms",
-    "created",
-    "version",
-)
+_SUMMARY_KEYS = ("model_id", "method", "num_pairs", "hidden_size", "layers", "norms", "created",
+                 "version")
+_NO_LINKS_LOCK = threading.Lock()  # exclusive create where the file system has no hard links
 
 
 def validate_name(name: object) -> str:
@@ -56,31 +55,55 @@ class VectorLibrary:
         except ValueError:
             return False
 
-    def save(self, name: str, vector: SteeringVector) -> Path:
-        """Store ``vector`` under ``name``, atomically replacing any vector of that name."""
+    def save(self, name: str, vector: SteeringVector, *, overwrite: bool = True) -> Path:
+        """Store ``vector`` under ``name``. ``overwrite``: atomically replace any vector of that
+        name; else create it only if the name is free (``FileExistsError`` if not), atomically
+        too: readers never see a partial file, and of concurrent creators exactly one wins.
+        ``IsADirectoryError`` if something that is not a file holds the name."""
         path = self.path(name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        return vector.save(path)
+        if path.exists() and not path.is_file():
+            raise IsADirectoryError(f"{path.name} in the vector library is a folder, not a "
+                                    "vector file; pick another name")
+        with self._errors():
+            self.root.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                return vector.save(path)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
+            try:
+                vector.save(tmp)
+                _link_new(tmp, path, name)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path
 
     def load(self, name: str, *, hidden_size: int | None = None) -> SteeringVector:
         path = self.path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"no vector named {name!r} in {self.root}")
-        return SteeringVector.load(path, hidden_size=hidden_size)
+            raise FileNotFoundError(f"no vector named {name!r} in the library")
+        with self._errors():
+            return SteeringVector.load(path, hidden_size=hidden_size)
 
     def delete(self, name: str) -> None:
+        """Remove the vector file ``name``; ``FileNotFoundError`` if there is none (also when a
+        folder has that name: only vector files are ever deleted)."""
         path = self.path(name)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no vector named {name!r} in {self.root}") from None
+        folder = f" ({path.name} is a folder, not a vector file)" if path.is_dir() else ""
+        with self._errors():
+            try:
+                if folder:
+                    raise FileNotFoundError
+                path.unlink()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no vector named {name!r} in the library{folder}"
+                                        ) from None
 
     def list(self) -> list[dict[str, Any]]:
         """One dict per stored vector, sorted by name: ``name`` plus summary metadata
         (model_id, method, num_pairs, hidden_size, layers, norms, created, version).
 
-        Reads only file headers. A file that cannot be read is listed with an ``error`` entry
-        rather than hiding it or failing the whole listing.
+        Reads only file headers, checked against the file (a truncated one is unreadable);
+        a file without mlux metadata is loaded, for its norms. A file that cannot be read is
+        listed with an ``error`` entry (naming no folder) rather than hiding it or failing.
         """
         if not self.root.is_dir():
             return []
@@ -90,7 +113,11 @@ class VectorLibrary:
             if _NAME.fullmatch(name) is None or not path.is_file():
                 continue  # temp files and names this library could never have written
             try:
-                info = read_summary(path)
+                with self._errors():
+                    info = read_summary(path)
+                    if info.get("norms") is None:  # no mlux header: load for norms and checks
+                        vector = SteeringVector.load(path)
+                        info = {**info, "norms": vector.norms, "layers": vector.layers}
             except (OSError, ValueError) as exc:
                 entries.append({"name": name, "error": str(exc)})
                 continue
@@ -100,3 +127,37 @@ class VectorLibrary:
                 entry["norms"] = {int(k): v for k, v in entry["norms"].items()}
             entries.append(entry)
         return entries
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Re-raise OSError / ValueError with the library's folder cut from the message."""
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            root = str(self.root)
+            text = str(exc)
+            if len(root) > 1:
+                text = text.replace(root + os.sep, "").replace(root, "the vector library")
+            if text == str(exc):
+                raise
+            try:
+                clean = type(exc)(text)
+            except Exception:  # an exception type with an unusual constructor
+                clean = (ValueError if isinstance(exc, ValueError) else OSError)(text)
+            raise clean from exc
+
+
+def _link_new(tmp: Path, path: Path, name: str) -> None:
+    """Give the complete file `tmp` the name `path` only if that name is free: a hard link
+    fails atomically when it exists. File systems without hard links fall back to a check
+    and a rename under a lock (exclusive within this process only)."""
+    taken = FileExistsError(f"a vector named {name!r} exists in the library")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise taken from None
+    except OSError:
+        with _NO_LINKS_LOCK:
+            if path.exists():
+                raise taken from None
+            os.replace(tmp, path)

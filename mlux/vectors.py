@@ -5,8 +5,8 @@ Layer numbering (used everywhere in mlux): layer ``i`` is the output of decoder 
 ``hidden_states[i + 1]`` and the hook point ``residuals_i``; a direction stored for layer ``i``
 is added back to the output of block ``i``.
 
-Files (``save``/``load``: safetensors; ``export_gguf``/``import_gguf``: llama.cpp control
-vectors, whose ``direction.N`` is mlux layer ``N``) are handled by ``mlux.vector_files``.
+Files: ``save``/``load`` (safetensors) are ``mlux.vector_files``; ``export_gguf``/``import_gguf``
+(llama.cpp control vectors, whose ``direction.N`` is mlux layer ``N``) are ``mlux.vector_gguf``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import copy
 import importlib.metadata
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,14 +26,13 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from mlux import vector_files
+from mlux import vector_files, vector_gguf
 from mlux.atomic import PathLike
 from mlux.positions import resolve_positions
 from mlux.steering import Steering, steering_hooks
 from mlux.vector_files import FORMAT_VERSION, HOOK_POINT
 
 __all__ = ["FORMAT_VERSION", "HOOK_POINT", "SteeringVector", "read_summary"]
-
 
 
 def _utc_now() -> str:
@@ -72,6 +72,9 @@ def _as_direction(layer: int, value: Any) -> mx.array:
     if not mx.all(mx.isfinite(arr)).item():
         what = "NaN" if mx.any(mx.isnan(arr)).item() else "infinite"
         raise ValueError(f"layer {layer}: direction contains {what} values")
+    if not math.isfinite(mx.linalg.norm(arr).item()):  # finite values, but not their norm
+        raise ValueError(f"layer {layer}: the direction's norm overflows float32 (values up to "
+                         f"{mx.abs(arr).max().item():.3g}); scale it down")
     return arr
 
 
@@ -114,18 +117,12 @@ class SteeringVector(Mapping):
         size = clean[first].shape[0]
         for layer, vec in clean.items():
             if vec.shape[0] != size:
-                raise ValueError(
-                    f"layer {layer}: hidden size {vec.shape[0]} differs from layer {first}'s {size}"
-                )
+                raise ValueError(f"layer {layer}: hidden size {vec.shape[0]} differs from "
+                                 f"layer {first}'s {size}")
         self.directions = dict(sorted(clean.items()))
-        if self.num_pairs is not None and (
-            isinstance(self.num_pairs, bool)
-            or not isinstance(self.num_pairs, numbers.Integral)
-            or self.num_pairs < 0
-        ):
-            raise ValueError(
-                f"num_pairs must be a non-negative int or None, got {self.num_pairs!r}"
-            )
+        n = self.num_pairs
+        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0):
+            raise ValueError(f"num_pairs must be a non-negative int or None, got {n!r}")
         if not isinstance(self.metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
 
@@ -213,13 +210,9 @@ class SteeringVector(Mapping):
     # -- derived vectors ----------------------------------------------------------------------
 
     def _derive(self, directions: dict[int, mx.array], **changes: Any) -> SteeringVector:
-        kwargs: dict[str, Any] = {
-            "model_id": self.model_id,
-            "method": self.method,
-            "num_pairs": self.num_pairs,
-            "metadata": copy.deepcopy(self.metadata),
-        }
-        kwargs.update(changes)
+        kwargs: dict[str, Any] = {"model_id": self.model_id, "method": self.method,
+                                  "num_pairs": self.num_pairs,
+                                  "metadata": copy.deepcopy(self.metadata), **changes}
         return SteeringVector(directions, **kwargs)
 
     def select(self, layers: Iterable[int]) -> SteeringVector:
@@ -243,10 +236,11 @@ class SteeringVector(Mapping):
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if other.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"cannot combine steering vectors of hidden size {self.hidden_size} "
-                f"and {other.hidden_size}"
-            )
+            raise ValueError(f"cannot combine steering vectors of hidden size "
+                             f"{self.hidden_size} and {other.hidden_size}")
+        if self.model_id and other.model_id and self.model_id != other.model_id:
+            warnings.warn(f"combining steering vectors of different models ({self.model_id!r} "
+                          f"and {other.model_id!r}); the result has no model_id", stacklevel=3)
         # Union of layers: a layer one side lacks counts as a zero direction there.
         out: dict[int, mx.array] = {}
         for layer in sorted(set(self.directions) | set(other.directions)):
@@ -257,15 +251,16 @@ class SteeringVector(Mapping):
                 out[layer] = -b if subtract else b
             else:
                 out[layer] = a - b if subtract else a + b
-        shared = {
-            k: copy.deepcopy(v) for k, v in self.metadata.items() if other.metadata.get(k) == v
-        }
+        shared = {k: copy.deepcopy(v) for k, v in self.metadata.items()
+                  if other.metadata.get(k) == v}
         model_id = self.model_id if self.model_id == other.model_id else None
-        return self._derive(
-            out, model_id=model_id, method="arithmetic", num_pairs=None, metadata=shared
-        )
+        return self._derive(out, model_id=model_id, method="arithmetic", num_pairs=None,
+                            metadata=shared)
 
     def __add__(self, other: object) -> SteeringVector:
+        """Layer by layer over the union of both sides' layers: a layer present on one side
+        only counts as zero on the other. Vectors of two different models (both `model_id`s
+        set) warn, as repeng does; the result has `model_id` None unless both agree."""
         return self._combine(other, subtract=False)
 
     def __radd__(self, other: object) -> SteeringVector:
@@ -310,14 +305,16 @@ class SteeringVector(Mapping):
 
     def export_gguf(self, path: PathLike, *, model_hint: str | None = None) -> Path:
         """Write a llama.cpp control vector: ``direction.{i}`` for mlux layer ``i`` (the same
-        block output; layer 0 cannot be exported). See ``mlux.vector_files.export_gguf``."""
-        return vector_files.export_gguf(self, path, model_hint=model_hint)
+        block output; layer 0 cannot be exported; no model id: hint "mlux-unknown"). See
+        ``mlux.vector_gguf.export_gguf``."""
+        return vector_gguf.export_gguf(self, path, model_hint=model_hint)
 
     @classmethod
     def import_gguf(cls, path: PathLike) -> SteeringVector:
         """Read a llama.cpp control vector (from mlux, repeng or llama-cvector-generator);
-        ``direction.N`` becomes mlux layer ``N``. See ``export_gguf`` for the numbering."""
-        return vector_files.import_gguf(path, vector_cls=cls)
+        ``direction.N`` becomes mlux layer ``N``; llama.cpp's rules hold (``direction.0`` refused,
+        ``direction.01`` + ``direction.1`` summed). See ``mlux.vector_gguf``."""
+        return vector_gguf.import_gguf(path, vector_cls=cls)
 
 
 def read_summary(path: PathLike) -> dict[str, Any]:

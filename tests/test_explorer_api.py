@@ -95,7 +95,9 @@ def test_model_info_and_page(client: Any, hooked: HookedModel) -> None:
     page = client.get("/")
     assert page.status_code == 200 and b"explorer.js" in page.data
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    for path in ("/", "/static/explorer.js", "/static/explorer.css"):
+    static = sorted(f.name for f in (Path(client.application.root_path) / "static").iterdir())
+    assert static == ["charts.js", "explorer.css", "explorer.js", "util.js"]
+    for path in ("/", *(f"/static/{name}" for name in static)):
         body = client.get(path).data.decode()
         external = body.replace("http://www.w3.org/2000/svg", "")
         assert "http://" not in external and "https://" not in external, path  # works offline
@@ -149,27 +151,6 @@ def test_rows_one_by_one_equal_the_batch(model_dir: Path, client: Any, vid: str,
     assert alone.active_hooks() == {}
 
 
-def test_library_save_list_load_delete(client: Any, vid: str, tmp_path: Path) -> None:
-    r = client.post("/api/vectors", json={"name": "happy-sad", "vector": {"id": vid}})
-    assert r.status_code == 201 and r.json["file"] == "happy-sad.safetensors"
-    assert (tmp_path / "vectors" / "happy-sad.safetensors").is_file()
-    again = client.post("/api/vectors", json={"name": "happy-sad", "vector": {"id": vid}})
-    assert again.status_code == 409 and again.json["field"] == "name"
-    ok = client.post("/api/vectors", json={"name": "happy-sad", "vector": {"id": vid},
-                                           "overwrite": True})
-    assert ok.status_code == 201
-    (listed,) = client.get("/api/vectors").json["vectors"]
-    assert listed["name"] == "happy-sad" and listed["compatible"] and len(listed["norms"]) == 4
-    loaded = client.get("/api/vectors/happy-sad").json
-    assert loaded["metadata"]["positive"] == POS and loaded["layers"] == [0, 1, 2, 3]
-    by_id = client.post("/api/generate", json=gen_body(vid)).json
-    by_name = client.post("/api/generate", json={**gen_body(vid), "vector": {"name": "happy-sad"}})
-    assert [r["text"] for r in by_name.json["rows"]] == [r["text"] for r in by_id["rows"]]
-    assert client.delete("/api/vectors/happy-sad").json == {"deleted": "happy-sad"}
-    gone = client.get("/api/vectors/happy-sad")
-    assert gone.status_code == 404 and gone.json["field"] == "name"
-
-
 def test_projection_sweep(client: Any, vid: str) -> None:
     r = client.post("/api/sweep", json={"prompt": PROMPT, "vector": {"id": vid}, "alpha": ALPHA,
                                         "max_tokens": 8})
@@ -178,9 +159,40 @@ def test_projection_sweep(client: Any, vid: str) -> None:
     assert [p["layer"] for p in layers] == [0, 1, 2, 3]
     assert all(isinstance(p["baseline"], float) and isinstance(p["steered"], float)
                for p in layers)
+    for p in layers:  # the change as a fraction of the layer's residual norm, for ranking
+        assert p["residual_norm"] > 0
+        assert p["relative_delta"] == pytest.approx(p["delta"] / p["residual_norm"])
+    assert r.json["quantity"] == "projection" and "residual" in r.json["y_label"]
+    assert "residual norm" in r.json["metric"] and r.json["alpha_unit"] == "raw"
     one = client.post("/api/generate", json=gen_body(vid, max_tokens=8)).json
     assert layers[LAYER]["text"] == one["rows"][1]["text"]  # row L of the sweep = steering L
     assert r.json["baseline_text"] == one["rows"][0]["text"]
+
+
+def test_alpha_relative_to_the_residual_norm(client: Any, hooked: HookedModel, vid: str
+                                             ) -> None:
+    """alpha_unit "residual": alpha x (the layer's residual norm at the prompt's last token /
+    the vector's norm) x the vector, the same text as that raw alpha; sweeps too."""
+    rel = client.post("/api/generate", json=gen_body(vid, alpha=0.5, alpha_unit="residual"))
+    assert rel.status_code == 200, rel.json
+    tokens = hooked.tokenize(PROMPT).tokens[0].tolist()
+    residual = hooked.capture([tokens], [f"residuals_{LAYER}"])[f"residuals_{LAYER}"][0, -1]
+    vector = get_state_of(client.application).vectors[vid][LAYER]
+    scale = (mx.linalg.norm(residual) / mx.linalg.norm(vector)).item()
+    (effective,) = rel.json["rows"][1]["effective_alphas"]
+    assert effective == pytest.approx(0.5 * scale, rel=1e-4)
+    assert rel.json["residual_norms"] == [pytest.approx(mx.linalg.norm(residual).item())]
+    raw = client.post("/api/generate", json=gen_body(vid, alpha=effective)).json
+    assert [r["text"] for r in raw["rows"]] == [r["text"] for r in rel.json["rows"]]
+    assert raw["alpha_unit"] == "raw" and raw["rows"][1]["effective_alphas"] == [effective]
+    body = {"prompt": PROMPT, "vector": {"id": vid}, "alpha": 0.5, "layers": [LAYER],
+            "max_tokens": 6}
+    sweep = client.post("/api/sweep", json={**body, "alpha_unit": "residual"}).json
+    (row,) = sweep["layers"]
+    assert row["effective_alpha"] == pytest.approx(effective, rel=1e-4)
+    assert row["norm"] == pytest.approx(mx.linalg.norm(vector).item())
+    plain = client.post("/api/sweep", json={**body, "alpha": effective}).json
+    assert plain["layers"][0]["text"] == row["text"]
 
 
 def test_custom_sweep_mode_and_errors_inside_remove_hooks(hooked: HookedModel,

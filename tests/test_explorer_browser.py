@@ -1,5 +1,8 @@
 """End to end in a real headless Chromium: the explorer served on localhost by a real server
-thread, driven like a user (contrast prompts, compute, stream, sweep, save, reload, load).
+thread, driven like a user (contrast prompts, compute, stream, stop, sweep, save, reload, load),
+then through the states that went wrong before (a cleared alpha box, Stop, a failed sweep,
+Delete): the DOM asserted and screenshots taken, checked (PNG, size, not blank, an invalid
+box's red border by its pixels) and kept in artifacts/.
 
 Needs Debian's `chromium` (apt) and the `playwright` Python package (its own browser download
 is not used: Playwright drives /usr/bin/chromium). Skipped with the reason when either is
@@ -8,13 +11,18 @@ missing. Uses the built-in model when it is installed, else a tiny random model.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import shutil
+import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
@@ -84,19 +92,20 @@ def _slow(x: Any, ctx: Any) -> None:
     time.sleep(0.02)  # paces the tiny model so the stream is visibly token by token
 
 
-def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], Any],
-                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    chromium, (sync_playwright, expect) = _chromium(), _playwright()
+@contextlib.contextmanager
+def browser_page(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 problems: list[str]) -> Iterator[Any]:
+    """A page in a headless Chromium that may reach only the test server; console errors and
+    page errors land in `problems`."""
+    chromium, (sync_playwright, _) = _chromium(), _playwright()
     # CI preloads OpenBLAS for MLX; inherited by Playwright's node driver and Chromium it
     # crashes them, and this process has already loaded it, so drop it for the children.
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    url, hooked, task, app = served
     ARTIFACTS.mkdir(exist_ok=True)
-    problems: list[str] = []
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=chromium, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1360, "height": 1000})
+            args=CHROMIUM_ARGS, viewport={"width": 1360, "height": 1000}, accept_downloads=True)
         ctx.set_default_timeout(20_000)
         # Offline by construction: any request leaving the test server fails the test.
         ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
@@ -105,6 +114,18 @@ def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], An
         page = ctx.new_page()
         page.on("console", lambda m: m.type == "error" and problems.append(m.text))
         page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            yield page
+        finally:
+            ctx.close()
+
+
+def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], Any],
+                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expect = _playwright()[1]
+    url, hooked, task, app = served
+    problems: list[str] = []
+    with browser_page(url, tmp_path, monkeypatch, problems) as page:
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")
         assert f"layers{hooked.num_layers}" in page.inner_text("#model-info").replace("\n", "")
@@ -152,6 +173,13 @@ def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], An
             while lock.locked() and time.time() < deadline:
                 time.sleep(0.05)
             assert not lock.locked(), "generation went on after the browser stopped it"
+        # The partial text stays; no column keeps the streaming cursor.
+        assert page.locator("#outputs .out").count() == 2
+        assert page.locator(".out.streaming").count() == 0
+        cursors = page.evaluate("[...document.querySelectorAll('.out .text')]"
+                                ".map((t) => getComputedStyle(t, '::after').content)")
+        assert len(cursors) == 2 and set(cursors) <= {"none", "normal"}, cursors
+        checked_screenshot(page, "explorer-stopped")
 
         page.fill("#vector-name", "browser-e2e")
         page.click("#save")
@@ -164,6 +192,131 @@ def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], An
         expect(page.locator("#vector-status")).to_contain_text("Loaded “browser-e2e”")
         assert page.input_value("#positive").split("\n") == task["positive"]
         page.screenshot(path=str(ARTIFACTS / "explorer-library.png"), full_page=True)
-        ctx.close()
     assert not problems, problems
+    assert hooked.active_hooks() == {}
+
+
+def checked_screenshot(page: Any, name: str, selector: Optional[str] = None) -> Any:
+    """A screenshot taken and checked (a whole PNG of the element's or page's size, not
+    blank), saved to artifacts/, and returned as an RGB image for pixel checks."""
+    from PIL import Image  # matplotlib's dependency, so always installed
+
+    data = page.locator(selector).screenshot() if selector else page.screenshot(full_page=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+    width, height = struct.unpack(">II", data[16:24])
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    assert image.size == (width, height) and width >= 20 and height >= 10, name
+    if selector is None:
+        assert width >= 1000 and len(image.getcolors(1 << 20) or []) > 50, f"{name} is blank"
+    (ARTIFACTS / f"{name}.png").write_bytes(data)
+    return image
+
+
+def red_share(image: Any) -> float:
+    """The share of pixels in the page's error colour (#b3261e: an invalid box's border)."""
+    r, g, b = np.asarray(image, dtype=np.int32).transpose(2, 0, 1)
+    return float(((abs(r - 179) < 40) & (g < 90) & (b < 90)).mean())
+
+
+def test_ui_states_in_chromium(served: tuple[str, HookedModel, dict[str, Any], Any],
+                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the page shows after a relative alpha, an export, a cleared alpha box, a failed
+    sweep, a reload and Delete (Stop: the test above): the DOM asserted, screenshots taken
+    and checked."""
+    expect = _playwright()[1]
+    url, hooked, task, app = served
+    with app.app_context():
+        library = get_state().library.root
+    problems: list[str] = []
+    streams: list[str] = []
+    with browser_page(url, tmp_path, monkeypatch, problems) as page:
+        page.on("request", lambda r: r.url.endswith("/api/stream") and streams.append(r.url))
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.fill("#positive", "\n".join(task["positive"]))
+        page.fill("#negative", "\n".join(task["negative"]))
+        page.click("#compute")
+        expect(page.locator("#vector-status")).to_contain_text("Computed")
+        page.fill("#layers", str(task["layer"]))
+        page.fill("#prompt", task["prompt"])
+        page.fill("#max-tokens", "12")
+
+        # Alpha relative to the residual norm; the prompt above the columns; a numeric scale.
+        page.check("#alpha-relative")
+        assert page.get_attribute("#alpha", "max") == "2"
+        page.fill("#alpha-value", "0.5")
+        page.click("#generate")
+        page.wait_for_selector("#outputs[data-done='1']")
+        expect(page.locator("#out-1 h3")).to_contain_text("alpha +0.5 × residual norm (raw ")
+        expect(page.locator("#out-0 h3")).to_have_text("baseline")
+        expect(page.locator("#shown-prompt")).to_contain_text(task["prompt"])
+        ticks = page.locator("#colour-scale .scale-ticks span").all_inner_texts()
+        assert len(ticks) == 3 and float(ticks[0]) < float(ticks[1].split()[0]) < float(ticks[2])
+        with page.expect_download() as download:
+            page.click("#export")
+        exported = json.loads(Path(download.value.path()).read_text())
+        assert exported["generation"]["request"]["alpha_unit"] == "residual"
+        texts = [page.inner_text(f"#out-{i} .text") for i in (0, 1)]
+        assert [r["text"] for r in exported["generation"]["result"]["rows"]] == texts
+        checked_screenshot(page, "explorer-relative-alpha")
+
+        # A cleared alpha box: refused in the page, nothing sent, the last results cleared.
+        page.uncheck("#alpha-relative")
+        sent = len(streams)
+        page.fill("#alpha-value", "")
+        page.click("#generate")
+        expect(page.locator("#error")).to_contain_text("alpha: is empty")
+        expect(page.locator("#gen-status")).to_have_text("failed")
+        assert len(streams) == sent and page.locator("#outputs .out").count() == 0
+        assert page.is_hidden("#shown-prompt") and page.is_hidden("#colour-scale")
+        assert page.is_disabled("#export")
+        assert red_share(checked_screenshot(page, "explorer-alpha-box", "#alpha-value")) > 0.02
+        checked_screenshot(page, "explorer-cleared-alpha")
+
+        # A sweep, then one that fails: no "sweeping…" left, the sweep's Tokens box outlined.
+        page.fill("#alpha-value", str(task["alpha"]))
+        page.fill("#sweep-tokens", "8")
+        page.click("#sweep")
+        page.wait_for_selector("#sweep-chart path.line-steer")
+        expect(page.locator("#sweep-title")).to_contain_text("Mean projection")
+        assert "residual units" in page.locator("#sweep-chart .axis-label").first.text_content()
+        expect(page.locator("#sweep-metric")).to_contain_text("read without steering")
+        expect(page.locator("#sweep-status")).to_contain_text("× the layer's residual norm")
+        page.fill("#sweep-tokens", "999")
+        page.click("#sweep")
+        expect(page.locator("#sweep-status")).to_have_text("failed")
+        expect(page.locator("#error")).to_contain_text("max_tokens")
+        assert page.locator("#sweep-chart path").count() == 0  # the last chart went with it
+        assert page.locator("#max-tokens.invalid").count() == 0
+        assert red_share(checked_screenshot(page, "explorer-sweep-tokens", "#sweep-tokens")) > 0.02
+        assert red_share(checked_screenshot(page, "explorer-max-tokens", "#max-tokens")) == 0
+        checked_screenshot(page, "explorer-failed-sweep")
+
+        # The library: an unreadable file can't be picked, the selection survives a reload,
+        # and Delete clears the loaded vector.
+        library.mkdir(parents=True, exist_ok=True)
+        (library / "broken.safetensors").write_bytes(b"junk")
+        page.fill("#vector-name", "ui-state")
+        page.click("#save")
+        expect(page.locator("#vector-status")).to_contain_text("Saved as")
+        page.click(".tab[data-tab='library']")
+        broken = page.locator("#library-list option[value='broken']")
+        assert broken.is_disabled() and "unreadable" in broken.inner_text()
+        assert str(tmp_path) not in page.inner_text("#library-list")
+        page.select_option("#library-list", "ui-state")
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.input_value("#library-list") == "ui-state" and page.is_visible("#tab-library")
+        page.click("#library-load")
+        expect(page.locator("#vector-status")).to_contain_text("Loaded “ui-state”")
+        assert page.is_enabled("#generate")
+        page.click("#library-delete")
+        expect(page.locator("#vector-status")).to_contain_text("Deleted “ui-state”")
+        assert page.is_disabled("#generate") and page.is_disabled("#sweep")
+        assert page.locator("#library-list option[value='ui-state']").count() == 0
+        assert page.locator("#norms-chart rect").count() == 0
+        checked_screenshot(page, "explorer-deleted")
+    # The two refusals the server answered (400) are the only console errors.
+    assert [p for p in problems if "status of 400" not in p] == [], problems
     assert hooked.active_hooks() == {}

@@ -6,9 +6,10 @@ import json
 import math
 import os
 import re
+import threading
+import warnings
 from pathlib import Path
 
-import gguf
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -86,6 +87,7 @@ def test_construction_converts_and_sorts() -> None:
         ({"3": [1.0]}, "integers"),
         ({1: ["a", "b"]}, "layer 1: .*numeric"),
         ({1: np.array([1e39])}, "layer 1: .*infinite"),  # overflows float32
+        ({1: np.full(8, 3e38, np.float32)}, "layer 1: the direction's norm overflows float32"),
     ],
 )
 def test_validation_errors_name_the_problem(directions: dict, message: str) -> None:
@@ -136,7 +138,8 @@ def test_binary_ops_use_layer_union_and_merge_metadata(vec: SteeringVector) -> N
     other = SteeringVector(
         _dirs([5, 9], seed=3), model_id="other", metadata={"hook_point": "residuals"}
     )
-    total, diff = vec + other, vec - other
+    with pytest.warns(UserWarning, match="different models .*'other'.* no model_id"):
+        total, diff = vec + other, vec - other
     a, b = vec.to_numpy(), other.to_numpy()
     assert total.layers == diff.layers == [2, 5, 7, 9]
     assert np.array_equal(total.to_numpy()[2], a[2])
@@ -145,7 +148,12 @@ def test_binary_ops_use_layer_union_and_merge_metadata(vec: SteeringVector) -> N
     assert np.array_equal(diff.to_numpy()[5], a[5] - b[5])
     assert total.model_id is None  # operands disagree
     assert total.metadata == {"hook_point": "residuals"}  # only entries both agree on
-    assert _bits(sum([vec, other])) == _bits(vec + other)
+    with pytest.warns(UserWarning, match="different models"):
+        assert _bits(sum([vec, other])) == _bits(vec + other)
+    with warnings.catch_warnings():  # one model, or an unknown one: no warning
+        warnings.simplefilter("error")
+        assert (vec + SteeringVector(_dirs([2]))).model_id is None
+        assert (vec - vec * 0.5).model_id == vec.model_id
 
 
 def test_arithmetic_errors(vec: SteeringVector) -> None:
@@ -335,127 +343,9 @@ def test_failed_first_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     assert _listing(tmp_path) == []
 
 
-def test_export_gguf_failure_keeps_previous_file(
-    vec: SteeringVector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = vec.export_gguf(tmp_path / "v.gguf")
-    before = path.read_bytes()
-
-    def broken_tensors(self, *, progress: bool = False) -> None:  # type: ignore[no-untyped-def]
-        self.fout[0].write(b"\x00" * 10)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken_tensors)
-    with pytest.raises(OSError, match="disk full"):
-        (vec * 5).export_gguf(path)
-    assert path.read_bytes() == before
-    assert _listing(tmp_path) == ["v.gguf"]
-
-
 def test_save_into_missing_directory(vec: SteeringVector, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         vec.save(tmp_path / "nope" / "v.safetensors")
-
-
-# -- llama.cpp GGUF -------------------------------------------------------------------------------
-
-
-def test_gguf_round_trip_is_exact(vec: SteeringVector, tmp_path: Path) -> None:
-    path = vec.export_gguf(tmp_path / "v.gguf")
-    _assert_same(vec, SteeringVector.import_gguf(path))
-    assert _listing(tmp_path) == ["v.gguf"]
-
-
-def test_gguf_layout_read_independently(vec: SteeringVector, tmp_path: Path) -> None:
-    """The file as llama.cpp's common_control_vector_load_one sees it.
-
-    llama.cpp adds tensor ``direction.N`` to the output of its 0-based block N, the same
-    place as mlux layer N, so the names carry the mlux layer numbers unchanged; llama.cpp
-    rejects ``direction.0`` and any tensor not named ``direction.N``.
-    """
-    path = vec.export_gguf(tmp_path / "v.gguf", model_hint="llama")
-    reader = gguf.GGUFReader(path)
-    assert reader.get_field("general.architecture").contents() == "controlvector"
-    assert reader.get_field("controlvector.model_hint").contents() == "llama"
-    count = reader.get_field("controlvector.layer_count")
-    assert count.types == [gguf.GGUFValueType.INT32] and count.contents() == 3
-    tensors = {t.name: t for t in reader.tensors}
-    assert sorted(tensors) == ["direction.2", "direction.5", "direction.7"]
-    expected = vec.to_numpy()
-    for name, t in tensors.items():
-        assert t.tensor_type == gguf.GGMLQuantizationType.F32
-        assert list(t.shape) == [D] and t.data.shape == (D,)
-        layer = int(name.split(".", 1)[1])
-        assert layer >= 1  # llama.cpp: "invalid (zero) direction tensor layer index"
-        assert t.data.tobytes() == expected[layer].tobytes()
-
-
-def test_gguf_model_hint_defaults_to_model_id(vec: SteeringVector, tmp_path: Path) -> None:
-    reader = gguf.GGUFReader(vec.export_gguf(tmp_path / "v.gguf"))
-    assert reader.get_field("controlvector.model_hint").contents() == vec.model_id
-
-
-def test_gguf_export_refuses_layer_zero(tmp_path: Path) -> None:
-    v = SteeringVector(_dirs([0, 1]))
-    with pytest.raises(ValueError, match=r"llama.cpp cannot steer layer 0 .*direction\.0"):
-        v.export_gguf(tmp_path / "v.gguf")
-    assert _listing(tmp_path) == []
-    v.select([1]).export_gguf(tmp_path / "v.gguf")
-
-
-@pytest.mark.parametrize("count_type", ["uint32", "int32"])
-def test_import_reference_gguf(count_type: str, tmp_path: Path) -> None:
-    """A file written directly with gguf.GGUFWriter as repeng (uint32 count) and
-    llama.cpp's cvector-generator (int32 count) write them; no mlux metadata."""
-    raw = _dirs([14, 15, 16], seed=7)
-    path = tmp_path / "ref.gguf"
-    writer = gguf.GGUFWriter(path, "controlvector")
-    writer.add_string("controlvector.model_hint", "mistral")
-    getattr(writer, f"add_{count_type}")("controlvector.layer_count", len(raw))
-    for layer, direction in raw.items():
-        writer.add_tensor(f"direction.{layer}", direction)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-    v = SteeringVector.import_gguf(path)
-    assert v.layers == [14, 15, 16]  # direction.N is mlux layer N: no renumbering
-    assert _bits(v) == {k: a.tobytes() for k, a in raw.items()}
-    assert v.model_id == "mistral" and v.method == "unknown"
-    assert v.metadata == {"source_format": "gguf", "model_hint": "mistral"}
-
-
-def _write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> None:
-    writer = gguf.GGUFWriter(path, arch)
-    for name, data in tensors.items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def test_import_gguf_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        SteeringVector.import_gguf(tmp_path / "missing.gguf")
-    junk = tmp_path / "junk.gguf"
-    junk.write_bytes(b"definitely not gguf")
-    with pytest.raises(ValueError, match="not a readable GGUF file"):
-        SteeringVector.import_gguf(junk)
-
-    cases = [
-        ("llama", {"direction.1": np.ones(4, np.float32)}, "general.architecture is 'llama'"),
-        ("controlvector", {"blk.1.bias": np.ones(4, np.float32)}, "unexpected tensor 'blk.1.bias'"),
-        ("controlvector", {"direction.1": np.ones(4, np.float16)}, "is F16, not F32"),
-        ("controlvector", {"direction.1": np.ones((2, 2), np.float32)}, "not 1-D"),
-        ("controlvector", {}, "no direction.N tensors"),
-    ]
-    for i, (arch, tensors, message) in enumerate(cases):
-        path = tmp_path / f"case{i}.gguf"
-        _write_gguf(path, arch, tensors)
-        with pytest.raises(ValueError, match=message):
-            SteeringVector.import_gguf(path)
 
 
 # -- VectorLibrary --------------------------------------------------------------------------------
@@ -512,3 +402,81 @@ def test_library_accepts_edge_names(vec: SteeringVector, tmp_path: Path) -> None
     for name in ["a", "x" * 64, "A.b_c-9", "a..b"]:
         lib.save(name, vec)
         assert lib.load(name).layers == vec.layers
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_library_create_is_exclusive_under_concurrency(
+    hard_links: bool, vec: SteeringVector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 threads save under one new name with overwrite=False: one wins, 7 get
+    FileExistsError, and the file is the winner's, whole (also without hard links)."""
+    if not hard_links:
+        def no_link(src: str, dst: str) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    lib = VectorLibrary(tmp_path)
+    barrier, results = threading.Barrier(8), []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            lib.save("same", vec * (i + 1), overwrite=False)
+            results.append(i)
+        except FileExistsError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    (winner,) = [r for r in results if isinstance(r, int)]
+    assert results.count("a vector named 'same' exists in the library") == 7
+    assert _bits(lib.load("same")) == _bits(vec * (winner + 1))
+    assert _listing(tmp_path) == ["same.safetensors"]  # no temp file left behind
+    lib.save("same", vec)  # overwrite=True (the default) replaces it
+    assert _bits(lib.load("same")) == _bits(vec)
+
+
+def test_library_never_touches_a_folder(vec: SteeringVector, tmp_path: Path) -> None:
+    (tmp_path / "adir.safetensors").mkdir()
+    lib = VectorLibrary(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'adir'.*adir\.safetensors is a folder"):
+        lib.delete("adir")
+    for overwrite in (True, False):
+        with pytest.raises(IsADirectoryError, match="is a folder, not a vector file"):
+            lib.save("adir", vec, overwrite=overwrite)
+    with pytest.raises(FileNotFoundError):
+        lib.load("adir")
+    assert lib.list() == [] and (tmp_path / "adir.safetensors").is_dir()
+
+
+def test_library_lists_damaged_files_as_errors_naming_no_folder(
+    vec: SteeringVector, tmp_path: Path
+) -> None:
+    lib = VectorLibrary(tmp_path / "private" / "lib")
+    data = lib.save("good", vec).read_bytes()
+    lib.path("cut").write_bytes(data[:-10])  # the header is whole, the data is not
+    lib.path("junk").write_bytes(b"xx")
+    mx.save_safetensors(str(lib.path("huge")), {"residuals_1": mx.full((D,), 3e38)})
+    mx.save_safetensors(str(lib.path("bare")), {"direction.3": mx.ones((D,))})
+    forged = read_summary(lib.path("good"))
+    forged["norms"]["5"] = math.inf
+    arrays = {f"residuals_{k}": d for k, d in vec.directions.items()}
+    mx.save_safetensors(str(lib.path("forged")), arrays, metadata={"mlux": json.dumps(forged)})
+
+    listing = {e["name"]: e for e in lib.list()}
+    json.dumps(listing, allow_nan=False)  # strict JSON: no Infinity anywhere
+    assert sorted(listing) == ["bare", "cut", "forged", "good", "huge", "junk"]
+    assert "error" not in listing["good"] and listing["bare"]["norms"] == {3: pytest.approx(4.0)}
+    assert "truncated" in listing["cut"]["error"]
+    assert "norm overflows float32" in listing["huge"]["error"]
+    assert "not all finite" in listing["forged"]["error"]
+    messages = [e["error"] for e in listing.values() if "error" in e]
+    for name in ("cut", "junk", "huge", "missing"):
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            lib.load(name)
+        messages.append(str(info.value))
+    assert len(messages) == 8 and all(str(tmp_path) not in m for m in messages), messages
+    assert messages[0].startswith("cut.safetensors is truncated")

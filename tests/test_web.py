@@ -158,6 +158,24 @@ def test_one_error_two_shapes() -> None:
     assert openai_error_body(RequestError("x", status=503))["error"]["type"] == "server_error"
 
 
+def test_responses_are_strict_json() -> None:
+    """Python writes NaN and Infinity, which JSON.parse refuses: the apps write null."""
+    app = bare_app()
+    app.json.sort_keys = False
+
+    @app.get("/floats")
+    def floats() -> Any:
+        return jsonify(norms=[1.5, math.inf, -math.inf], p={"x": (math.nan, 2)}, z=0, a=1)
+
+    r = app.test_client().get("/floats")
+    assert r.data.decode().replace(" ", "").replace("\n", "") == (
+        '{"norms":[1.5,null,null],"p":{"x":[null,2]},"z":0,"a":1}')
+    assert web.to_json({"v": [math.nan, 1.0]}) == '{"v": [null, 1.0]}'
+    assert web.to_json([1, "a"]) == '[1, "a"]'
+    with pytest.raises(TypeError):
+        web.to_json(object())
+
+
 # -- binding and starting ------------------------------------------------------------------------
 
 def test_bind_check() -> None:
@@ -224,15 +242,15 @@ def test_explorer_and_serve_accept_the_same_positions(hooked: HookedModel, tmp_p
     serve_app = create_server_app(hooked)
     serve = serve_app.test_client()
     try:
-        vid = explorer.post("/api/compute", json={"positive": ["w1 w2"], "negative": ["w3 w4"]}
+        vid = explorer.post("/api/compute", json={"positive": ["w10 w11"], "negative": ["w20 w21"]}
                             ).json["id"]
         inline = [0.1] * hooked.hidden_size
         for positions in (*web.POSITIONS, None, "middle", "ALL", 3, [0, 2]):
             a = explorer.post("/api/generate", json={
-                "prompt": "w5 w6", "vector": {"id": vid}, "layers": [1], "alpha": 1.0,
+                "prompt": "w30 w31", "vector": {"id": vid}, "layers": [1], "alpha": 1.0,
                 "max_tokens": 2, "positions": positions})
             b = serve.post("/v1/completions", json={
-                "prompt": "w5 w6", "max_tokens": 2,
+                "prompt": "w30 w31", "max_tokens": 2,
                 "steering": {"vector": inline, "layers": [1], "positions": positions}})
             assert a.status_code == b.status_code, (positions, a.json, b.json)
             if a.status_code != 200:

@@ -4,8 +4,9 @@
 (or `mlux explore`) serves it at http://127.0.0.1:5001. The JSON API is in `docs/explorer.md`.
 
 Modules, in reading order: `validation` (request schemas), `engine` (the model work), `state`
-(per-app state), `api` (the blueprint), `app` (the factory); the guard rails every route shares
-(field reader, `RequestError`, Host check, headers, server start) are `mlux.web`.
+(per-app state), `api` and `library_api` (the blueprints), `app` (the factory); the guard
+rails every route shares (field reader, `RequestError`, Host check, headers, strict JSON,
+server start) are `mlux.web`.
 """
 
 from __future__ import annotations

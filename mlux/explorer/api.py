@@ -1,4 +1,5 @@
-"""The explorer blueprint: the page, the JSON API and the server-sent-event stream.
+"""The explorer blueprint: the page, the model info, vectors from contrast prompts, generation
+(JSON and server-sent events) and the layer sweep; the library's routes are `library_api.py`.
 
 Every model call runs under the app's lock and every hook is installed by a context manager
 or a generator whose `finally` removes it, so hooks never outlive a request; a streamed
@@ -8,34 +9,27 @@ response that is closed early (the client went away) closes the generation with 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from flask import Blueprint, Response, jsonify, render_template
 
 from mlux.detokenize import RowText
 from mlux.explorer.engine import (
     generated_projections,
+    last_token_norms,
     prompt_tokens,
     stream_rows,
     unit_vectors,
 )
 from mlux.explorer.state import ExplorerState, get_state
-from mlux.explorer.validation import (
-    GenerateRequest,
-    VectorRef,
-    parse_compute,
-    parse_generate,
-    parse_save,
-    parse_sweep,
-)
+from mlux.explorer.validation import GenerateRequest, parse_compute, parse_generate, parse_sweep
 from mlux.extract import extract_steering_vectors
+from mlux.model import HookedModel
 from mlux.steering import Steering
-from mlux.vector_library import validate_name
 from mlux.vectors import SteeringVector
-from mlux.web import RequestError, json_object
+from mlux.web import RequestError, json_object, to_json
 
 __all__ = ["bp", "describe_vector", "error_body", "generation_events"]
 
@@ -46,13 +40,6 @@ log = logging.getLogger("mlux.explorer")
 def error_body(exc: RequestError) -> dict[str, Any]:
     """The explorer's error shape: `{"error": message, "field": the field at fault or null}`."""
     return {"error": exc.message, "field": exc.field}
-
-
-def _name(name: str) -> str:
-    try:
-        return validate_name(name)
-    except ValueError as exc:
-        raise RequestError(str(exc), "name") from None
 
 
 @contextlib.contextmanager
@@ -94,13 +81,18 @@ def compute() -> Response:
     hooked = state.hooked
     if req.chat and getattr(hooked.tokenizer, "chat_template", None) is None:
         raise RequestError("this model's tokenizer has no chat template", "chat")
-    with _model(state):
+    with _model(state):  # a ValueError here (e.g. activations that overflow) is a 400
         directions = extract_steering_vectors(hooked, req.positive, req.negative, "all",
                                               method=req.method, chat=req.chat)
-    vector = SteeringVector(directions, model_id=hooked.model_id, method=req.method,
-                            num_pairs=min(len(req.positive), len(req.negative)),
-                            metadata={"positive": req.positive, "negative": req.negative,
-                                      "chat": req.chat, "source": "mlux explorer"})
+        vector = SteeringVector(directions, model_id=hooked.model_id, method=req.method,
+                                num_pairs=min(len(req.positive), len(req.negative)),
+                                metadata={"positive": req.positive, "negative": req.negative,
+                                          "chat": req.chat, "source": "mlux explorer"})
+    if max(vector.norms.values()) < 1e-6:
+        raise RequestError("the positive and negative prompts give the same activations at every "
+                           "layer, so the vector is zero: they probably encode to the same tokens "
+                           "(e.g. characters the model's vocabulary lacks); use prompts that "
+                           "differ in words the model knows", "positive")
     return jsonify(id=state.remember(vector), **describe_vector(vector))
 
 
@@ -115,7 +107,27 @@ def _generation(state: ExplorerState) -> tuple[GenerateRequest, SteeringVector]:
                            f"{vector.layers}", "layers")
     if req.chat and getattr(state.hooked.tokenizer, "chat_template", None) is None:
         raise RequestError("this model's tokenizer has no chat template", "chat")
+    _check_relative(vector, req.layers, req.alpha_unit)
     return req, vector
+
+
+def _check_relative(vector: SteeringVector, layers: list[int], unit: str) -> None:
+    norms = vector.norms if unit == "residual" else {}
+    zero = [i for i in layers if norms.get(i) == 0]
+    if zero:
+        raise RequestError(f"the vector is zero at layers {zero}, so an alpha relative to the "
+                           "residual norm has no direction to scale", "alpha_unit")
+
+
+def alpha_scales(hooked: HookedModel, vector: SteeringVector, tokens: list[int],
+                 layers: list[int], unit: str) -> tuple[dict[int, float], Optional[list[float]]]:
+    """Per layer, what alpha multiplies the vector's direction by: 1 for raw alphas; for
+    alphas relative to the residual norm (at the prompt's last token), that norm over the
+    vector's, so alpha 0.5 adds half the residual's length. Also the residual norms (or None)."""
+    if unit == "raw":
+        return {i: 1.0 for i in layers}, None
+    residual, norms = last_token_norms(hooked, tokens, layers), vector.norms
+    return {i: residual[i] / norms[i] for i in layers}, [residual[i] for i in layers]
 
 
 def generation_events(state: ExplorerState, req: GenerateRequest, vector: SteeringVector
@@ -124,11 +136,14 @@ def generation_events(state: ExplorerState, req: GenerateRequest, vector: Steeri
     row's text, pieces and per-token projections. Call with the model lock held."""
     hooked, t0 = state.hooked, time.perf_counter()
     tokens = prompt_tokens(hooked, req.prompt, req.chat)
-    directions = {i: vector[i] for i in req.layers}
+    scales, residual = alpha_scales(hooked, vector, tokens, req.layers, req.alpha_unit)
+    directions = {i: vector[i] * scales[i] for i in req.layers}
     alphas = [0.0, *req.alphas]  # row 0 is the unsteered baseline
     rows = [Steering(directions, a, positions=req.positions) if a else None for a in alphas]
-    yield "start", {"rows": [{"row": r, "alpha": a} for r, a in enumerate(alphas)],
-                    "prompt_tokens": len(tokens), "layers": req.layers}
+    steering = {"layers": req.layers, "alpha_unit": req.alpha_unit, "residual_norms": residual}
+    described = [{"row": r, "alpha": a, "effective_alphas": [a * scales[i] for i in req.layers]}
+                 for r, a in enumerate(alphas)]
+    yield "start", {"rows": described, "prompt_tokens": len(tokens), **steering}
     texts = [RowText(hooked.tokenizer) for _ in rows]
     steps = stream_rows(hooked, tokens, rows, max_tokens=req.max_tokens,
                         temperature=req.temperature, seed=req.seed)
@@ -141,11 +156,11 @@ def generation_events(state: ExplorerState, req: GenerateRequest, vector: Steeri
                                  unit_vectors(vector, [readout]))[readout]
     elapsed = time.perf_counter() - t0
     yield "done", {
-        "rows": [{"row": r, "alpha": a, "text": hooked.tokenizer.decode(t.ids),
-                  "token_ids": t.ids, "pieces": t.pieces, "projections": proj[r]}
-                 for r, (a, t) in enumerate(zip(alphas, texts, strict=True))],
+        "rows": [{**d, "text": hooked.tokenizer.decode(t.ids), "token_ids": t.ids,
+                  "pieces": t.pieces, "projections": proj[r]}
+                 for r, (d, t) in enumerate(zip(described, texts, strict=True))],
         "readout_layer": readout, "seconds": round(elapsed, 3),
-        "tokens": sum(len(t.ids) for t in texts)}
+        "tokens": sum(len(t.ids) for t in texts), **steering}
 
 
 @bp.post("/api/generate")
@@ -158,7 +173,7 @@ def generate() -> Response:
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {to_json(data)}\n\n"
 
 
 @bp.post("/api/stream")
@@ -193,52 +208,18 @@ def sweep() -> Response:
     missing = [i for i in layers if i not in vector]
     if missing:
         raise RequestError(f"the vector has no direction at layers {missing}", "layers")
+    _check_relative(vector, layers, req.alpha_unit)
+    hooked = state.hooked
     with _model(state):
-        tokens = prompt_tokens(state.hooked, req.prompt, req.chat)
-        result = state.sweeps[req.mode](state.hooked, vector, tokens, layers=layers,
-                                        alpha=req.alpha, max_tokens=req.max_tokens)
-    return jsonify(result)
-
-
-# -- the vector library --------------------------------------------------------------------------
-
-@bp.get("/api/vectors")
-def list_vectors() -> Response:
-    state = get_state()
-    out = []
-    for entry in state.library.list():
-        norms = entry.get("norms")
-        if isinstance(norms, dict):
-            entry["norms"] = [norms[k] for k in sorted(norms)]
-        entry["compatible"] = entry.get("hidden_size") == state.hooked.hidden_size
-        out.append(entry)
-    return jsonify(vectors=out)
-
-
-@bp.post("/api/vectors")
-def save_vector() -> tuple[Response, int]:
-    state = get_state()
-    req = parse_save(json_object())
-    vector = state.resolve(req.vector)
-    if req.name in state.library and not req.overwrite:
-        raise RequestError(f'a vector named {req.name!r} exists; send "overwrite": true to '
-                           "replace it", "name", 409)
-    path = state.library.save(req.name, vector)
-    return jsonify(name=req.name, file=path.name, **describe_vector(vector)), 201
-
-
-@bp.get("/api/vectors/<name>")
-def load_vector(name: str) -> Response:
-    state = get_state()
-    vector = state.resolve(VectorRef(name=_name(name)), field="name")
-    return jsonify(name=name, metadata=vector.metadata, **describe_vector(vector))
-
-
-@bp.delete("/api/vectors/<name>")
-def delete_vector(name: str) -> Response:
-    state = get_state()
-    try:
-        state.library.delete(_name(name))
-    except FileNotFoundError:
-        raise RequestError(f"no vector named {name!r} in the library", "name", 404) from None
-    return jsonify(deleted=name)
+        tokens = prompt_tokens(hooked, req.prompt, req.chat)
+        scales, _ = alpha_scales(hooked, vector, tokens, layers, req.alpha_unit)
+        swept = vector if req.alpha_unit == "raw" else SteeringVector(
+            {i: vector[i] * scales[i] for i in layers}, model_id=vector.model_id)
+        result = state.sweeps[req.mode](hooked, swept, tokens, layers=layers, alpha=req.alpha,
+                                        max_tokens=req.max_tokens)
+    if req.alpha_unit != "raw":  # the rows name the vector's own norm and the alpha applied
+        for row in result.get("layers", []):
+            if isinstance(row, dict) and row.get("layer") in scales:
+                row.update(norm=vector.norms[row["layer"]],
+                           effective_alpha=req.alpha * scales[row["layer"]])
+    return jsonify({**result, "alpha_unit": req.alpha_unit})

@@ -1,7 +1,8 @@
 """The explorer's Flask app factory: `create_app(hooked, vectors_dir=...)`.
 
 The app gets the shared web guard rails (`mlux.web.install`: Host allow-list, security headers,
-body cap, JSON errors), its state in `app.extensions` (`state.py`) and the blueprint (`api.py`).
+body cap, strict JSON errors), its state in `app.extensions` (`state.py`) and two blueprints:
+the page, generation and sweeps (`api.py`), the vector library (`library_api.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mlux.builtin import BUILTIN_MODELS
 from mlux.contrasts import contrast_task
 from mlux.explorer.api import bp, error_body
 from mlux.explorer.engine import SweepFn, projection_sweep
+from mlux.explorer.library_api import library_bp
 from mlux.explorer.state import STATE_KEY, ExplorerState, get_state
 from mlux.explorer.validation import Limits
 from mlux.info import model_info
@@ -70,4 +72,5 @@ def create_app(
         sweeps={"projection": projection_sweep, **(sweeps or {})}, lock_timeout=lock_timeout,
         allowed_hosts=allowed_hosts)
     app.register_blueprint(bp)
+    app.register_blueprint(library_bp)
     return app

@@ -31,7 +31,8 @@ def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[st
                  "steered": _finite(c.rate), "delta": _finite(c.rate - base.rate),
                  "text": c.texts[0] if c.texts else ""}
                 for c in cells if c.alpha == alpha]
-        return {"mode": label, "alpha": alpha, "layers": rows,
+        return {"mode": label, "quantity": "rate", "alpha": alpha, "layers": rows,
+                "y_label": f"rate of {label} (%)",
                 "baseline_text": base.texts[0] if base.texts else "",
                 "metric": f"rate of {label} over {len(prompts)} test prompts x {samples} "
                           "sampled continuations (temperature 1), every position steered"}

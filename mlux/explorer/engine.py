@@ -19,10 +19,12 @@ from mlux.vectors import SteeringVector
 __all__ = [
     "SweepFn",
     "generated_projections",
+    "last_token_norms",
     "projection_sweep",
     "prompt_tokens",
     "stream_rows",
     "token_projections",
+    "token_readout",
     "unit_vectors",
 ]
 
@@ -65,29 +67,55 @@ def unit_vectors(vector: SteeringVector, layers: Sequence[int]) -> dict[int, mx.
     return out
 
 
-def token_projections(hooked: HookedModel, seqs: Sequence[list[int]],
-                      units: Mapping[int, mx.array]) -> dict[int, list[list[float]]]:
-    """Per layer and row: `residuals_layer . unit` at every position of the row, read with no
-    steering installed (what the text itself carries, not what was added)."""
+def token_readout(hooked: HookedModel, seqs: Sequence[list[int]], units: Mapping[int, mx.array]
+                  ) -> tuple[dict[int, list[list[float]]], dict[int, list[list[float]]]]:
+    """Per layer and row, at every position of the row: `residuals_layer . unit` and the
+    residual's norm, read with no steering installed (what the text itself carries, not what
+    was added)."""
     layers = list(units)
     basis = mx.stack([units[layer] for layer in layers], axis=1)  # (D, L)
-    acts = hooked.capture(list(seqs), [f"residuals_{layer}" for layer in layers],
-                          reduce=lambda x: x.astype(mx.float32) @ basis)  # (B, T, L) each
+
+    def reduce(x: mx.array) -> mx.array:  # (B, T, L + 1): the projections, then the norm
+        x = x.astype(mx.float32)
+        return mx.concatenate([x @ basis, mx.linalg.norm(x, axis=-1, keepdims=True)], axis=-1)
+
+    acts = hooked.capture(list(seqs), [f"residuals_{layer}" for layer in layers], reduce=reduce)
     width = max(len(s) for s in seqs)
-    out: dict[int, list[list[float]]] = {}
-    for k, layer in enumerate(layers):
-        proj = acts[f"residuals_{layer}"][..., k].tolist()  # left-padded: a row ends the batch
-        out[layer] = [row[width - len(s):] for row, s in zip(proj, seqs, strict=True)]
-    return out
+    proj: dict[int, list[list[float]]] = {}
+    norms: dict[int, list[list[float]]] = {}
+    for k, layer in enumerate(layers):  # left-padded: a row ends the batch
+        a = acts[f"residuals_{layer}"]
+        proj[layer], norms[layer] = ([row[width - len(s):] for row, s in zip(
+            part.tolist(), seqs, strict=True)] for part in (a[..., k], a[..., -1]))
+    return proj, norms
+
+
+def token_projections(hooked: HookedModel, seqs: Sequence[list[int]],
+                      units: Mapping[int, mx.array]) -> dict[int, list[list[float]]]:
+    """Per layer and row: `residuals_layer . unit` at every position (`token_readout`)."""
+    return token_readout(hooked, seqs, units)[0]
+
+
+def _generated(full: dict[int, list[list[float]]], gens: Sequence[list[int]]
+               ) -> dict[int, list[list[float]]]:
+    return {layer: [row[len(row) - len(g):] if g else [] for row, g in zip(rows, gens,
+                                                                          strict=True)]
+            for layer, rows in full.items()}
 
 
 def generated_projections(hooked: HookedModel, tokens: list[int], gens: Sequence[list[int]],
                           units: Mapping[int, mx.array]) -> dict[int, list[list[float]]]:
     """Like `token_projections` over prompt + generation, keeping the generated positions."""
-    full = token_projections(hooked, [tokens + g for g in gens], units)
-    return {layer: [row[len(row) - len(g):] if g else [] for row, g in zip(rows, gens,
-                                                                          strict=True)]
-            for layer, rows in full.items()}
+    return _generated(token_projections(hooked, [tokens + g for g in gens], units), gens)
+
+
+def last_token_norms(hooked: HookedModel, tokens: list[int], layers: Sequence[int]
+                     ) -> dict[int, float]:
+    """The residual norm at the prompt's last token, per layer (what a relative alpha means:
+    a fraction of it, as in the layer sweep's `residual_norms`)."""
+    acts = hooked.capture([tokens], [f"residuals_{layer}" for layer in layers],
+                          reduce=lambda x: mx.linalg.norm(x[:, -1].astype(mx.float32), axis=-1))
+    return {layer: float(acts[f"residuals_{layer}"][0].item()) for layer in layers}
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -106,15 +134,22 @@ def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[i
         for step in steps:
             for r, token in step.items():
                 gens[r].append(token)
-    proj = generated_projections(hooked, tokens, gens, unit_vectors(vector, layers))
+    full = token_readout(hooked, [tokens + g for g in gens], unit_vectors(vector, layers))
+    proj, resid = (_generated(part, gens) for part in full)
     norms = vector.norms
     out = []
     for i, layer in enumerate(layers):
         base, steered = _mean(proj[layer][0]), _mean(proj[layer][i + 1])
+        delta = None if base is None or steered is None else steered - base
+        scale = _mean(resid[layer][0])  # the baseline's mean residual norm at this layer
         out.append({"layer": layer, "norm": norms[layer], "baseline": base, "steered": steered,
-                    "delta": None if base is None or steered is None else steered - base,
+                    "delta": delta, "residual_norm": scale,
+                    "relative_delta": delta / scale if delta is not None and scale else None,
                     "text": hooked.tokenizer.decode(gens[i + 1])})
-    return {"mode": "projection", "alpha": alpha, "layers": out,
+    return {"mode": "projection", "quantity": "projection", "alpha": alpha, "layers": out,
             "baseline_text": hooked.tokenizer.decode(gens[0]),
+            "y_label": "projection (residual units)",
             "metric": "mean projection of the generated tokens' residuals onto the unit "
-                      "vector at each layer, read without steering"}
+                      "vector at each layer, read without steering; the largest change is "
+                      "compared as a fraction of the layer's mean residual norm "
+                      "(relative_delta), since raw projections grow with depth"}

@@ -19,6 +19,9 @@ __all__ = [
 ]
 
 METHODS = ("mean_diff", "pca")
+# "raw": steer with alpha x vector; "residual": alpha is a fraction of the layer's residual norm
+# at the prompt's last token (alpha x that norm x the unit vector), as in the layer sweep.
+ALPHA_UNITS = ("raw", "residual")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class GenerateRequest:
     seed: Optional[int]
     positions: str
     chat: bool
+    alpha_unit: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class SweepRequest:
     max_tokens: int
     mode: str
     chat: bool
+    alpha_unit: str = "raw"
 
 
 def read_vector_ref(f: Fields, key: str = "vector") -> VectorRef:
@@ -131,6 +136,7 @@ def parse_generate(body: dict[str, Any], limits: Limits, num_layers: int) -> Gen
         seed=f.integer("seed", 0, 2**31 - 1),
         positions=f.positions(),
         chat=f.boolean("chat", False),
+        alpha_unit=f.choice("alpha_unit", ALPHA_UNITS, "raw"),
     )
     f.done()
     return req
@@ -159,6 +165,7 @@ def parse_sweep(body: dict[str, Any], limits: Limits, num_layers: int,
         max_tokens=f.integer("max_tokens", 1, limits.max_sweep_tokens, 16),  # type: ignore[arg-type]
         mode=f.choice("mode", modes, modes[0]),
         chat=f.boolean("chat", False),
+        alpha_unit=f.choice("alpha_unit", ALPHA_UNITS, "raw"),
     )
     f.done()
     return req

@@ -8,7 +8,8 @@ same guard rails from here:
   typed reads of its fields (a 400 naming `prompt`, `vector.name`, `steering[1].alpha`...);
   `Limits`, what one request may ask for.
 - `guard`: `install(app, error_body=...)`, the Host allow-list, the security headers (CSP,
-  nosniff, no referrer, no framing), the body cap and JSON errors for every failure.
+  nosniff, no referrer, no framing), the body cap and JSON errors for every failure; strict
+  JSON out (`FiniteJSON`, `to_json`: NaN and infinities become null, never `Infinity`).
 - `server`: `check_bind` (a non-loopback address needs an explicit opt-in), `allowed_hosts_for`
   (the Host allow-list that goes with a bind address) and `run_server` (werkzeug's threaded
   server, never the debugger; a public address is announced with a warning).
@@ -21,15 +22,18 @@ from .guard import (
     API_CSP,
     LOOPBACK_HOSTS,
     PAGE_CSP,
+    FiniteJSON,
     WebSettings,
     error_response,
+    finite,
     install,
     settings_of,
+    to_json,
 )
 from .server import allowed_hosts_for, check_bind, is_loopback, run_server
 
 __all__ = [
-    "API_CSP", "LOOPBACK_HOSTS", "MAX_DEPTH", "PAGE_CSP", "POSITIONS", "Fields", "Limits",
-    "RequestError", "WebSettings", "allowed_hosts_for", "check_bind", "error_response",
-    "install", "is_loopback", "json_object", "run_server", "settings_of",
+    "API_CSP", "LOOPBACK_HOSTS", "MAX_DEPTH", "PAGE_CSP", "POSITIONS", "FiniteJSON", "Fields",
+    "Limits", "RequestError", "WebSettings", "allowed_hosts_for", "check_bind", "error_response",
+    "finite", "install", "is_loopback", "json_object", "run_server", "settings_of", "to_json",
 ]

@@ -4,18 +4,21 @@ cap, and JSON errors for every failure (404/405/413 and crashes too) in the app'
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from .fields import Limits, RequestError
 
-__all__ = ["API_CSP", "LOOPBACK_HOSTS", "PAGE_CSP", "WebSettings", "error_response", "install",
-           "settings_of"]
+__all__ = ["API_CSP", "LOOPBACK_HOSTS", "PAGE_CSP", "FiniteJSON", "WebSettings", "error_response",
+           "finite", "install", "settings_of", "to_json"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -38,14 +41,47 @@ class WebSettings:
     no_store_prefix: str
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON, as browsers' JSON.parse reads it: a non-finite float becomes null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # NaN or Infinity somewhere: rare, so only then walk the value
+        return json.dumps(finite(value), allow_nan=False)
+
+
+class FiniteJSON(DefaultJSONProvider):
+    """Flask's JSON provider writing strict JSON (a non-finite float becomes null) instead of
+    Python's `NaN` / `Infinity`, which no JSON parser accepts."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        try:
+            return super().dumps(obj, allow_nan=False, **kwargs)
+        except ValueError:
+            return super().dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 def install(app: Flask, *, error_body: Callable[[RequestError], dict[str, Any]],
             allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS, csp: str = API_CSP,
             max_body_bytes: int = Limits.max_body_bytes, no_store_prefix: str = "/") -> None:
     """Guard `app`: requests whose Host is not in `allowed_hosts` (None: any) get a 400, every
     response carries the security headers (and `Cache-Control: no-store` under
     `no_store_prefix`), bodies over `max_body_bytes` a 413, and every error, crashes included,
-    is JSON as `error_body(RequestError)` shapes it."""
+    is JSON as `error_body(RequestError)` shapes it, strict JSON at that (`FiniteJSON`)."""
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, DEBUG=False)
+    sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
+    app.json = FiniteJSON(app)
+    app.json.sort_keys = sort_keys
     app.extensions[_KEY] = WebSettings(error_body, allowed_hosts, csp, no_store_prefix)
     app.before_request(_check_host)
     app.after_request(_security_headers)
