@@ -1,6 +1,7 @@
-"""The `mlux` command: one verb per job (`info`, `demo`, the sweeps, `serve`, `explore`,
-collection). Every verb runs the same way (`mlux.entry.run_verb`): a user error is one line
-`mlux <verb>: error: ...` and exit code 2, Ctrl-C exit code 130, a bug keeps its traceback."""
+"""The `mlux` command (also `python -m mlux`): one verb per job (`info`, `demo`, `extract`,
+`generate`, the sweeps, `serve`, `explore`, collection). Every verb runs the same way
+(`mlux.entry.run_verb`): a user error is one line `mlux <verb>: error: ...` and exit code 2,
+Ctrl-C exit code 130, a bug keeps its traceback. `mlux` alone prints the verbs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from . import demo, serve
+from . import __version__, demo, serve
 from .builtin import DEFAULT_MODEL
 from .collect import cli as collect_cli
 from .entry import Verb, run_command
@@ -17,14 +18,24 @@ from .experiments import alpha_calibration, layer_sweep, strength_sweep
 from .explorer import launch
 from .info import model_info
 from .model import HookedModel
+from .verbs import extract, generate
 
 __all__ = ["VERBS", "main"]
+
+EXAMPLES = """examples (offline, on the built-in model mlux-toy):
+  mlux demo                                            steer it, see the effect per layer
+  mlux extract --layers 2 --output happy.safetensors   a vector from the built-in contrast
+  mlux generate "the" --vector happy.safetensors --alpha 2 --baseline
+  mlux strength-sweep --vector happy.safetensors --strengths=-4,-2,0,2,4
+  mlux layer-sweep --layers 1-4                        which layer steers best
+
+`mlux VERB --help` shows a verb's options and their defaults."""
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"model directory, hub id or built-in name (default: {DEFAULT_MODEL})")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -56,6 +67,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("info", "show a model's layers, hidden size, hook points, configs", _info_arguments,
          cmd_info),
     demo.VERB,
+    extract.VERB,
+    generate.VERB,
     layer_sweep.VERB,
     alpha_calibration.VERB,
     strength_sweep.VERB,
@@ -66,7 +79,8 @@ VERBS: tuple[Verb, ...] = (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_command("mlux", VERBS, argv, description="MLX-native activation steering")
+    return run_command("mlux", VERBS, argv, description="MLX-native activation steering",
+                       version=__version__, epilog=EXAMPLES)
 
 
 if __name__ == "__main__":

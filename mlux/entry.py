@@ -8,7 +8,11 @@ Either way the verb goes through `run_verb`, the one entry style:
   `OSError` such as a missing file) prints one line `mlux <verb>: error: <message>` on stderr and
   exits 2;
 - Ctrl-C (`KeyboardInterrupt`) prints `mlux <verb>: interrupted` and exits 130, no traceback;
-- anything else is a bug and keeps its traceback.
+- anything else is a bug and keeps its traceback;
+- a warning raised while the verb runs prints one line `mlux <verb>: warning: <message>`.
+
+Help keeps descriptions (and their example commands) verbatim and shows every option's default
+(`HelpFormatter`); `int_in` makes range-checked int options (`--samples`, `--seed`, `--port`).
 
 This module imports no verb, so the verbs and `mlux.cli` can both import it without a cycle.
 """
@@ -16,12 +20,14 @@ This module imports no verb, so the verbs and `mlux.cli` can both import it with
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS", "UsageError", "Verb",
-           "run_command", "run_verb"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS", "HelpFormatter", "UsageError",
+           "Verb", "int_in", "run_command", "run_verb"]
 
 EXIT_USER_ERROR = 2  # argparse's own exit code for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -38,13 +44,52 @@ class UsageError(ValueError):
         self.label = label
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (example commands stay on their lines) and each option's default
+    after its help, unless the help already speaks of one or there is none to show (None, a
+    flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        text = action.help or ""
+        if (action.default is None or action.default is False or not action.option_strings
+                or action.default == argparse.SUPPRESS or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def int_in(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse `type` for an int in `low..high` (no upper bound when `high` is None): a
+    value out of range is a usage error naming the range, never a failure deep in the run."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid int value: 'x'"
+        if value < low or (high is not None and value > high):
+            span = f"in {low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+_EXPECTED_VALUE = re.compile(r"argument (\S+?)(?:/\S+)?: expected one argument")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are raised as `UsageError` instead of exiting, so that
     they are reported like every other user error. `label` names the verb in the message."""
 
     label: Optional[str] = None
+    argv: Sequence[str] = ()  # the command line being parsed, for hints
 
     def error(self, message: str) -> Any:  # argparse's hook; never returns
+        m = _EXPECTED_VALUE.search(message)
+        if m:  # `--strengths -4,-2`: argparse takes a value starting with '-' for an option
+            argv = list(_Parser.argv)
+            value = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == m.group(1)
+                          and argv[i + 1].startswith("-")), "-1")
+            message += (f"; a value that starts with '-' must be joined with '=': "
+                        f"{m.group(1)}={value}")
         raise UsageError(f"{message} (see {self.prog} --help)", self.label or self.prog)
 
 
@@ -69,7 +114,7 @@ class Verb:
         """Add this verb to an argparse subparsers object."""
         parser = subparsers.add_parser(self.name, help=self.help,
                                        description=self.description or self.help,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       formatter_class=HelpFormatter)
         parser.label = self.label
         self.add_arguments(parser)
         parser.set_defaults(func=self.run, verb=self)
@@ -78,7 +123,7 @@ class Verb:
     def main(self, argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
         """Run this verb on its own (a `python -m` alias of `mlux <name>`)."""
         parser = _Parser(prog=prog, description=self.description or self.help,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=HelpFormatter)
         parser.label = self.label
         self.add_arguments(parser)
         parser.set_defaults(func=self.run, verb=self)
@@ -88,7 +133,10 @@ class Verb:
 def run_verb(verb: Verb, args: argparse.Namespace) -> int:
     """Run `verb` on parsed `args`: the one place errors become exit codes (see the module)."""
     try:
-        return verb.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _warning_line(verb.label)
+            return verb.run(args)
     except KeyboardInterrupt:
         note = f"; {verb.on_interrupt}" if verb.on_interrupt else ""
         print(f"{verb.label}: interrupted{note}", file=sys.stderr)
@@ -99,24 +147,44 @@ def run_verb(verb: Verb, args: argparse.Namespace) -> int:
 
 
 def run_command(prog: str, verbs: Sequence[Verb], argv: Optional[Sequence[str]] = None, *,
-                description: Optional[str] = None) -> int:
-    """A command with one subcommand per verb (`mlux`, `python -m mlux.collect.cli`)."""
-    parser = _Parser(prog=prog, description=description)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+                description: Optional[str] = None, version: Optional[str] = None,
+                epilog: Optional[str] = None) -> int:
+    """A command with one subcommand per verb (`mlux`, `python -m mlux.collect.cli`). With no
+    arguments at all it prints its help (the verbs, one line each) and exits 0."""
+    parser = _Parser(prog=prog, description=description, epilog=epilog,
+                     formatter_class=HelpFormatter)
+    if version is not None:
+        parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
     for verb in verbs:
         verb.register(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 0
     return _parse_and_run(parser, argv)
 
 
 def _parse_and_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+    _Parser.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
         print(f"{e.label}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except SystemExit as e:  # --help, --version: printed; return their code, don't exit
+        return e.code if isinstance(e.code, int) else 0
     return run_verb(args.verb, args)
 
 
-def _one_line(error: BaseException) -> str:
+def _warning_line(label: str) -> Callable[..., None]:
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"{label}: warning: {_one_line(message)}", file=sys.stderr)
+
+    return show
+
+
+def _one_line(error: BaseException | Warning | str) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return "; ".join(lines) or type(error).__name__

@@ -23,6 +23,7 @@ __all__ = [
     "perplexity",
     "refusal_phrases_found",
     "repetition_rate",
+    "wilson_interval",
 ]
 
 # Phrases that open or carry a refusal in chat models' answers (matched case-insensitively on
@@ -94,6 +95,18 @@ def distinct_n(tokens: Sequence[Any], n: int = 2) -> float:
 def repetition_rate(tokens: Sequence[Any], n: int = 3) -> float:
     """Share of n-grams that repeat an earlier one."""
     return 1.0 - distinct_n(tokens, n)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a rate of `successes` out of `n` (95% with the default `z`):
+    unlike p ± z·se it stays inside [0, 1] and is not zero-width at 0% or 100%. NaNs for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def perplexity(hooked: Any, prompt_ids: Sequence[int], continuation: Sequence[int]) -> float:

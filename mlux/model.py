@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -12,7 +13,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
 from .arch import Architecture, detect_architecture, hidden_size_of
-from .builtin import builtin_model_path
+from .builtin import BUILTIN_MODELS, builtin_model_path
 from .hooks import BlockFrame, Hook, HookWrapper
 from .inputs import Inputs, RowGroup, TokenBatch, left_pad, make_batch_cache, to_token_batch
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
@@ -42,6 +43,7 @@ class HookedModel:
         # Steering added to every row mlux's decoder starts (`SteeringVector.apply`).
         self.ambient_steering: list[Any] = []
         self._config = None
+        self._unknown_warned = False  # the mostly-<unk> prompt warning is given once per model
         self._install_wrappers()
 
     # -- construction -------------------------------------------------------------------------
@@ -146,7 +148,31 @@ class HookedModel:
         return expand_layer_specs(specs, self.num_layers, hidden_size=self.hidden_size)
 
     def tokenize(self, inputs: Inputs) -> TokenBatch:
-        return to_token_batch(self.tokenizer, inputs, self.vocab_size)
+        batch = to_token_batch(self.tokenizer, inputs, self.vocab_size)
+        if not self._unknown_warned and (isinstance(inputs, str) or (
+                isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str))):
+            self._warn_unknown([inputs] if isinstance(inputs, str) else list(inputs), batch)
+        return batch
+
+    def _warn_unknown(self, texts: list[str], batch: TokenBatch) -> None:
+        """Warn (once per model) when a text prompt is mostly the tokenizer's unknown token:
+        the model then sees nothing of it and continues from noise, with no error of its own."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        special = {getattr(self.tokenizer, k, None) for k in ("eos_token_id", "bos_token_id",
+                                                              "pad_token_id")}
+        if not isinstance(unk, int) or unk in special:  # e.g. gpt2: <|endoftext|> is all three
+            return
+        for text, row, n in zip(texts, batch.tokens.tolist(), batch.lengths, strict=True):
+            unknown = row[len(row) - n:].count(unk)
+            if unknown * 2 > n:
+                self._unknown_warned = True
+                hint = (" (the built-in model knows only its synthetic corpus, e.g. "
+                        "mlux.toy.TEST_PROMPTS)" if self.model_id in BUILTIN_MODELS else "")
+                warnings.warn(
+                    f"{unknown} of the {n} tokens of the prompt {text[:60]!r} are unknown to "
+                    f"{self.model_id or 'this model'}'s tokenizer (<unk>): the model sees "
+                    f"almost nothing of it; use words from its vocabulary{hint}", stacklevel=3)
+                return
 
     def encode_chat(self, messages: Union[str, Sequence[Mapping[str, str]]]) -> list[int]:
         """Token ids of a chat, ready for the assistant's turn: a prompt string is one user turn;

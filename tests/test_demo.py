@@ -37,3 +37,15 @@ def test_info_json(capsys):
     assert info["num_layers"] == 6 and info["hidden_size"] == 96
     assert len(info["hook_points"]) == 18
     assert info["block_pattern"].startswith("sequential pre-norm")
+
+
+def test_demo_labels_line_up_whatever_the_alphas(capsys):
+    assert main(["demo", "--feature", "formality", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^( +(?:alpha [+-][\d.]+|baseline) )\| ", out, flags=re.M)
+    assert len(rows) == 3 and "alpha -0.75 " in rows[0]
+    assert len({len(r) for r in rows}) == 1  # the bars in one column
+    header, *table = [line for line in out.splitlines() if line.startswith("  layer |")
+                      or re.match(r"^ +\d \|", line)]
+    bars = {tuple(i for i, ch in enumerate(line) if ch == "|") for line in [header, *table]}
+    assert len(bars) == 1 and len(table) == 6  # every column's bars in one place

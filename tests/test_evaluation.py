@@ -18,6 +18,7 @@ from mlux.evaluation import (
     perplexity,
     refusal_phrases_found,
     repetition_rate,
+    wilson_interval,
 )
 from mlux.testing import save_tiny_model
 
@@ -104,10 +105,10 @@ def test_batched_behavior_rates_equal_row_by_row(hooked, positions):
 
     args = dict(alphas=[-2.0, 0.0, 2.0], samples_per_prompt=2, max_tokens=6, seed=5,
                 positions=positions)
-    batched = behavior_rates(hooked, v, ["w5 w6", "w7"], scorer, **args)
+    batched = behavior_rates(hooked, v, ["w15 w16", "w7"], scorer, **args)
     hooked._padded_batch_ok = False  # force the sequential fallback
     try:
-        alone = behavior_rates(hooked, v, ["w5 w6", "w7"], scorer, **args)
+        alone = behavior_rates(hooked, v, ["w15 w16", "w7"], scorer, **args)
     finally:
         hooked._padded_batch_ok = None
     assert [c.texts for c in batched] == [c.texts for c in alone]
@@ -115,3 +116,16 @@ def test_batched_behavior_rates_equal_row_by_row(hooked, positions):
                                                      (2, 0.0), (2, 2.0)]
     assert batched[1].texts == batched[4].texts  # alpha 0 is shared across layers
     assert batched[0].texts != batched[1].texts
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (16, 16, 0.8064, 1.0)],
+)
+def test_wilson_interval_matches_hand_computed_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_of_nothing_is_nan():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))

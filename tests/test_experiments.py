@@ -4,6 +4,7 @@ and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -23,18 +24,18 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "mlux" / "experiments" / "schema
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("exp")
     model = save_tiny_model(root / "model", "llama")
-    (root / "pos.txt").write_text("w5 w6 w7\nw8 w9\nw10 w11 w12\n")
+    (root / "pos.txt").write_text("w15 w16 w7\nw8 w9\nw10 w11 w12\n")
     (root / "neg.txt").write_text("w30 w31\nw32 w33 w34\nw35\n")
     (root / "prompts.txt").write_text("w40 w41\nw42\n")
     (root / "empty.txt").write_text("\n\n")
     return root, str(model)
 
 
-def common_args(root, model, out):
-    return ["--model", model, "--positive", str(root / "pos.txt"), "--negative",
-            str(root / "neg.txt"), "--prompts", str(root / "prompts.txt"), "--behavior",
-            "contains:w20,w21,w22,w23", "--samples", "1", "--max-tokens", "6", "--output",
-            str(out)]
+def common_args(root, model, out, contrast=True):
+    files = ["--positive", str(root / "pos.txt"), "--negative", str(root / "neg.txt")]
+    return ["--model", model, *(files if contrast else []), "--prompts",
+            str(root / "prompts.txt"), "--behavior", "contains:w20,w21,w22,w23", "--samples",
+            "1", "--max-tokens", "6", "--output", str(out)]
 
 
 def validate(path, kind):
@@ -77,7 +78,7 @@ def test_python_module_entry_point(setup, tmp_path):
 def test_interrupted_layer_sweep_resumes_without_redoing_cells(setup, tmp_path):
     root, model = setup
     hooked = HookedModel.from_pretrained(model)
-    pos, neg = ["w5 w6", "w8 w9"], ["w30 w31", "w32"]
+    pos, neg = ["w15 w16", "w8 w9"], ["w30 w31", "w32"]
     calls = {"n": 0, "fail_at": 6}
 
     def scorer(text):
@@ -141,7 +142,7 @@ def test_sweeps_share_one_calling_convention(setup):
     """(hooked, vector, prompts, scorer, ...): a ready vector or a contrast to extract from."""
     root, model = setup
     hooked = HookedModel.from_pretrained(model)
-    contrast = (["w5 w6", "w8"], ["w30", "w31 w32"])
+    contrast = (["w15 w16", "w8"], ["w30", "w31 w32"])
     scorer = lambda t: "w20" in t  # noqa: E731
     kw = dict(samples_per_prompt=1, max_tokens=4)
     vec = extract_steering_vectors(hooked, *contrast, [1, 2])
@@ -168,7 +169,7 @@ def test_sweeps_share_one_calling_convention(setup):
 def test_chat_formats_every_prompt_with_the_template(setup):
     root, model = setup
     hooked = HookedModel.from_pretrained(model)
-    vec = {1: extract_steering_vectors(hooked, ["w5 w6"], ["w30"], [1])[1]}
+    vec = {1: extract_steering_vectors(hooked, ["w15 w16"], ["w30"], [1])[1]}
     kw = dict(alphas=[0.0, 4.0], samples_per_prompt=1, max_tokens=4, keep_tokens=True)
     chat = behavior_rates(hooked, vec, ["w40 w41", "w42"], None, chat=True, **kw)
     ids = behavior_rates(hooked, vec, [hooked.encode_chat(p) for p in ["w40 w41", "w42"]],
@@ -191,11 +192,48 @@ def test_cli_chat_and_method(setup, tmp_path, extra):
 def test_cli_sweeps_a_saved_vector(setup, tmp_path):
     root, model = setup
     hooked = HookedModel.from_pretrained(model)
-    vec = extract_steering_vectors(hooked, ["w5 w6"], ["w30"], [1, 2])
+    vec = extract_steering_vectors(hooked, ["w15 w16"], ["w30"], [1, 2])
     path = vec.save(tmp_path / "v.safetensors")
     out = tmp_path / "cal.json"
-    assert mlux_main(["calibrate", *common_args(root, model, out), "--vector", str(path),
-                      "--alphas", "1,100"]) == 0
+    assert mlux_main(["calibrate", *common_args(root, model, out, contrast=False), "--vector",
+                      str(path), "--alphas", "1,100"]) == 0
     data = validate(out, "alpha_calibration")
     assert data["settings"]["vector"] == str(path) and "positive" not in data["settings"]
     assert set(data["summary"]["max_safe_alpha"]) == {"1", "2"}
+
+
+def test_layer_sweep_from_unmeasurable_rates_exits_2_without_best_layers(setup, tmp_path,
+                                                                         monkeypatch, capsys):
+    root, model = setup
+    (tmp_path / "undecided.py").write_text("def never(text):\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    args = [*common_args(root, model, tmp_path / "x.json"), "--layers", "1-2"]
+    assert mlux_main(["layer-sweep", *args, "--behavior", "undecided:never"]) == 2
+    captured = capsys.readouterr()
+    assert "best layers" not in captured.out and "n/a (n=0)" in captured.out
+    assert captured.err.splitlines()[-1].startswith(
+        "mlux layer-sweep: error: the behaviour function undecided:never labelled none")
+
+
+def test_layer_sweep_table_has_intervals_perplexity_and_a_few_samples_warning(setup, tmp_path,
+                                                                              capsys):
+    root, model = setup
+    args = common_args(root, model, tmp_path / "l.json")
+    assert mlux_main(["layer-sweep", *args, "--layers", "1-2", "--behavior", "contains:w20"]) == 0
+    captured = capsys.readouterr()
+    assert "unsteered ppl" in captured.out and "ppl -a / +a" in captured.out
+    assert re.search(r"^\s+1 \|.*n=2 .*\| [\d.e+]+ / [\d.e+]+", captured.out, flags=re.M)
+    assert "mlux layer-sweep: warning: only 2 of 2 samples" in captured.err
+    cell = json.loads((tmp_path / "l.json").read_text())["cells"]["layer_1"]
+    assert cell["perplexity_positive"] > 0 and cell["labelled_positive"] == 2
+
+
+def test_calibrate_says_when_c_is_only_a_lower_bound(setup, tmp_path, capsys):
+    root, model = setup
+    out = tmp_path / "c.json"
+    assert mlux_main(["calibrate", *common_args(root, model, out), "--layers", "1",
+                      "--alphas", "0.001,0.002"]) == 0
+    text = capsys.readouterr().out
+    assert "is a lower bound: no layer degenerated" in text
+    assert re.search(r"^\s+1 \|.*never, up to 0.002 .*\| +>=0.002 \| >=", text, flags=re.M)
+    assert json.loads(out.read_text())["summary"]["lower_bound"] is True

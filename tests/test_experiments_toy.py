@@ -29,8 +29,9 @@ def test_layer_sweep_ranks_steerable_layers_above_the_first_block(hooked, scorer
     res = layer_sweep(hooked, (POS, NEG), TEST_PROMPTS, scorer, alpha=0.75,
                       samples_per_prompt=2)
     effects = {r["layer"]: r["effect"] for r in res.rows}
-    assert 0 not in res.best_layers
-    assert all(effects[b] > effects[0] + 0.2 for b in res.best_layers)
+    assert 0 not in res.best_layers[:2]  # steerable layers first (0 may fill a later slot)
+    assert all(effects[b] > effects[0] + 0.2 for b in res.best_layers if b != 0)
+    assert res.best_layers[0] in (1, 2)
     assert 0.25 <= res.baseline_rate <= 0.75
 
 
@@ -48,6 +49,10 @@ def test_calibration_finds_the_breakdown_a_direct_sweep_shows(hooked):
     assert grammar[row["max_safe_alpha"]] >= 0.85  # still fluent where calibration says safe
     assert grammar[row["degenerates_at"]] <= 0.8  # visibly broken where it says it breaks
     assert cal.c == pytest.approx(row["max_safe_alpha"] * row["vector_norm"])
+    # what tripped is named where it tripped: perplexity under the unsteered model sees it
+    hit = next(m for m in row["sweep"] if m["degenerate"])
+    assert hit["alpha"] == row["degenerates_at"] and "perplexity" in hit["degenerate"]
+    assert not cal.lower_bound
 
 
 def test_random_direction_moves_behavior_far_less(hooked, scorer):

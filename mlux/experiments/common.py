@@ -5,7 +5,9 @@ files, behaviour functions by name, common options) is `mlux.experiments.options
 from __future__ import annotations
 
 import json
+import statistics
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -16,20 +18,35 @@ from tqdm import tqdm
 from .. import __version__
 from ..atomic import atomic_write, atomic_write_json
 from ..behavior import Prompt, prompt_ids
+from ..evaluation import perplexity, wilson_interval
 from ..extract import extract_with_activations, last_token_activations
 from ..model import HookedModel
 from ..steering import directions_at
 
 __all__ = [
+    "MIN_LABELLED",
+    "PERPLEXITY_RATIO",
     "ResultFile",
     "best_by_effect",
+    "finish_axes",
     "is_contrast",
     "progress_bar",
+    "rate_interval",
+    "rate_text",
+    "require_rates",
     "residual_norms",
     "save_plot",
+    "steered_perplexity",
     "sweep_directions",
     "timed_cell",
+    "warn_if_few_labelled",
 ]
+
+# Steered text this many times more perplexing to the unsteered model than unsteered text is
+# word salad, whatever its distinct-2 says (calibration's threshold; the layer sweep's filter).
+PERPLEXITY_RATIO = 4.0
+# Fewer labelled samples than this in a cell: its rate is too uncertain to rank on (a warning).
+MIN_LABELLED = 10
 
 
 class ResultFile:
@@ -99,17 +116,71 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def progress_bar(items: Sequence[Any], show: bool, desc: str = "layers") -> Any:
+def progress_bar(items: Sequence[Any], show: bool, desc: str = "layers",
+                 unit: str = "layer") -> Any:
     """`items`, wrapped in a tqdm bar when `show` (CLI runs), as they are otherwise."""
     if not show:
         return items
-    return tqdm(items, desc=desc, unit="layer")
+    return tqdm(items, desc=desc, unit=unit)
 
 
 def best_by_effect(effects: dict[int, float], top_k: int) -> list[int]:
-    """Layers by decreasing effect (unmeasurable NaN effects last, ties to the lower layer)."""
-    return sorted(effects, key=lambda i: (-(effects[i] if effects[i] == effects[i]
-                                           else float("-inf")), i))[:top_k]
+    """Layers by decreasing effect, ties to the lower layer; an unmeasurable (NaN) effect is
+    never ranked."""
+    measured = [i for i, e in effects.items() if e == e]
+    return sorted(measured, key=lambda i: (-effects[i], i))[:top_k]
+
+
+def rate_interval(rate: float, labelled: int) -> tuple[float, float]:
+    """Wilson 95% interval of a rate measured over `labelled` samples (NaNs if none)."""
+    if not labelled or rate != rate:
+        return float("nan"), float("nan")
+    return wilson_interval(round(rate * labelled), labelled)
+
+
+def rate_text(rate: float, labelled: int) -> str:
+    """A rate as printed by the sweeps: `53% [36-69%] n=32` (Wilson 95% interval over the
+    `labelled` samples), `n/a (n=0)` when nothing was labelled."""
+    if not labelled or rate != rate:
+        return "n/a (n=0)"
+    low, high = rate_interval(rate, labelled)
+    return f"{rate:.0%} [{low:.0%}-{high:.0%}] n={labelled}"
+
+
+def warn_if_few_labelled(counts: Sequence[tuple[int, int]], behavior: str) -> None:
+    """Warn when a cell's rate rests on few samples: `counts` are (labelled, samples) per
+    cell; the behaviour function returns None for samples it cannot judge."""
+    if not counts:
+        return
+    labelled, samples = min(counts, key=lambda c: c[0] / max(c[1], 1))
+    if labelled < MIN_LABELLED or labelled < samples / 2:
+        warnings.warn(f"only {labelled} of {samples} samples in a cell were labelled by "
+                      f"{behavior} (the rest it could not judge): rates and intervals rest on "
+                      "few samples; raise --samples or give more --prompts", stacklevel=2)
+
+
+def require_rates(rates: Sequence[float], behavior: str) -> None:
+    """A sweep whose every rate is NaN measured nothing: a clear error, not a ranking."""
+    if rates and all(r != r for r in rates):
+        raise ValueError(f"the behaviour function {behavior} labelled none of the samples (it "
+                         "returned None for every one), so no rate could be measured; check "
+                         "--behavior, or raise --max-tokens so it has text to judge")
+
+
+def steered_perplexity(hooked: HookedModel, prompts: Sequence[Prompt],
+                       token_ids: Sequence[Sequence[int]], samples_per_prompt: int,
+                       chat: bool = False) -> float:
+    """Median perplexity of continuations (`samples_per_prompt` per prompt, in prompt order, as
+    `behavior_rates(..., keep_tokens=True)` keeps them) under the model as it is, unsteered: a
+    coherence measure that sees word salad, which distinct-2 scores as perfectly varied. inf
+    when no continuation has a finite perplexity."""
+    values = []
+    for i, prompt in enumerate(prompts):
+        ids = prompt_ids(hooked, prompt, chat)
+        for toks in token_ids[i * samples_per_prompt : (i + 1) * samples_per_prompt]:
+            values.append(perplexity(hooked, ids, toks))
+    good = [v for v in values if v == v and v != float("inf")]
+    return statistics.median(good) if good else float("inf")
 
 
 def timed_cell(result: Optional[ResultFile], key: str, fn: Callable[[], Any]) -> Any:
@@ -135,11 +206,20 @@ def save_plot(path: str | Path, draw: Callable[[Any], None]) -> Path:
     try:
         draw(ax)
         fig.tight_layout()
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png",
+                                                                bbox_inches="tight"))
     finally:
         plt.close(fig)
 
 
+def finish_axes(ax: Any, *, integer_x: bool = False) -> None:
+    """The legend beside the data (never over it); integer x ticks for layer axes."""
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              fontsize="small")
 
 
 def is_contrast(vector: Any) -> bool:

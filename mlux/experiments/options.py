@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -13,6 +17,7 @@ from typing import Any, Optional, Sequence
 from ..behavior import Scorer
 from ..builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from ..contrasts import contrast_task
+from ..entry import int_in
 from ..evaluation import is_refusal
 from ..extract import METHODS, resolve_layers
 from ..model import HookedModel
@@ -22,9 +27,13 @@ from ..vectors import SteeringVector
 __all__ = [
     "SweepInputs",
     "add_common_arguments",
+    "add_contrast_arguments",
+    "check_output_folders",
+    "contrast_from_args",
     "contrast_prompts",
     "layer_ints",
     "load_prompts",
+    "load_vector",
     "parse_floats",
     "plot_path",
     "resolve_scorer",
@@ -85,7 +94,7 @@ def resolve_scorer(spec: Optional[str], model: str,
         return (lambda t: bool(words & {w.strip(".,!?").lower() for w in t.split()})), spec
     module, _, name = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn = getattr(_import_from_cwd(module), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ValueError(f"unknown behaviour {spec!r}: use toy:FEATURE=VALUE, refusal, "
                          f"contains:w1,w2 or module:function ({e})") from e
@@ -94,27 +103,99 @@ def resolve_scorer(spec: Optional[str], model: str,
     return fn, spec
 
 
-def add_common_arguments(p: argparse.ArgumentParser, output: str) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="mlx-lm model (default: built-in)")
-    p.add_argument("--positive", help="file of positive contrast prompts (.txt/.json/.jsonl)")
-    p.add_argument("--negative", help="file of negative contrast prompts")
-    p.add_argument("--vector", default=None, help="a saved vector (.safetensors/.gguf) "
-                   "instead of contrast prompts")
+def _import_from_cwd(module: str) -> Any:
+    """Import `module`, also from the current folder: `python -m` puts it on `sys.path`, the
+    `mlux` command does not, and `--behavior myscorer:fn` should mean the same under both."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0]:
+            raise  # the module was found; something it imports is missing
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        importlib.invalidate_caches()
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(cwd)
+
+
+def float_at_least(low: float) -> Any:
+    """An argparse `type`: a float >= `low`."""
+
+    def parse(text: str) -> float:
+        value = float(text)  # a ValueError is argparse's "invalid float value: 'x'"
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def add_contrast_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a vector comes from: a model and a contrast (two files, or a built-in set)."""
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model directory, hub id or built-in name")
+    p.add_argument("--positive", metavar="FILE", help="positive contrast prompts, one per line "
+                   "(.txt; or .json list / .jsonl); needs --negative (default: the built-in set)")
+    p.add_argument("--negative", metavar="FILE", help="negative contrast prompts; needs "
+                   "--positive (default: the built-in set)")
+    p.add_argument("--feature", help="built-in contrast set: the built-in model's sentiment or "
+                   "formality (default: sentiment; other models: happy/sad)")
     p.add_argument("--method", choices=METHODS, default="mean_diff",
-                   help="how vectors are extracted from the contrast (default mean_diff)")
-    p.add_argument("--chat", action="store_true", help="wrap every prompt (contrast and test) "
-                   "in the model's chat template")
-    p.add_argument("--prompts", help="file of test prompts to steer")
-    p.add_argument("--feature", help="built-in model feature (sentiment, formality)")
+                   help="how vectors are extracted from the contrast")
+    p.add_argument("--chat", action="store_true", help="wrap every prompt in the model's chat "
+                   "template (default: plain text)")
+
+
+def add_common_arguments(p: argparse.ArgumentParser, output: str) -> None:
+    add_contrast_arguments(p)
+    p.add_argument("--vector", default=None, metavar="FILE", help="a saved vector "
+                   "(.safetensors/.gguf) instead of contrast prompts (default: extract one)")
+    p.add_argument("--prompts", metavar="FILE", help="test prompts to steer, one per line "
+                   "(default: the contrast set's test prompts)")
     p.add_argument("--behavior", help="toy:FEATURE=VALUE | refusal | contains:w1,w2 | "
-                   "module:function (default: the feature's first value)")
-    p.add_argument("--samples", type=int, default=2, help="samples per prompt per cell")
-    p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+                   "module:function, the module found in the current folder too (default: the "
+                   "feature's first value)")
+    p.add_argument("--samples", type=int_in(1), default=2, help="samples per prompt per cell")
+    p.add_argument("--max-tokens", type=int_in(1), default=24, help="tokens per sample")
+    p.add_argument("--temperature", type=float_at_least(0.0), default=1.0,
+                   help="sampling temperature (0 = greedy)")
+    p.add_argument("--seed", type=int_in(0), default=0, help="first sampling seed")
     p.add_argument("--output", default=output, help="JSON result (resumed if it exists)")
     p.add_argument("--plot", default=None, help="PNG plot path (default: next to --output)")
-    p.add_argument("--fresh", action="store_true", help="overwrite a previous result")
+    p.add_argument("--fresh", action="store_true", help="overwrite a previous result "
+                   "(default: resume it)")
+
+
+def check_output_folders(*paths: Optional[str | Path]) -> None:
+    """Refuse before any work when an output's folder does not exist."""
+    for path in paths:
+        if path is not None and not Path(path).expanduser().parent.is_dir():
+            raise ValueError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+
+
+def contrast_from_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """(positive, negative, test prompts) from `--positive`/`--negative` files (both or
+    neither: one alone is refused, naming the missing flag) or the built-in set."""
+    if (args.positive is None) != (args.negative is None):
+        given, missing = ("--positive", "--negative") if args.positive else \
+            ("--negative", "--positive")
+        raise ValueError(f"{given} needs {missing} too: a contrast is two prompt files (leave "
+                         "both out for the built-in set)")
+    pos, neg, test = contrast_prompts(args.model, args.feature)
+    if args.positive:
+        pos, neg = load_prompts(args.positive), load_prompts(args.negative)
+    return pos, neg, test
+
+
+def load_vector(path: str, hooked: HookedModel) -> SteeringVector:
+    """A saved vector (.safetensors, or llama.cpp's .gguf), checked against the model."""
+    vector = (SteeringVector.import_gguf(path) if path.endswith(".gguf")
+              else SteeringVector.load(path))
+    vector.check_compatible(hooked.hidden_size, hooked.num_layers)
+    return vector
 
 
 @dataclass
@@ -138,22 +219,24 @@ class SweepInputs:
 
 
 def sweep_inputs(args: argparse.Namespace) -> SweepInputs:
-    hooked = HookedModel.from_pretrained(args.model)
-    pos, neg, test = contrast_prompts(args.model, args.feature)
+    """Check every option that can be checked without the model, then load it."""
+    if args.vector and (args.positive or args.negative):
+        raise ValueError("--vector and --positive/--negative are alternatives: give one")
+    check_output_folders(args.output, plot_path(args))
+    pos, neg, test = contrast_from_args(args)
     test = load_prompts(args.prompts) if args.prompts else test
     scorer, behavior = resolve_scorer(args.behavior, args.model, args.feature)
+    hooked = HookedModel.from_pretrained(args.model)
     settings: dict[str, Any] = {
         "behavior": behavior, "samples": args.samples, "max_tokens": args.max_tokens,
         "temperature": args.temperature, "seed": args.seed, "chat": args.chat,
         "prompts": test}
     if args.vector:
-        vector: Any = (SteeringVector.import_gguf(args.vector) if args.vector.endswith(".gguf")
-                       else SteeringVector.load(args.vector, hidden_size=hooked.hidden_size))
+        vector: Any = load_vector(args.vector, hooked)
         settings["vector"] = args.vector
     else:
-        vector = (load_prompts(args.positive) if args.positive else pos,
-                  load_prompts(args.negative) if args.negative else neg)
-        settings.update(positive=vector[0], negative=vector[1], method=args.method)
+        vector = (pos, neg)
+        settings.update(positive=pos, negative=neg, method=args.method)
     return SweepInputs(hooked, vector, test, scorer, behavior, settings)
 
 
@@ -168,9 +251,18 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from e
     if not values:
         raise ValueError(f"{what} is empty")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what} must be finite numbers, got {text!r}")
     return values
 
 
+_BARE_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
+
+
 def layer_ints(hooked: HookedModel, spec: Optional[str | Sequence[Any]]) -> Optional[list[int]]:
-    """`--layers` as block indices; None when not given (the sweep's default)."""
+    """`--layers` as block indices; None when not given (the sweep's default). A bare range
+    `1-3` means `residuals_1-3`."""
+    if isinstance(spec, str):
+        spec = ",".join(f"residuals_{m[1]}-{m[2]}" if (m := _BARE_RANGE.match(part)) else part
+                        for part in spec.split(","))
     return None if spec is None else resolve_layers(hooked, spec)

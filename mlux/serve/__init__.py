@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from .. import web
 from ..builtin import DEFAULT_MODEL
-from ..entry import Verb
+from ..entry import Verb, int_in
 from ..model import HookedModel
 from .app import create_server_app
 from .engine import Engine
@@ -17,13 +17,17 @@ __all__ = ["VERB", "APIError", "Engine", "Limits", "create_server_app", "main", 
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="mlx-lm model (default: built-in)")
-    p.add_argument("--vectors", default=None, help="vector library folder (steering by name)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="mlx-lm model: directory, hub id or "
+                   "built-in name")
+    p.add_argument("--vectors", default=None, metavar="DIR", help="vector library folder, for "
+                   "steering by name (default: none, vectors only as float lists)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; "
                    "anything else exposes the model to the network, without a password)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
-    p.add_argument("--max-tokens", type=int, default=512, help="cap on max_tokens per request")
+    p.add_argument("--port", type=int_in(0, 65535), default=8080,
+                   help="port to listen on, 0..65535 (0: any free port)")
+    p.add_argument("--max-batch", type=int_in(1), default=8, help="rows decoded together")
+    p.add_argument("--max-tokens", type=int_in(1), default=512,
+                   help="cap on max_tokens per request")
 
 
 def serve(args: argparse.Namespace) -> int:

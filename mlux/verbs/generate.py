@@ -1,0 +1,94 @@
+"""`mlux generate`: continue a prompt, steered by a saved vector, tokens printed as they come.
+
+    mlux generate "the" --vector happy.safetensors --alpha 2          # the vector's layers
+    mlux generate "the" --vector happy.safetensors --alpha -2 --layers 2 --baseline
+    mlux generate "Tell me about your day." --model mlx-community/gemma-2-2b-it-4bit \\
+        --chat --vector refusal.safetensors --alpha 4 --layers 16-18 --positions generated
+
+Without `--vector` the model runs unsteered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from ..behavior import prompt_ids
+from ..builtin import DEFAULT_MODEL
+from ..entry import Verb, int_in
+from ..experiments.options import float_at_least, layer_ints, load_vector
+from ..generate import prefill_with_cache, stream_from_cache
+from ..model import HookedModel
+from ..steering import steering_hooks
+
+__all__ = ["VERB", "stream_text"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory, hub id or "
+                   "built-in name")
+    p.add_argument("--vector", metavar="FILE", help="steering vector (.safetensors/.gguf), "
+                   "e.g. from mlux extract (default: none, unsteered)")
+    p.add_argument("--alpha", type=float, default=None, help="strength: alpha * vector is "
+                   "added at each layer (default: 1.0)")
+    p.add_argument("--layers", default=None, help='layers to steer, e.g. "2", "1-3", '
+                   '"residuals_10-14" (default: every layer of the vector)')
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all",
+                   help="where to steer: all; prompt = the prompt but its last token; "
+                        "generated = from the prompt's last token on")
+    p.add_argument("--max-tokens", type=int_in(1), default=40, help="tokens to generate")
+    p.add_argument("--temperature", type=float_at_least(0.0), default=0.0,
+                   help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--seed", type=int_in(0), default=0, help="sampling seed")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat "
+                   "template (default: plain text)")
+    p.add_argument("--baseline", action="store_true", help="first print the unsteered "
+                   "continuation, for comparison (default: only the steered one)")
+
+
+def stream_text(hooked: HookedModel, ids: list[int], hooks: Any, out: TextIO,
+                **sampling: Any) -> str:
+    """Prefill `ids` and write the continuation to `out` token by token (flushed as each
+    arrives, through the tokenizer's streaming detokenizer); returns the whole text."""
+    cache, logits = prefill_with_cache(hooked, ids, hooks=hooks)
+    detok = hooked.tokenizer.detokenizer
+    detok.reset()
+    for token in stream_from_cache(hooked, cache, logits, hooks=hooks, **sampling):
+        detok.add_token(token)
+        out.write(detok.last_segment)
+        out.flush()
+    detok.finalize()
+    out.write(detok.last_segment + "\n")
+    out.flush()
+    return detok.text
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.vector is None and (args.alpha is not None or args.layers is not None):
+        raise ValueError("--alpha and --layers steer with a vector: give --vector FILE too")
+    hooked = HookedModel.from_pretrained(args.model)
+    vector = load_vector(args.vector, hooked) if args.vector else None
+    ids = prompt_ids(hooked, args.prompt, args.chat)
+    sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature,
+                    top_p=args.top_p, seed=args.seed)
+    runs: list[tuple[str, Any]] = []
+    if vector is None or args.baseline:
+        runs.append(("unsteered", None))
+    if vector is not None:
+        layers = layer_ints(hooked, args.layers) or vector.layers
+        alpha = 1.0 if args.alpha is None else args.alpha
+        hooks = steering_hooks(vector, alpha, layers=layers, positions=args.positions,
+                               prompt_length=len(ids))
+        runs.append((f"alpha {alpha:+g} at layers {layers} ({args.positions})", hooks))
+    print(f"mlux generate: {args.model}, prompt {args.prompt!r}", file=sys.stderr)
+    for label, hooks in runs:
+        print(f"--- {label}", file=sys.stderr, flush=True)
+        stream_text(hooked, ids, hooks, sys.stdout, **sampling)
+    return 0
+
+
+VERB = Verb("generate", "continue a prompt, steered by a saved vector, streaming tokens",
+            add_arguments, run, description=__doc__)
