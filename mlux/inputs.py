@@ -6,6 +6,7 @@ and whose per-row offsets keep each row's positions as if it ran alone.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -19,8 +20,10 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
+from .builtin import BUILTIN_MODELS
+
 __all__ = ["Inputs", "RowGroup", "TokenBatch", "encode", "left_pad", "make_batch_cache",
-           "to_token_batch"]
+           "to_token_batch", "warn_if_unknown"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 
@@ -135,3 +138,25 @@ def left_pad(x: mx.array, width: int) -> mx.array:
     if pad <= 0:
         return x
     return mx.concatenate([mx.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype), x], axis=1)
+
+
+def warn_if_unknown(tokenizer: Any, texts: list[str], batch: TokenBatch,
+                    model_id: Optional[str]) -> bool:
+    """Warn when a text prompt is mostly the tokenizer's unknown token: the model then sees
+    nothing of it and continues from noise, with no error of its own. True if it warned."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = {getattr(tokenizer, k, None) for k in ("eos_token_id", "bos_token_id",
+                                                     "pad_token_id")}
+    if not isinstance(unk, int) or unk in special:  # e.g. gpt2: <|endoftext|> is all three
+        return False
+    for text, row, n in zip(texts, batch.tokens.tolist(), batch.lengths, strict=True):
+        unknown = row[len(row) - n:].count(unk)
+        if unknown * 2 > n:
+            hint = (" (the built-in model knows only its synthetic corpus, e.g. "
+                    "mlux.toy.TEST_PROMPTS)" if model_id in BUILTIN_MODELS else "")
+            warnings.warn(
+                f"{unknown} of the {n} tokens of the prompt {text[:60]!r} are unknown to "
+                f"{model_id or 'this model'}'s tokenizer (<unk>): the model sees almost "
+                f"nothing of it; use words from its vocabulary{hint}", stacklevel=4)
+            return True
+    return False

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
@@ -13,10 +11,18 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
 from .arch import Architecture, detect_architecture, hidden_size_of
-from .builtin import BUILTIN_MODELS, builtin_model_path
 from .hooks import BlockFrame, Hook, HookWrapper
-from .inputs import Inputs, RowGroup, TokenBatch, left_pad, make_batch_cache, to_token_batch
+from .inputs import (
+    Inputs,
+    RowGroup,
+    TokenBatch,
+    left_pad,
+    make_batch_cache,
+    to_token_batch,
+    warn_if_unknown,
+)
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
+from .loading import load_model
 from .model_configs import ModelConfig, infer_model_config
 
 __all__ = ["HookedModel", "HookSpec"]
@@ -50,29 +56,7 @@ class HookedModel:
     @classmethod
     def from_pretrained(cls, path_or_repo: str, **load_kwargs: Any) -> HookedModel:
         """Load through `mlx_lm.load`: a local model directory, a hub id, or a built-in name."""
-        import mlx_lm
-
-        if not isinstance(path_or_repo, str) or not path_or_repo.strip():
-            raise ValueError("from_pretrained needs a model directory, a hub id or a built-in name")
-        builtin = builtin_model_path(path_or_repo)
-        target = str(builtin) if builtin else path_or_repo
-        local = Path(target).expanduser()
-        if local.exists():
-            if not (local / "config.json").is_file():
-                raise ValueError(
-                    f"{path_or_repo!r} is not an mlx-lm model directory: no config.json in "
-                    f"{local} (expected config.json, model*.safetensors and tokenizer files)"
-                )
-            target = str(local)
-        elif path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
-            raise ValueError(
-                f"{path_or_repo!r} is neither an existing model directory, a built-in model "
-                "('mlux-toy', 'mlux-toy-4bit') nor a hub id of the form 'org/name'"
-            )
-        try:
-            model, tokenizer = mlx_lm.load(target, **load_kwargs)
-        except Exception as e:  # the hub client raises many types; name the model either way
-            raise ValueError(f"could not load model {path_or_repo!r}: {e}") from e
+        model, tokenizer = load_model(path_or_repo, **load_kwargs)
         return cls(model, tokenizer, model_id=path_or_repo)
 
     def _install_wrappers(self) -> None:
@@ -151,28 +135,9 @@ class HookedModel:
         batch = to_token_batch(self.tokenizer, inputs, self.vocab_size)
         if not self._unknown_warned and (isinstance(inputs, str) or (
                 isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str))):
-            self._warn_unknown([inputs] if isinstance(inputs, str) else list(inputs), batch)
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            self._unknown_warned = warn_if_unknown(self.tokenizer, texts, batch, self.model_id)
         return batch
-
-    def _warn_unknown(self, texts: list[str], batch: TokenBatch) -> None:
-        """Warn (once per model) when a text prompt is mostly the tokenizer's unknown token:
-        the model then sees nothing of it and continues from noise, with no error of its own."""
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        special = {getattr(self.tokenizer, k, None) for k in ("eos_token_id", "bos_token_id",
-                                                              "pad_token_id")}
-        if not isinstance(unk, int) or unk in special:  # e.g. gpt2: <|endoftext|> is all three
-            return
-        for text, row, n in zip(texts, batch.tokens.tolist(), batch.lengths, strict=True):
-            unknown = row[len(row) - n:].count(unk)
-            if unknown * 2 > n:
-                self._unknown_warned = True
-                hint = (" (the built-in model knows only its synthetic corpus, e.g. "
-                        "mlux.toy.TEST_PROMPTS)" if self.model_id in BUILTIN_MODELS else "")
-                warnings.warn(
-                    f"{unknown} of the {n} tokens of the prompt {text[:60]!r} are unknown to "
-                    f"{self.model_id or 'this model'}'s tokenizer (<unk>): the model sees "
-                    f"almost nothing of it; use words from its vocabulary{hint}", stacklevel=3)
-                return
 
     def encode_chat(self, messages: Union[str, Sequence[Mapping[str, str]]]) -> list[int]:
         """Token ids of a chat, ready for the assistant's turn: a prompt string is one user turn;
