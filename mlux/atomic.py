@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "PathLike",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_dir",
     "atomic_write_json",
     "atomic_write_text",
 ]
@@ -101,6 +103,44 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> Pa
         problem = _find_problem(obj, "", set()) or str(exc)
         raise ValueError(f"cannot write {Path(path)} as JSON: {problem}") from exc
     return atomic_write_text(path, text + "\n")
+
+
+def atomic_write_dir(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Replace the directory ``path`` with what ``write(tmp)`` puts into a new temp directory.
+
+    Readers see the old directory or the complete new one, never a mix of their files. The old
+    one is renamed aside (``.<name>.<hex>.old``) just before the new one is renamed into place
+    and removed after; on an error it is put back. A crash between the two renames leaves the
+    target missing and both hidden directories behind (to be removed as orphans).
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise OSError(errno.ENOENT, f"cannot write {target}: directory {target.parent} does "
+                                    "not exist")
+    token = secrets.token_hex(6)
+    tmp = target.parent / f".{target.name}.{token}.tmp"
+    old = target.parent / f".{target.name}.{token}.old"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync_file(f)
+        _fsync_dir(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        if isinstance(exc, OSError):
+            raise _naming(exc, target) from exc
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from mlux.collect import (
     config_from_dict,
     fit_logistic_probe,
     layer_separability,
+    wilson_interval,
 )
 from mlux.collect.cli import main as cli_main
 from mlux.model import HookedModel
@@ -107,3 +108,20 @@ def test_analysis_errors(collection, tmp_path, capsys):
     code = cli_main(["analyze-layers", "--result-dir", str(out), "--categories", "harmful",
                      "harmless", "--out-dir", str(tmp_path / "cli")])
     assert code == 0 and "best separation at" in capsys.readouterr().out
+
+
+def test_separation_starts_at_the_first_layer_reaching_the_threshold(collection, tmp_path):
+    out, _ = collection
+    report = analyze_layers(out, categories=["harmful", "harmless"], position="mean",
+                            threshold=0.75, out_dir=tmp_path, echo=lambda s: None)
+    rows = report["layers"]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["layer"], i))
+    first = next(rows[i] for i in order if rows[i]["probe_accuracy"] >= 0.75)
+    assert report["separates_at"]["hook"] == first["hook"]
+    lo, hi = report["separates_at"]["probe_accuracy_ci95"]
+    assert lo <= first["probe_accuracy"] <= hi and report["separates_at"]["n_test"] == 18
+    top = max(r["probe_accuracy"] for r in rows)  # ties go to the earliest layer, not the norm
+    assert report["best_hook"] == next(rows[i]["hook"] for i in order
+                                       if rows[i]["probe_accuracy"] == top)
+    assert wilson_interval(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
+    assert wilson_interval(1.0, 18) == pytest.approx((0.824, 1.0), abs=1e-3)

@@ -113,8 +113,14 @@ def test_rerun_with_other_settings_refuses_to_mix_shards(tiny, data_file, tmp_pa
     cfg = make_config(tiny.model_id, data_file, tmp_path / "out")
     run(cfg, tiny)
     assert run(cfg.replace("inference", batch_size=5), tiny).chunks_written == 0
-    with pytest.raises(ValueError, match="different model, layers, positions or prompts"):
+    with pytest.raises(ValueError, match=r"made differently.*hook points: residuals_2 collected "
+                                         r"before, not asked for now"):
         run(cfg.replace("model", activation_layers="residuals_1"), tiny)
+    with pytest.raises(ValueError, match=r"shard_size: 3 before, 4 now"):
+        run(cfg.replace("output", shard_size=4), tiny)
+    # the same layers in another order are the same collection
+    assert run(cfg.replace("model", activation_layers=["residuals_2", "residuals_1"]),
+               tiny).chunks_written == 0
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
@@ -123,3 +129,35 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert code == 2 and err.startswith("mlux collect: error:") and "Traceback" not in err
     assert cli_main(["analyze-layers", "--result-dir", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_duplicate_keys_and_categories_are_refused(tmp_path):
+    twice = ("model: {name: x}\ndata: {path: d}\noutput: {result_dir: o}\n"
+             "sae: {k: 8}\nsae: {k: 16}\n")
+    with pytest.raises(ValueError, match=r"line 5.*key 'sae' appears twice"):
+        load_config(_write_yaml(tmp_path, twice))
+    with pytest.raises(ValueError, match=r"line 1.*key 'name' appears twice"):
+        load_config(_write_yaml(tmp_path, "model: {name: x, name: y}\n"))
+    with pytest.raises(ValueError, match=r"data.categories: lists 'happy' more than once"):
+        config_from_dict({"model": {"name": "x"}, "output": {"result_dir": "o"},
+                          "data": {"path": "d", "categories": ["happy", "sad", "happy"]}})
+
+
+def test_hand_edited_manifest_gives_a_one_line_error(tiny, data_file, tmp_path, capsys):
+    from mlux.collect import analyze_layers
+
+    cfg = make_config(tiny.model_id, data_file, tmp_path / "out")
+    run(cfg, tiny)
+    with pytest.raises(ValueError, match="categories must be two different names"):
+        analyze_layers(tmp_path / "out", categories=["x", "x"])
+    path = tmp_path / "out" / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["chunks"]["x/00001"]["stop"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"manifest.json: chunks\['x/00001'\].key 'stop' is "
+                                         r"missing \(the file was edited"):
+        Manifest.load(tmp_path / "out")
+    del data["hook_points"]
+    path.write_text(json.dumps(data))
+    assert cli_main(["analyze-layers", "--result-dir", str(tmp_path / "out")]) == 2
+    assert "key 'hook_points' is missing" in capsys.readouterr().err

@@ -57,6 +57,7 @@ def matched(sae: SparseAutoencoder, dic: np.ndarray) -> float:
     return float(((dic @ w.T).max(axis=1) > 0.9).mean())
 
 
+@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")  # short on purpose
 @pytest.mark.parametrize("settings", [
     SAESection(kind="topk", num_latents=96, k=TRUE_K, learning_rate=3e-3, batch_size=128,
                epochs=3, shuffle_buffer=2048),
@@ -88,6 +89,7 @@ def _peaks(paths: list[Path]) -> tuple[int, int]:
     return heap, mx.get_peak_memory()
 
 
+@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")
 def test_training_memory_does_not_grow_with_the_number_of_shards(tmp_path):
     rows = 8192
     x, _ = sparse_data(8 * rows, atoms=48, seed=1)
@@ -130,12 +132,17 @@ def test_encode_matches_the_formula_and_files_round_trip(tmp_path):
 
 
 def test_feature_to_steering_vector(tmp_path):
-    sae = SparseAutoencoder(SAEConfig(D, 16, k=2, hook="residuals_2", model_id="m"), seed=0)
-    vec = feature_to_steering_vector(sae, 5, scale=4.0)
+    # input_scale 0.1: training rows had root-mean-square norm sqrt(D) / 0.1
+    sae = SparseAutoencoder(SAEConfig(D, 16, k=2, hook="residuals_2", model_id="m",
+                                      input_scale=0.1), seed=0)
+    vec = feature_to_steering_vector(sae, 5)  # default: half the layer's mean norm
     assert isinstance(vec, SteeringVector) and list(vec.directions) == [2]
     row = np.asarray(sae.W_dec[5])
-    np.testing.assert_allclose(np.asarray(vec.directions[2]), 4 * row / np.linalg.norm(row),
+    unit = row / np.linalg.norm(row)
+    np.testing.assert_allclose(np.asarray(vec.directions[2]), 0.5 * np.sqrt(D) / 0.1 * unit,
                                rtol=1e-5)
+    absolute = feature_to_steering_vector(sae, 5, scale=4.0, relative=False)
+    np.testing.assert_allclose(np.asarray(absolute.directions[2]), 4 * unit, rtol=1e-5)
     vec.save(tmp_path / "v.safetensors")
     assert list(SteeringVector.load(tmp_path / "v.safetensors").directions) == [2]
     assert list(feature_to_steering_vector(sae, 0, layer=7).directions) == [7]
@@ -173,7 +180,7 @@ def test_train_saes_on_a_collection_writes_weights_json_and_plot(tmp_path):
     results = train_saes(tmp_path / "out", SAESection(position="all", expansion=2, k=4,
                                                       epochs=2, hook_points="residuals_2"),
                          progress=False, echo=lines.append)
-    assert list(results) == ["residuals_2"] and "fve" in lines[0]
+    assert list(results) == ["residuals_2"] and "fve" in lines[-1]
     out = tmp_path / "out" / "sae" / "all" / "residuals_2"
     saved = json.loads((out / "sae.json").read_text())
     assert saved["config"]["hook"] == "residuals_2" and saved["metrics"]["rows"] == 40 * 7

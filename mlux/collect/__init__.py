@@ -4,13 +4,18 @@
     result = collect("configs/models/mlux-toy.yaml")          # shards + manifest, resumable
     saes = train_saes(result.result_dir)                       # one SAE per hook point
     report = analyze_layers(result.result_dir)                 # where do categories separate?
+
+Readers refuse an incomplete collection unless `allow_partial=True`, verify every shard's size
+and checksum, and name the shard holding NaN/inf rows; see the README's fault table.
 """
 
 from __future__ import annotations
 
-from .analysis import analyze_layers, fit_logistic_probe, layer_separability
+from .analysis import analyze_layers, fit_logistic_probe, layer_separability, wilson_interval
 from .collector import CollectionResult, collect, load_model_for, resolve_hook_points
 from .data import Dataset, balance_categories, load_dataset, read_prompts
+from .lock import FolderLockedError, folder_lock
+from .manifest import Manifest, load_activations, open_collection
 from .plan import CollectionPlan, make_plan
 from .run_config import (
     CollectConfig,
@@ -23,8 +28,8 @@ from .run_config import (
     load_config,
 )
 from .sae import SAEConfig, SparseAutoencoder, encode_activations, feature_to_steering_vector
-from .sae_train import SAETrainResult, evaluate_sae, train_sae, train_saes
-from .shards import Manifest, read_shard_tensor
+from .sae_train import FewStepsWarning, SAETrainResult, evaluate_sae, train_sae, train_saes
+from .shards import read_shard_tensor
 from .store import ActivationStore
 
 __all__ = [
@@ -34,6 +39,8 @@ __all__ = [
     "CollectionResult",
     "DataSection",
     "Dataset",
+    "FewStepsWarning",
+    "FolderLockedError",
     "InferenceSection",
     "Manifest",
     "ModelSection",
@@ -50,14 +57,18 @@ __all__ = [
     "evaluate_sae",
     "feature_to_steering_vector",
     "fit_logistic_probe",
+    "folder_lock",
     "layer_separability",
+    "load_activations",
     "load_config",
     "load_dataset",
     "load_model_for",
     "make_plan",
+    "open_collection",
     "read_prompts",
     "read_shard_tensor",
     "resolve_hook_points",
     "train_sae",
     "train_saes",
+    "wilson_interval",
 ]

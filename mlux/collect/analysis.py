@@ -16,11 +16,11 @@ import numpy as np
 from mlux.atomic import PathLike, atomic_write_json
 from mlux.layers import parse_hook_name
 
+from .manifest import open_collection
 from .plots import plot_separability
-from .shards import Manifest
-from .store import ActivationStore
 
-__all__ = ["analyze_layers", "fit_logistic_probe", "layer_separability", "split_indices"]
+__all__ = ["analyze_layers", "fit_logistic_probe", "layer_separability", "split_indices",
+           "wilson_interval"]
 
 _ANALYSIS_POSITIONS = ("last", "mean")
 
@@ -31,6 +31,15 @@ def split_indices(n: int, test_fraction: float, rng: np.random.Generator
     order = rng.permutation(n)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     return order[n_test:], order[:n_test]
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z = 1.96) Wilson score interval of an accuracy measured on `n` held-out rows."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def fit_logistic_probe(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, steps: int = 300
@@ -77,53 +86,84 @@ def layer_separability(a: np.ndarray, b: np.ndarray, *, test_fraction: float = 0
     # Mean-difference direction from the training split, threshold halfway between the means.
     d_tr = a64[tr_a].mean(0) - b64[tr_b].mean(0)
     mid = (a64[tr_a].mean(0) + b64[tr_b].mean(0)) / 2
+    accuracy = float(((probe(x_te) > 0.5) == y_te).mean())
     return {
         "diff_norm": float(np.linalg.norm(diff)),
         "relative_diff_norm": float(np.linalg.norm(diff) / scale) if scale > 0 else 0.0,
         "mean_norm": scale,
-        "probe_accuracy": float(((probe(x_te) > 0.5) == y_te).mean()),
+        "probe_accuracy": accuracy,
+        "probe_accuracy_ci95": list(wilson_interval(accuracy, len(y_te))),
         "probe_train_accuracy": float(((probe(x_tr) > 0.5) == y_tr).mean()),
         "mean_diff_accuracy": float((((x_te - mid) @ d_tr > 0) == y_te).mean()),
         "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
     }
 
 
+def _first_reaching(rows: list[dict[str, Any]], threshold: float) -> Optional[dict[str, Any]]:
+    """The earliest layer (manifest order within a layer) whose probe accuracy >= threshold."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["layer"], i))
+    for i in order:
+        if rows[i]["probe_accuracy"] >= threshold:
+            r = rows[i]
+            return {"hook": r["hook"], "layer": r["layer"], "threshold": threshold,
+                    "probe_accuracy": r["probe_accuracy"],
+                    "probe_accuracy_ci95": r["probe_accuracy_ci95"], "n_test": r["n_test"]}
+    return None
+
+
 def analyze_layers(result_dir: PathLike, *, categories: Optional[Sequence[str]] = None,
                    position: str = "last", hooks: Optional[Sequence[str]] = None,
-                   test_fraction: float = 0.3, seed: int = 0,
-                   out_dir: Optional[PathLike] = None,
+                   test_fraction: float = 0.3, seed: int = 0, threshold: float = 0.9,
+                   allow_partial: bool = False, out_dir: Optional[PathLike] = None,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Separability of two collected categories at every collected hook point; writes
-    `separability.json` and `separability.png` to `out_dir` (default `<result_dir>/analysis`)."""
-    manifest = Manifest.load(Path(result_dir))
-    cats = list(categories) if categories else manifest.categories
-    if len(cats) != 2:
-        raise ValueError(f"analyze-layers compares exactly two categories; the collection has "
-                         f"{manifest.categories} (choose two with --categories A B)")
+    `separability.json` and `separability.png` to `out_dir` (default `<result_dir>/analysis`).
+
+    `separates_at` is the first layer whose held-out probe accuracy reaches `threshold`, with a
+    95% Wilson interval from the test-set size; `best_hook` the most accurate one (ties: the
+    earliest). An incomplete collection is refused unless `allow_partial`; the counts actually
+    used are in `samples` (and `samples_requested`)."""
+    cats = list(categories) if categories else None
+    if cats is not None and len(set(cats)) != len(cats):
+        raise ValueError(f"categories must be two different names, got {cats}")
     if position not in _ANALYSIS_POSITIONS:
         raise ValueError(f"analysis takes one row per prompt: position must be one of "
                          f"{', '.join(_ANALYSIS_POSITIONS)}, got {position!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    manifest = open_collection(Path(result_dir), categories=cats, allow_partial=allow_partial,
+                               echo=echo)
+    cats = cats or manifest.categories
+    if len(cats) != 2:
+        raise ValueError(f"analyze-layers compares exactly two categories; the collection has "
+                         f"{manifest.categories} (choose two with --categories A B)")
     num_layers = manifest.data["model"]["num_layers"]
     rows = []
     for hook in hooks or manifest.hook_points:
         kind, layer = parse_hook_name(hook, num_layers)
-        a, b = (ActivationStore(manifest.shard_paths(hook, position, [c]), position).load_all()
-                for c in cats)
+        a, b = (manifest.store(hook, position, [c]).load_all() for c in cats)
         stats = layer_separability(a, b, test_fraction=test_fraction, seed=seed)
         rows.append({"hook": hook, "kind": kind, "layer": layer, **stats})
-        echo(f"{hook:<16} probe {stats['probe_accuracy']:.3f}  mean-diff "
+        lo, hi = stats["probe_accuracy_ci95"]
+        echo(f"{hook:<16} probe {stats['probe_accuracy']:.3f} [{lo:.2f}, {hi:.2f}]  mean-diff "
              f"{stats['mean_diff_accuracy']:.3f}  |diff|/|x| {stats['relative_diff_norm']:.3f}")
-    n = {c: manifest.data["categories"][c]["num_samples"] for c in cats}
-    best = max(rows, key=lambda r: (r["probe_accuracy"], r["relative_diff_norm"]))
+    used = {c: n for c, (n, _) in manifest.samples(cats).items()}
+    best = max(range(len(rows)), key=lambda i: (rows[i]["probe_accuracy"], -rows[i]["layer"], -i))
+    first = _first_reaching(rows, threshold)
+    echo(f"separates at {first['hook']} (probe {first['probe_accuracy']:.3f} >= {threshold})"
+         if first else f"no hook point reaches probe accuracy {threshold}")
     report = {"result_dir": str(result_dir), "model": manifest.model_id, "categories": cats,
-              "samples": n, "position": position, "test_fraction": test_fraction, "seed": seed,
-              "best_hook": best["hook"], "layers": rows}
+              "samples": used, "samples_requested": {c: n for c, (_, n) in
+                                                     manifest.samples(cats).items()},
+              "position": position, "test_fraction": test_fraction, "seed": seed,
+              "threshold": threshold, "separates_at": first, "best_hook": rows[best]["hook"],
+              "layers": rows}
     out = Path(out_dir) if out_dir else Path(result_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "separability.json", report)
-    chance = max(n.values()) / sum(n.values())
+    chance = max(used.values()) / sum(used.values())
     plot_separability(rows, out / "separability.png", chance=chance,
                       title=f"{cats[0]} vs {cats[1]} ({manifest.model_id}, position: {position})")
     report["paths"] = {"json": str(out / "separability.json"),

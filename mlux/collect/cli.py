@@ -59,14 +59,15 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     changes = {f: getattr(args, a) for a, f in _SAE_FLAGS.items() if getattr(args, a) is not None}
     settings = dataclasses.replace(settings, **changes)
     train_saes(_result_dir(args, config), settings, out_dir=args.out_dir,
-               progress=not args.no_progress)
+               allow_partial=args.allow_partial, fresh=args.fresh, progress=not args.no_progress)
     return 0
 
 
 def cmd_analyze_layers(args: argparse.Namespace) -> int:
     report = analyze_layers(_result_dir(args, _config(args)), categories=args.categories,
                             position=args.position, test_fraction=args.test_fraction,
-                            seed=args.seed, out_dir=args.out_dir)
+                            seed=args.seed, out_dir=args.out_dir,
+                            allow_partial=args.allow_partial)
     print(f"best separation at {report['best_hook']}; wrote {report['paths']['json']} and "
           f"{report['paths']['plot']}")
     return 0
@@ -97,6 +98,10 @@ def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--allow-partial", action="store_true",
+                   help="use an interrupted collection (the counts used are reported)")
+    p.add_argument("--fresh", action="store_true",
+                   help="replace SAEs in --out-dir trained with other settings or data")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -108,6 +113,8 @@ def _analyze_layers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="default <result_dir>/analysis")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="use an interrupted collection (the counts used are written)")
 
 
 VERBS = (

@@ -27,9 +27,12 @@ from mlux.model import HookedModel
 
 from .capture import BatchActivations, capture_batch, encode_prompts
 from .data import category_slug, load_dataset
+from .fingerprint import model_fingerprint, run_settings
+from .lock import folder_lock, remove_orphans
+from .manifest import Manifest
 from .plan import CollectionPlan, make_plan
 from .run_config import CollectConfig, load_config
-from .shards import Manifest, write_shard
+from .shards import write_shard
 
 __all__ = ["CollectionResult", "collect", "load_model_for", "resolve_hook_points"]
 
@@ -77,16 +80,6 @@ def _check_vocab(rows: dict[str, list[list[int]]], prompts: dict[str, list[str]]
                                  "the tokenizer does not match the model's weights")
 
 
-def _fingerprint(config: CollectConfig, hooks: list[str], prompts: dict[str, list[str]]) -> str:
-    """What makes two runs' shards interchangeable (batch size and progress display don't)."""
-    key = {"model": [config.model.name, config.model.dtype], "hooks": hooks,
-           "inference": [list(config.inference.positions), config.inference.chat_template,
-                         config.inference.max_new_tokens, config.inference.save_activations],
-           "output": [config.output.shard_size, config.output.activation_dtype],
-           "prompts": prompts}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
 def _prepare_dir(result_dir: Path) -> None:
     """Fail before any work if the output directory cannot be created or written."""
     try:
@@ -114,11 +107,14 @@ def _chunk_tensors(acts: dict[str, list[np.ndarray]], start: int, dtype: str
 def _header(config: CollectConfig, hooked: HookedModel, hooks: list[str],
             prompts: dict[str, list[str]], lengths: dict[str, list[int]],
             source: Path) -> dict[str, Any]:
+    settings = run_settings(config, hooks, prompts)
     return {
-        "fingerprint": _fingerprint(config, hooks, prompts),
+        "fingerprint": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+        "settings": settings,
         "model": {"name": config.model.name, "model_type": hooked.model_type,
                   "num_layers": hooked.num_layers, "hidden_size": hooked.hidden_size,
-                  "dtype": str(hooked.dtype), "quantization": hooked.quantization},
+                  "dtype": str(hooked.dtype), "quantization": hooked.quantization,
+                  "fingerprint": model_fingerprint(config.model.name, hooked)},
         "config": config.to_dict(),
         "data_source": str(source),
         "hook_points": hooks,
@@ -178,6 +174,17 @@ def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedMo
     if dry_run:
         return CollectionResult(result_dir, plan, None, 0, 0)
     _prepare_dir(result_dir)
+    with folder_lock(result_dir, "collect", echo=echo):
+        # temp files of a killed run: ours now, and never complete (sae/ has its own lock)
+        remove_orphans(result_dir, ("activations", "generations"))
+        return _collect_chunks(config, hooked, hooks, dataset, rows, lengths, plan, result_dir,
+                               progress)
+
+
+def _collect_chunks(config: CollectConfig, hooked: HookedModel, hooks: list[str], dataset: Any,
+                    rows: dict[str, list[list[int]]], lengths: dict[str, list[int]],
+                    plan: CollectionPlan, result_dir: Path, progress: bool) -> CollectionResult:
+    inf, out = config.inference, config.output
     manifest = Manifest.open(result_dir, _header(config, hooked, hooks, dataset.prompts,
                                                  lengths, dataset.source))
     work = [(c, i, s, min(s + out.shard_size, len(rs))) for c, rs in rows.items()

@@ -13,6 +13,8 @@ import yaml
 
 from mlux.atomic import PathLike
 
+from .config_checks import UniqueKeyLoader, _choice, _fail, _int, _number, _type
+
 __all__ = [
     "BALANCE_STRATEGIES",
     "MODEL_DTYPES",
@@ -36,35 +38,6 @@ BALANCE_STRATEGIES = ("use_all", "equalize")
 SAE_KINDS = ("topk", "relu")
 
 SpecValue = Union[str, int, tuple[Union[str, int], ...]]
-
-
-def _fail(where: str, problem: str) -> ValueError:
-    return ValueError(f"config {where}: {problem}")
-
-
-def _int(where: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(where, f"must be an integer >= {minimum}"
-                    + (" or null" if optional else "") + f", got {value!r}")
-
-
-def _number(where: str, value: Any, *, positive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            positive and not value > 0) or value < 0:
-        raise _fail(where, f"must be a {'positive' if positive else 'non-negative'} number, "
-                           f"got {value!r}")
-
-
-def _choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _type(where: str, value: Any, kind: type, label: str) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(where, f"must be {label}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +112,9 @@ class DataSection:
             cats = ()
         if not isinstance(cats, (list, tuple)) or not all(isinstance(c, str) for c in cats):
             raise _fail("data.categories", f"must be a list of category names, got {cats!r}")
+        repeated = sorted({c for c in cats if list(cats).count(c) > 1})
+        if repeated:
+            raise _fail("data.categories", f"lists {', '.join(map(repr, repeated))} more than once")
         object.__setattr__(self, "categories", tuple(cats))
         _choice("data.category_balance_strategy", self.category_balance_strategy,
                 BALANCE_STRATEGIES)
@@ -190,6 +166,9 @@ class SAESection:
         _number("sae.l1_coeff", self.l1_coeff, positive=False)
         _number("sae.learning_rate", self.learning_rate)
         _choice("sae.position", self.position, POSITIONS)
+        if self.kind == "topk" and self.num_latents is not None and self.k > self.num_latents:
+            raise _fail("sae.k", f"({self.k}) must be at most sae.num_latents "
+                                 f"({self.num_latents})")
         if isinstance(self.hook_points, list):
             object.__setattr__(self, "hook_points", tuple(self.hook_points))
 
@@ -278,7 +257,7 @@ def load_config(path: PathLike) -> CollectConfig:
         raise FileNotFoundError(f"config file {p} does not exist" if not p.exists()
                                 else f"config path {p} is not a file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,6 +9,7 @@ Inputs are scaled by one scalar (`input_scale`, fixed from the data before train
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -135,21 +136,30 @@ def encode_activations(sae: SparseAutoencoder, activations: Any) -> mx.array:
 
 
 def feature_to_steering_vector(sae: SparseAutoencoder, feature: int, *,
-                               layer: Optional[int] = None, scale: float = 1.0
-                               ) -> SteeringVector:
-    """The feature's unit decoder direction (times `scale`) as a one-layer steering vector.
+                               layer: Optional[int] = None, scale: float = 0.5,
+                               relative: bool = True) -> SteeringVector:
+    """The feature's decoder direction as a one-layer steering vector.
 
+    By default (`relative=True`) the vector's norm is `scale` times the mean norm of the
+    activations the SAE was trained on (their root-mean-square norm, `sqrt(d_model) /
+    input_scale`), so the default 0.5 steers on any model: a unit direction barely moves a
+    residual stream whose norm is in the tens or hundreds. `relative=False`: the norm is `scale`.
     `layer` defaults to the SAE's hook point; vectors are added at `residuals_{layer}`.
     """
     n = sae.config.num_latents
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < n:
         raise ValueError(f"feature must be an int in 0..{n - 1}, got {feature!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     hook = sae.config.hook
     if layer is None:
         if hook is None:
             raise ValueError("this SAE has no hook point recorded; pass layer=")
         _, layer = parse_hook_name(hook, 10**6)
-    direction = sae.W_dec[feature] / mx.linalg.norm(sae.W_dec[feature]) * scale
+    reference = math.sqrt(sae.config.d_model) / sae.config.input_scale if relative else 1.0
+    norm = scale * reference
+    direction = sae.W_dec[feature] / mx.linalg.norm(sae.W_dec[feature]) * norm
     return SteeringVector({layer: direction}, model_id=sae.config.model_id, method="sae_feature",
                           metadata={"sae_hook": hook, "feature": feature, "scale": scale,
+                                    "relative": relative, "norm": norm,
                                     "sae_kind": sae.config.kind, "position": sae.config.position})

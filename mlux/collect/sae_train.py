@@ -1,192 +1,161 @@
-"""Train one sparse autoencoder per collected hook point, streaming shards from disk.
+"""`train_saes`: one SAE per collected hook point, resumable, never mixing settings or data.
 
-Memory stays bounded by one shard plus the shuffle buffer, whatever the number of shards. Reports
-reconstruction MSE, fraction of variance explained (FVE), L0 and dead latents, on a final
-streamed pass over the data; saves weights, config, metrics and a training-curve PNG per layer.
+    <out>/<hook>/sae.safetensors, sae.json (config, metrics, settings, data), training_curve.png
+    <out>/summary.json                       rebuilt from the layer directories after each layer
+
+Each layer directory is replaced as a whole, so an interrupted run leaves finished layers and no
+half-written one. A rerun skips every layer already trained with the same settings on the same
+data; if any layer on disk was trained otherwise the run is refused, naming what changed, unless
+`fresh=True` (which first deletes them). The output folder is locked while training.
 """
 
 from __future__ import annotations
 
-import math
-import sys
+import hashlib
+import json
+import shutil
 import warnings
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
-
-import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-import numpy as np
-from tqdm import tqdm
+from typing import Any, Callable, Optional
 
 from mlux.atomic import PathLike, atomic_write_json
 from mlux.layers import expand_layer_specs
 
-from .plots import plot_training_curve
+from .lock import folder_lock, remove_orphans
+from .manifest import Manifest, open_collection
 from .run_config import SAESection
-from .sae import SAEConfig, SparseAutoencoder
-from .shards import Manifest
-from .store import ActivationStore
+from .sae import SAE_CONFIG_NAME, SAE_WEIGHTS_NAME, SparseAutoencoder
+from .sae_fit import (
+    FewStepsWarning,
+    SAETrainResult,
+    evaluate_sae,
+    few_steps_message,
+    latents_for,
+    train_sae,
+    training_settings,
+)
 
-__all__ = ["SAETrainResult", "evaluate_sae", "train_sae", "train_saes"]
-
-_SCALE_ROWS = 4096  # rows used to fix the input scale and the decoder bias before training
-_EVAL_ROWS = 65536  # rows of the final evaluation pass (at most)
-_LOG_POINTS = 100  # training-curve points
-
-
-@dataclass
-class SAETrainResult:
-    hook: Optional[str]
-    sae: SparseAutoencoder
-    metrics: dict[str, float]
-    history: dict[str, list[float]]
-    out_dir: Optional[Path]
+__all__ = ["FewStepsWarning", "SAETrainResult", "evaluate_sae", "train_sae", "train_saes"]
 
 
-def _loss(model: SparseAutoencoder, x: mx.array, l1: float) -> tuple[mx.array, ...]:
-    """Loss (MSE, plus L1 on the features for ReLU SAEs), MSE, batch FVE, features."""
-    x_hat, f = model(x)
-    mse = mx.square(x_hat - x).mean()
-    loss = (mse + l1 * mx.abs(f).sum(axis=-1).mean()) if model.config.kind == "relu" else mse
-    fve = 1 - mx.square(x_hat - x).sum() / mx.square(x - x.mean(axis=0)).sum()
-    return loss, mse, fve, f
+def _hooks(manifest: Manifest, settings: SAESection) -> list[str]:
+    hooks = manifest.hook_points
+    if settings.hook_points is None:
+        return hooks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wanted = expand_layer_specs(settings.hook_points, manifest.data["model"]["num_layers"])
+    missing = [h for h in wanted if h not in hooks]
+    if missing:
+        raise ValueError(f"sae.hook_points {missing} were not collected; collected: "
+                         f"{', '.join(hooks)}")
+    return wanted
 
 
-def evaluate_sae(sae: SparseAutoencoder, store: ActivationStore, *, batch_size: int = 1024,
-                 max_rows: Optional[int] = _EVAL_ROWS) -> dict[str, float]:
-    """Streamed metrics on raw activations: MSE (scaled and raw), FVE, L0, dead latents."""
-    n, sse, l0 = 0, 0.0, 0.0
-    s1 = s2 = None
-    fired = np.zeros(sae.config.num_latents, dtype=np.int64)
-    scale = sae.config.input_scale
-    for batch in store.iter_batches(batch_size, max_rows=max_rows):
-        x = mx.array(batch) * scale
-        x_hat, f = sae(x)
-        active = f > 0
-        err, cnt, fire = mx.square(x_hat - x).sum(), active.sum(), active.sum(axis=0)
-        mx.eval(err, cnt, fire)
-        sse += err.item()
-        l0 += cnt.item()
-        fired += np.asarray(fire)
-        xd = batch.astype(np.float64) * scale
-        s1 = xd.sum(0) if s1 is None else s1 + xd.sum(0)
-        s2 = (xd**2).sum(0) if s2 is None else s2 + (xd**2).sum(0)
-        n += len(batch)
-    if n == 0:
-        raise ValueError("no activations to evaluate")
-    total_var = float((s2 - s1**2 / n).sum())
-    d = sae.config.d_model
-    dead = int((fired == 0).sum())
-    # Constant data has no variance to explain: FVE is 1 if reconstructed exactly, else 0.
-    fve = 1 - sse / total_var if total_var > 0 else float(sse == 0)
-    return {"rows": n, "mse": sse / (n * d), "mse_raw": sse / (n * d) / scale**2,
-            "fve": fve, "l0": l0 / n,
-            "dead_latents": dead, "dead_fraction": dead / sae.config.num_latents}
+def _data_identity(manifest: Manifest, hook: str, position: str, rows: int) -> dict[str, Any]:
+    """Which shards (by path, size and checksum) a layer's SAE was trained on."""
+    shards = [[s["path"], s["bytes"], s.get("sha256")]
+              for s in manifest.shard_entries(hook, position)]
+    return {"rows": rows, "shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest()}
 
 
-def _initial_stats(store: ActivationStore, seed: int) -> tuple[float, np.ndarray]:
-    """Input scale and initial decoder bias (the mean) from a shuffled sample of rows."""
-    x = next(store.iter_batches(_SCALE_ROWS, shuffle_buffer=_SCALE_ROWS, seed=seed,
-                                max_rows=_SCALE_ROWS)).astype(np.float64)
-    mean_sq = float((x**2).sum(axis=1).mean())
-    scale = math.sqrt(x.shape[1] / mean_sq) if mean_sq > 0 else 1.0
-    return scale, (x.mean(axis=0) * scale).astype(np.float32)
+def _on_disk(out: Path) -> dict[str, dict[str, Any]]:
+    """hook -> sae.json of every finished layer directory under `out`."""
+    found = {}
+    for d in sorted(out.iterdir()) if out.is_dir() else []:
+        if d.is_dir() and not d.name.startswith(".") and (d / SAE_WEIGHTS_NAME).is_file():
+            try:
+                record = json.loads((d / SAE_CONFIG_NAME).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not a finished layer: trained again if asked for
+            if isinstance(record, dict) and {"metrics", "training"} <= set(record):
+                found[d.name] = record
+    return found
 
 
-def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
-              hook: Optional[str] = None, model_id: Optional[str] = None,
-              out_dir: Optional[PathLike] = None, progress: bool = True) -> SAETrainResult:
-    """Train one SAE on the rows of `store`; with `out_dir`, save weights, JSON and curve there."""
-    settings = settings or SAESection()
-    d = store.dim
-    num_latents = settings.num_latents or settings.expansion * d
-    scale, mean = _initial_stats(store, settings.seed)
-    cfg = SAEConfig(d_model=d, num_latents=num_latents, kind=settings.kind,
-                    k=min(settings.k, num_latents), l1_coeff=settings.l1_coeff,
-                    input_scale=scale, hook=hook, position=store.key, model_id=model_id)
-    sae = SparseAutoencoder(cfg, seed=settings.seed)
-    sae.b_dec = mx.array(mean)
-    opt = optim.Adam(learning_rate=settings.learning_rate)
-    loss_and_grad = nn.value_and_grad(sae, lambda m, x: _loss(m, x, settings.l1_coeff))
-    state = [sae.state, opt.state]
+def _changes(record: dict[str, Any], training: dict[str, Any],
+             data: Optional[dict[str, Any]]) -> list[str]:
+    old = record.get("training", {})
+    out = [f"{k}: {old.get(k)!r} before, {training.get(k)!r} now"
+           for k in sorted(set(old) | set(training)) if old.get(k) != training.get(k)]
+    if data is not None and record.get("data") != data:
+        before = (record.get("data") or {}).get("rows")
+        out.append(f"the collected data changed ({before} rows before, {data['rows']} now)")
+    return out
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(x: mx.array) -> tuple[mx.array, ...]:
-        (loss, mse, fve, f), grads = loss_and_grad(sae, x)
-        opt.update(sae, grads)
-        sae.normalize_decoder()
-        active = f > 0
-        return loss, mse, fve, active.sum(axis=-1).mean(), active.any(axis=0)
 
-    rows = store.num_rows
-    total = settings.epochs * math.ceil(rows / settings.batch_size)
-    total = min(total, settings.max_steps) if settings.max_steps else total
-    log_every = max(1, total // _LOG_POINTS)
-    history: dict[str, list[float]] = {k: [] for k in ("step", "loss", "mse", "fve", "l0",
-                                                       "dead_fraction")}
-    window = mx.zeros((num_latents,), dtype=mx.bool_)
-    sums = np.zeros(4)
-    batches = store.iter_batches(settings.batch_size, shuffle_buffer=settings.shuffle_buffer,
-                                 seed=settings.seed, epochs=settings.epochs,
-                                 max_rows=total * settings.batch_size)
-    i = 0
-    with tqdm(total=total, desc=f"train-sae {hook or ''}".strip(), disable=not progress,
-              file=sys.stderr) as bar:
-        for i, batch in enumerate(batches, 1):
-            loss, mse, fve, l0, fired = step(mx.array(batch) * scale)
-            window = window | fired
-            mx.eval(loss, mse, fve, l0, window)
-            sums += [loss.item(), mse.item(), fve.item(), l0.item()]
-            if i % log_every == 0 or i == total:
-                n = log_every if i % log_every == 0 else i % log_every
-                for k, v in zip(("loss", "mse", "fve", "l0"), sums / n, strict=True):
-                    history[k].append(float(v))
-                history["step"].append(i)
-                history["dead_fraction"].append(1 - window.sum().item() / num_latents)
-                window, sums = mx.zeros_like(window), np.zeros(4)
-                bar.set_postfix(mse=f"{history['mse'][-1]:.4f}", l0=f"{history['l0'][-1]:.1f}")
-            bar.update(1)
-    metrics = {**evaluate_sae(sae, store), "steps": i}
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        sae.save(out, extra={"metrics": metrics, "history": history,
-                             "training": {k: getattr(settings, k) for k in (
-                                 "learning_rate", "batch_size", "epochs", "max_steps",
-                                 "shuffle_buffer", "seed")}})
-        plot_training_curve(history, out / "training_curve.png",
-                            title=f"SAE {hook or ''} ({cfg.kind}, {num_latents} latents)")
-    return SAETrainResult(hook, sae, metrics, history, out)
+def _refuse_changed(out: Path, done: dict[str, dict[str, Any]], training: dict[str, Any],
+                    data: dict[str, dict[str, Any]]) -> None:
+    by_change: dict[str, list[str]] = {}
+    for hook, record in done.items():
+        for change in _changes(record, training, data.get(hook)):
+            by_change.setdefault(change, []).append(hook)
+    if by_change:
+        what = "; ".join(f"{c} ({', '.join(h)})" for c, h in by_change.items())
+        raise ValueError(f"{out} holds SAEs trained differently: {what}. Pass fresh=True "
+                         "(train-sae --fresh) to replace them, or choose another out_dir "
+                         "(--out-dir)")
+
+
+def _write_summary(out: Path, manifest: Manifest, training: dict[str, Any],
+                   samples: dict[str, Any]) -> None:
+    done = _on_disk(out)
+    order = {h: i for i, h in enumerate(manifest.hook_points)}
+    layers = {h: done[h].get("metrics", {}) for h in sorted(done, key=lambda h: (
+        order.get(h, len(order)), h))}
+    atomic_write_json(out / "summary.json", {"settings": training, "samples": samples,
+                                             "layers": layers})
 
 
 def train_saes(result_dir: PathLike, settings: Optional[SAESection] = None, *,
-               out_dir: Optional[PathLike] = None, progress: bool = True,
+               out_dir: Optional[PathLike] = None, allow_partial: bool = False,
+               fresh: bool = False, progress: bool = True,
                echo: Callable[[str], None] = print) -> dict[str, SAETrainResult]:
     """One SAE per collected hook point (or `settings.hook_points`), saved under
-    `out_dir` (default `<result_dir>/sae/<position>`)/<hook>, plus a `summary.json`."""
+    `out_dir` (default `<result_dir>/sae/<position>`)/<hook>, plus a `summary.json`.
+
+    Layers already trained with these settings on this data are loaded, not retrained. An
+    incomplete collection is refused unless `allow_partial`."""
     settings = settings or SAESection()
-    manifest = Manifest.load(Path(result_dir))
-    hooks = manifest.hook_points
-    if settings.hook_points is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wanted = expand_layer_specs(settings.hook_points, manifest.data["model"]["num_layers"])
-        missing = [h for h in wanted if h not in hooks]
-        if missing:
-            raise ValueError(f"sae.hook_points {missing} were not collected; collected: "
-                             f"{', '.join(hooks)}")
-        hooks = wanted
+    manifest = open_collection(Path(result_dir), allow_partial=allow_partial, echo=echo)
+    hooks = _hooks(manifest, settings)
+    latents_for(settings, manifest.hidden_size)  # a bad k fails now, not after the first layer
+    stores = {h: manifest.store(h, settings.position) for h in hooks}
+    data = {h: _data_identity(manifest, h, settings.position, s.num_rows)
+            for h, s in stores.items()}
+    training = training_settings(settings)
+    samples = {c: {"used": n, "requested": r} for c, (n, r) in manifest.samples().items()}
     out = Path(out_dir) if out_dir else Path(result_dir) / "sae" / settings.position
-    results = {}
-    for h in hooks:
-        store = ActivationStore(manifest.shard_paths(h, settings.position), settings.position)
-        r = train_sae(store, settings, hook=h, model_id=manifest.model_id, out_dir=out / h,
-                      progress=progress)
-        results[h] = r
-        m = r.metrics
-        echo(f"{h:<16} mse {m['mse']:.4f}  fve {m['fve']:.3f}  L0 {m['l0']:.1f}  "
-             f"dead {m['dead_latents']}/{r.sae.config.num_latents}")
-    atomic_write_json(out / "summary.json", {h: r.metrics for h, r in results.items()})
+    results: dict[str, SAETrainResult] = {}
+    with folder_lock(out, "train-sae", echo=echo):
+        remove_orphans(out)
+        done = _on_disk(out)
+        if fresh:
+            for h in done:
+                shutil.rmtree(out / h)
+            (out / "summary.json").unlink(missing_ok=True)
+            done = {}
+        _refuse_changed(out, done, training, data)
+        warned = False
+        for h in hooks:
+            if h in done:
+                r = done[h]
+                results[h] = SAETrainResult(h, SparseAutoencoder.load(out / h), r["metrics"],
+                                            r.get("history", {}), out / h)
+                echo(f"{h:<16} already trained (resumed): fve {r['metrics']['fve']:.3f}")
+                continue
+            message = few_steps_message(stores[h].num_rows, settings)
+            if message and not warned:
+                echo(f"warning: {message}")
+                warned = True
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FewStepsWarning)  # echoed once above
+                r = results[h] = train_sae(stores[h], settings, hook=h,
+                                           model_id=manifest.model_id, out_dir=out / h,
+                                           progress=progress, extra={"data": data[h]})
+            m = r.metrics
+            echo(f"{h:<16} mse {m['mse']:.4f}  fve {m['fve']:.3f}  L0 {m['l0']:.1f}  "
+                 f"dead {m['dead_latents']}/{r.sae.config.num_latents}")
+            _write_summary(out, manifest, training, samples)
+        _write_summary(out, manifest, training, samples)
     return results

@@ -1,50 +1,61 @@
-"""On-disk layout of a collection: safetensors shards per category and hook point, plus a manifest.
+"""Shard files: safetensors written byte-for-byte reproducibly, with a checksum recorded at write
+time and verified when read back.
 
-    <result_dir>/manifest.json
     <result_dir>/activations/<category>/<hook>/shard_00000.safetensors
-    <result_dir>/generations/<category>/shard_00000.json
 
 A shard holds samples `[index * shard_size, ...)` of its category: one tensor per position
 (`last`, `mean`: `(N, D)`; `all`, `generated`: `(tokens, D)` with `<pos>_offsets` `(N + 1,)`) and
-`sample_index` `(N,)`. Every file is written atomically; the manifest lists a chunk only after all
-of its files are on disk, so a listed chunk is complete and an unlisted one is redone.
+`sample_index` `(N,)`. The header lists tensors and metadata in sorted order (the safetensors
+writer emits metadata in hash order), so a rerun writes identical bytes.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save as safetensors_bytes
 
-from mlux.atomic import atomic_write_bytes, atomic_write_json
+from mlux.atomic import atomic_write_bytes
 
-from .data import category_slug
+__all__ = ["read_shard_tensor", "serialize_safetensors", "shard_shape", "verify_shard",
+           "write_shard"]
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MANIFEST_NAME",
-    "Manifest",
-    "read_shard_tensor",
-    "shard_shape",
-    "write_shard",
-]
+_DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
+           "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "uint32": "U32",
+           "bool": "BOOL"}
+_HASH_BLOCK = 1 << 20
 
-FORMAT = "mlux-activations"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+
+def serialize_safetensors(tensors: Mapping[str, np.ndarray],
+                          metadata: Optional[Mapping[str, str]] = None) -> bytes:
+    """safetensors bytes with tensors in name order and a sorted JSON header (deterministic)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        a = np.asarray(tensors[name])
+        if a.dtype.name not in _DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored in a shard")
+        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _DTYPES[a.dtype.name], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def write_shard(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
                 ) -> dict[str, Any]:
-    """Atomically write one safetensors shard; return its manifest entry (shapes, dtypes, bytes)."""
-    data = safetensors_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                             metadata=dict(metadata))
+    """Atomically write one shard; return its manifest entry (bytes, sha256, shapes, dtypes)."""
+    data = serialize_safetensors(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write_bytes(path, data)
@@ -52,14 +63,44 @@ def write_shard(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
         hint = (" (disk full: free space and rerun; finished shards are kept and skipped)"
                 if e.errno == errno.ENOSPC else "")
         raise OSError(e.errno, f"{e.strerror or e}{hint}") from None
-    return {"bytes": len(data),
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                        for k, v in tensors.items()}}
+                        for k, v in sorted(tensors.items())}}
+
+
+_REDO = "delete it and rerun `mlux collect` with the same config to recompute its chunk"
+
+
+def verify_shard(path: Path, size: Optional[int], sha256: Optional[str] = None) -> None:
+    """Raise ValueError naming `path` if it is missing, has another size than recorded, or
+    (when `sha256` is given) other bytes than were written."""
+    if not path.is_file():
+        raise FileNotFoundError(f"shard {path} is missing; rerun `mlux collect` with the same "
+                                "config to recompute its chunk")
+    found = path.stat().st_size
+    if size is not None and found != size:
+        raise ValueError(f"shard {path} has {found} bytes, {size} were written (truncated or "
+                         f"overwritten); {_REDO}")
+    if sha256 is not None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                h.update(block)
+        if h.hexdigest() != sha256:
+            raise ValueError(f"shard {path} fails its checksum (its bytes changed after it was "
+                             f"written); {_REDO}")
+
+
+def _open(path: Path):  # noqa: ANN202 - a safetensors handle
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as e:  # SafetensorError and OSError: name the file either way
+        raise ValueError(f"shard {path} is unreadable ({e}); {_REDO}") from None
 
 
 def read_shard_tensor(path: Path, name: str) -> np.ndarray:
     """One tensor of a shard, read without loading the others."""
-    with safe_open(str(path), framework="numpy") as f:
+    with _open(path) as f:
         if name not in f.keys():
             raise ValueError(f"shard {path} has no tensor {name!r} (has {', '.join(f.keys())})")
         return f.get_tensor(name)
@@ -67,126 +108,7 @@ def read_shard_tensor(path: Path, name: str) -> np.ndarray:
 
 def shard_shape(path: Path, name: str) -> tuple[int, ...]:
     """Shape of one tensor, from the header only."""
-    with safe_open(str(path), framework="numpy") as f:
+    with _open(path) as f:
         if name not in f.keys():
             raise ValueError(f"shard {path} has no tensor {name!r} (has {', '.join(f.keys())})")
         return tuple(int(n) for n in f.get_slice(name).get_shape())
-
-
-class Manifest:
-    """The JSON index of a result directory: what was collected, from what, and what is done."""
-
-    def __init__(self, root: Path, data: dict[str, Any]):
-        self.root = Path(root)
-        self.data = data
-
-    # -- opening ------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, root: Path) -> Manifest:
-        path = Path(root) / MANIFEST_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{root} is not a collection result: no {MANIFEST_NAME} "
-                                    "(run `mlux collect` first)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); delete it to start over") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an mlux activation manifest")
-        if data.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {data['version']}; this mlux reads "
-                             f"up to {FORMAT_VERSION}")
-        return cls(Path(root), data)
-
-    @classmethod
-    def open(cls, root: Path, header: dict[str, Any]) -> Manifest:
-        """Resume the manifest in `root` if it was made by the same run, else start a new one."""
-        if (Path(root) / MANIFEST_NAME).exists():
-            found = cls.load(root)
-            if found.data.get("fingerprint") != header["fingerprint"]:
-                raise ValueError(
-                    f"{root} holds a collection made with a different model, layers, positions "
-                    "or prompts; choose another output.result_dir or delete the old one")
-            return found
-        data = {"format": FORMAT, "version": FORMAT_VERSION, **header, "chunks": {},
-                "complete": False}
-        return cls(Path(root), data)
-
-    def save(self) -> None:
-        atomic_write_json(self.root / MANIFEST_NAME, self.data)
-
-    # -- facts --------------------------------------------------------------------------------
-    @property
-    def hook_points(self) -> list[str]:
-        return list(self.data["hook_points"])
-
-    @property
-    def positions(self) -> list[str]:
-        return list(self.data["positions"])
-
-    @property
-    def categories(self) -> list[str]:
-        return list(self.data["categories"])
-
-    @property
-    def model_id(self) -> Optional[str]:
-        return self.data["model"].get("name")
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.data["model"]["hidden_size"])
-
-    # -- chunks -------------------------------------------------------------------------------
-    @staticmethod
-    def shard_relpath(category: str, hook: str, index: int) -> str:
-        return f"activations/{category_slug(category)}/{hook}/shard_{index:05d}.safetensors"
-
-    @staticmethod
-    def generations_relpath(category: str, index: int) -> str:
-        return f"generations/{category_slug(category)}/shard_{index:05d}.json"
-
-    @staticmethod
-    def _key(category: str, index: int) -> str:
-        return f"{category_slug(category)}/{index:05d}"
-
-    def chunk_done(self, category: str, index: int) -> bool:
-        """Listed, and every file it lists is on disk with its recorded size."""
-        entry = self.data["chunks"].get(self._key(category, index))
-        if entry is None:
-            return False
-        files = [(s["path"], s["bytes"]) for s in entry["shards"].values()]
-        if entry.get("generations"):
-            files.append((entry["generations"], None))
-        for rel, size in files:
-            p = self.root / rel
-            if not p.is_file() or (size is not None and p.stat().st_size != size):
-                return False
-        return True
-
-    def record_chunk(self, category: str, index: int, start: int, stop: int,
-                     shards: Mapping[str, dict[str, Any]], generations: Optional[str]) -> None:
-        self.data["chunks"][self._key(category, index)] = {
-            "category": category, "index": index, "start": start, "stop": stop,
-            "shards": dict(shards), "generations": generations}
-
-    def chunks(self, categories: Optional[Iterable[str]] = None) -> list[dict[str, Any]]:
-        wanted = set(self.categories if categories is None else categories)
-        unknown = wanted - set(self.categories)
-        if unknown:
-            raise ValueError(f"categories {sorted(unknown)} were not collected; collected: "
-                             f"{', '.join(self.categories)}")
-        order = {c: i for i, c in enumerate(self.categories)}
-        found = [c for c in self.data["chunks"].values() if c["category"] in wanted]
-        return sorted(found, key=lambda c: (order[c["category"]], c["index"]))
-
-    def shard_paths(self, hook: str, position: str,
-                    categories: Optional[Iterable[str]] = None) -> list[Path]:
-        """Every finished shard of `hook` holding `position`, in category and index order."""
-        if hook not in self.hook_points:
-            raise ValueError(f"hook point {hook!r} was not collected; collected: "
-                             f"{', '.join(self.hook_points)}")
-        if position not in self.positions:
-            raise ValueError(f"position {position!r} was not collected; collected: "
-                             f"{', '.join(self.positions)}")
-        return [self.root / c["shards"][hook]["path"] for c in self.chunks(categories)
-                if hook in c["shards"]]

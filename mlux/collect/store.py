@@ -10,15 +10,21 @@ import numpy as np
 
 from mlux.atomic import PathLike
 
-from .shards import Manifest, read_shard_tensor, shard_shape
+from .shards import read_shard_tensor, shard_shape, verify_shard
 
 __all__ = ["ActivationStore"]
 
 
 class ActivationStore:
-    """The rows of one tensor (`key`, e.g. `last`) across a list of shard files."""
+    """The rows of one tensor (`key`, e.g. `last`) across a list of shard files.
 
-    def __init__(self, paths: Sequence[PathLike], key: str = "last"):
+    With `expected` (per path: bytes and sha256 as recorded at write time, either may be None)
+    sizes are checked at once and each shard's checksum on its first read; every shard's rows are
+    checked for NaN/inf on first read. Errors name the shard.
+    """
+
+    def __init__(self, paths: Sequence[PathLike], key: str = "last", *,
+                 expected: Optional[Sequence[tuple[Optional[int], Optional[str]]]] = None):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("no shards to read: the collection has none for this hook point "
@@ -26,14 +32,13 @@ class ActivationStore:
         missing = [str(p) for p in self.paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"shard files missing: {', '.join(missing[:3])}"
-                                    + (" ..." if len(missing) > 3 else ""))
+                                    + (" ..." if len(missing) > 3 else "")
+                                    + "; rerun `mlux collect` with the same config to redo them")
         self.key = key
-
-    @classmethod
-    def from_result_dir(cls, result_dir: PathLike, hook: str, position: str = "last",
-                        categories: Optional[Sequence[str]] = None) -> ActivationStore:
-        manifest = Manifest.load(Path(result_dir))
-        return cls(manifest.shard_paths(hook, position, categories), position)
+        self.expected = list(expected) if expected is not None else [(None, None)] * len(paths)
+        for p, (size, _) in zip(self.paths, self.expected, strict=True):
+            verify_shard(p, size)
+        self._checked: set[int] = set()
 
     @property
     def num_rows(self) -> int:
@@ -44,15 +49,47 @@ class ActivationStore:
         return shard_shape(self.paths[0], self.key)[-1]
 
     def read(self, i: int) -> np.ndarray:
-        x = read_shard_tensor(self.paths[i], self.key)
+        path = self.paths[i]
+        if i not in self._checked:
+            verify_shard(path, *self.expected[i])
+        x = read_shard_tensor(path, self.key)
         if x.ndim != 2:
-            raise ValueError(f"{self.paths[i]}: tensor {self.key!r} has shape {x.shape}, "
+            raise ValueError(f"{path}: tensor {self.key!r} has shape {x.shape}, "
                              "expected (rows, hidden)")
+        if i not in self._checked:
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if len(bad):
+                raise ValueError(
+                    f"shard {path}: {len(bad)} of {len(x)} rows of {self.key!r} hold NaN or inf "
+                    f"(rows {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}); "
+                    "the model overflowed (collect with model.dtype and "
+                    "output.activation_dtype float32) or the file was damaged")
+            self._checked.add(i)
         return x.astype(np.float32, copy=False)
 
     def iter_shards(self, order: Optional[Sequence[int]] = None) -> Iterator[np.ndarray]:
         for i in range(len(self.paths)) if order is None else order:
             yield self.read(i)
+
+    def iter_sample(self, max_rows: int, batch_size: int, *, seed: int = 0
+                    ) -> Iterator[np.ndarray]:
+        """Batches of `max_rows` rows drawn uniformly (seeded, without replacement) from all
+        shards, each shard read once; every row, in order, when there are no more than that."""
+        sizes = [shard_shape(p, self.key)[0] for p in self.paths]
+        total = sum(sizes)
+        pick = (None if total <= max_rows else
+                np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False)))
+        pending, starts = np.zeros((0, 0), np.float32), np.cumsum([0] + sizes)
+        for i, shard in enumerate(self.iter_shards()):
+            if pick is not None:
+                lo, hi = np.searchsorted(pick, starts[i:i + 2])
+                shard = shard[pick[lo:hi] - starts[i]]
+            pending = np.concatenate([pending, shard]) if len(pending) else shard
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                pending = pending[batch_size:]
+        if len(pending):
+            yield pending
 
     def load_all(self) -> np.ndarray:
         """Every row at once; for small tensors (`last`, `mean`) of analysis-sized data sets."""
