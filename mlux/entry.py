@@ -20,6 +20,7 @@ This module imports no verb, so the verbs and `mlux.cli` can both import it with
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import warnings
@@ -119,6 +120,10 @@ class Verb:
         self.add_arguments(parser)
         parser.set_defaults(func=self.run, verb=self)
         return parser
+
+    def alias(self, module: str) -> Callable[[Optional[Sequence[str]]], int]:
+        """`main(argv)` for `python -m <module>`, the alias of `mlux <name>`."""
+        return functools.partial(self.main, prog=f"python -m {module}")
 
     def main(self, argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
         """Run this verb on its own (a `python -m` alias of `mlux <name>`)."""

@@ -258,9 +258,7 @@ def print_table(res: CalibrationResult) -> None:
 VERB = Verb("calibrate", "find where each layer's output degenerates", add_arguments, run,
             description=__doc__, on_interrupt=RESUME_NOTE)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return VERB.main(argv, prog="python -m mlux.experiments.alpha_calibration")
+main = VERB.alias("mlux.experiments.alpha_calibration")
 
 
 if __name__ == "__main__":

@@ -229,9 +229,7 @@ def print_table(res: LayerSweepResult, behavior: str) -> None:
 VERB = Verb("layer-sweep", "rank layers by how well a vector steers there", add_arguments, run,
             description=__doc__, on_interrupt=RESUME_NOTE)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return VERB.main(argv, prog="python -m mlux.experiments.layer_sweep")
+main = VERB.alias("mlux.experiments.layer_sweep")
 
 
 if __name__ == "__main__":

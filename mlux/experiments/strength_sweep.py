@@ -218,9 +218,7 @@ def plot(rows: list[dict[str, Any]], asked: Optional[dict[str, Any]], path: Any,
 VERB = Verb("strength-sweep", "behaviour rate per strength, with controls", add_arguments, run,
             description=__doc__, on_interrupt=RESUME_NOTE)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return VERB.main(argv, prog="python -m mlux.experiments.strength_sweep")
+main = VERB.alias("mlux.experiments.strength_sweep")
 
 
 if __name__ == "__main__":
