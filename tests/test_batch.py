@@ -85,14 +85,14 @@ def test_sampled_rows_follow_their_seeds():
 
 def test_compare_batch_equals_sequential_generate(tmp_path):
     hooked = HookedModel.from_pretrained(str(save_tiny_model(tmp_path / "m", "llama")))
-    pos, neg = ["w5 w6 w7", "w8 w9"], ["w30 w31", "w32 w33 w34"]
+    pos, neg = ["w15 w16 w17", "w8 w9"], ["w30 w31", "w32 w33 w34"]
     for positions in ("generated", "all"):
         steer = ContrastiveSteering(hooked, pos, neg, [1, 2], positions=positions)
-        both = steer.compare("w5 w6", alphas=[-3.0, 0.0, 3.0], max_tokens=8, temperature=1.0,
+        both = steer.compare("w15 w16", alphas=[-3.0, 0.0, 3.0], max_tokens=8, temperature=1.0,
                              seed=11)
         for alpha, text in both.items():
             # Independent reference: this alpha alone through prefill + generate_from_cache.
-            tokens = hooked.tokenize("w5 w6").tokens[0].tolist()
+            tokens = hooked.tokenize("w15 w16").tokens[0].tolist()
             hooks = steer.hooks(alpha, prompt_length=len(tokens)) if alpha else None
             cache, logits = prefill_with_cache(hooked, tokens, hooks=hooks)
             ids = generate_from_cache(hooked, cache, logits, max_tokens=8, hooks=hooks,

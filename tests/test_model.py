@@ -26,12 +26,12 @@ def model_dirs(tmp_path_factory):
 @pytest.mark.parametrize("bits", [None, 4])
 def test_from_pretrained_and_plain_mlx_lm_generation(model_dirs, bits):
     model, tokenizer = mlx_lm.load(str(model_dirs[bits]))
-    expected = mlx_lm.generate(model, tokenizer, "w5 w6 w7", max_tokens=10)
+    expected = mlx_lm.generate(model, tokenizer, "w15 w16 w17", max_tokens=10)
     hooked = HookedModel.from_pretrained(str(model_dirs[bits]))
     assert hooked.quantization == ({"bits": 4, "group_size": 32} if bits else None)
-    text = mlx_lm.generate(hooked.model, hooked.tokenizer, "w5 w6 w7", max_tokens=10)
+    text = mlx_lm.generate(hooked.model, hooked.tokenizer, "w15 w16 w17", max_tokens=10)
     streamed = "".join(r.text for r in mlx_lm.stream_generate(
-        hooked.model, hooked.tokenizer, "w5 w6 w7", max_tokens=10))
+        hooked.model, hooked.tokenizer, "w15 w16 w17", max_tokens=10))
     assert text == expected == streamed
     assert len(make_prompt_cache(hooked.model)) == hooked.num_layers
 

@@ -21,7 +21,7 @@ from mlux.vector_library import VectorLibrary
 
 openai = pytest.importorskip("openai")
 
-PROMPT = "w5 w6 w7 w8"
+PROMPT = "w15 w16 w17 w8"
 
 
 @pytest.fixture(scope="module")

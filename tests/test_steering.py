@@ -20,7 +20,7 @@ from mlux.extract import _pca_direction
 from mlux.steering import create_ablation_hook
 from mlux.testing import save_tiny_model
 
-POS = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w5 w9 w20"]
+POS = ["w15 w16 w17", "w8 w9", "w10 w11 w12 w13", "w25 w9 w20"]
 NEG = ["w30 w31", "w32 w33 w34", "w35", "w36 w37 w38 w39 w40"]
 
 
@@ -106,16 +106,16 @@ def test_multi_layer_steering_hooks(hooked):
 def test_contrastive_compare_equals_separate_generations(hooked):
     steer = ContrastiveSteering(hooked, POS, NEG, [1, 2])
     assert sorted(steer.vectors) == [1, 2]
-    out = steer.compare("w5 w6", alphas=[0.0, 4.0, -4.0], max_tokens=8)
+    out = steer.compare("w15 w16", alphas=[0.0, 4.0, -4.0], max_tokens=8)
     assert list(out) == [0.0, 4.0, -4.0]
-    tokens = hooked.tokenize("w5 w6").tokens[0].tolist()
+    tokens = hooked.tokenize("w15 w16").tokens[0].tolist()
     cache, logits = prefill_with_cache(hooked, tokens)
     baseline = hooked.tokenizer.decode(generate_from_cache(hooked, cache, logits, max_tokens=8))
     assert out[0.0] == baseline
-    assert steer.generate("w5 w6", alpha=4.0, max_tokens=8) == out[4.0]
+    assert steer.generate("w15 w16", alpha=4.0, max_tokens=8) == out[4.0]
     assert out[4.0] != out[0.0] or out[-4.0] != out[0.0]
     everywhere = ContrastiveSteering(hooked, POS, NEG, 2, positions="all")
-    assert everywhere.compare("w5 w6", alphas=[0.0], max_tokens=8)[0.0] == baseline
+    assert everywhere.compare("w15 w16", alphas=[0.0], max_tokens=8)[0.0] == baseline
     assert steer.vector.layers == [1, 2]
 
 
@@ -149,7 +149,7 @@ def test_vector_errors(hooked):
     wrong = {"residuals_1": create_steering_hook(mx.ones((hooked.hidden_size + 1,)), 1.0)}
     with pytest.raises(ValueError, match=f"size {hooked.hidden_size + 1} but residuals_1 has "
                                          f"hidden size {hooked.hidden_size}"):
-        hooked.run_with_hooks("w5 w6", wrong)
+        hooked.run_with_hooks("w15 w16", wrong)
     assert hooked.active_hooks() == {}
     with pytest.raises(ValueError, match="unknown positions 'middle'"):
         create_steering_hook(mx.ones((4,)), 1.0, positions="middle")
