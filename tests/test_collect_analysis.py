@@ -13,9 +13,9 @@ from mlux.collect import (
     config_from_dict,
     fit_logistic_probe,
     layer_separability,
-    wilson_interval,
 )
 from mlux.collect.cli import main as cli_main
+from mlux.evaluation import wilson_interval
 from mlux.model import HookedModel
 from mlux.testing import save_tiny_model
 
@@ -123,5 +123,5 @@ def test_separation_starts_at_the_first_layer_reaching_the_threshold(collection,
     top = max(r["probe_accuracy"] for r in rows)  # ties go to the earliest layer, not the norm
     assert report["best_hook"] == next(rows[i]["hook"] for i in order
                                        if rows[i]["probe_accuracy"] == top)
-    assert wilson_interval(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
-    assert wilson_interval(1.0, 18) == pytest.approx((0.824, 1.0), abs=1e-3)
+    assert wilson_interval(50, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
+    assert wilson_interval(18, 18) == pytest.approx((0.824, 1.0), abs=1e-3)

@@ -11,7 +11,7 @@ and checksum, and name the shard holding NaN/inf rows; see the README's fault ta
 
 from __future__ import annotations
 
-from .analysis import analyze_layers, fit_logistic_probe, layer_separability, wilson_interval
+from .analysis import analyze_layers, fit_logistic_probe, layer_separability
 from .collector import CollectionResult, collect, load_model_for, resolve_hook_points
 from .data import Dataset, balance_categories, load_dataset, read_prompts
 from .lock import FolderLockedError, folder_lock
@@ -70,5 +70,4 @@ __all__ = [
     "resolve_hook_points",
     "train_sae",
     "train_saes",
-    "wilson_interval",
 ]

@@ -14,13 +14,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from mlux.atomic import PathLike, atomic_write_json
+from mlux.evaluation import wilson_interval
 from mlux.layers import parse_hook_name
 
 from .manifest import open_collection
 from .plots import plot_separability
 
-__all__ = ["analyze_layers", "fit_logistic_probe", "layer_separability", "split_indices",
-           "wilson_interval"]
+__all__ = ["analyze_layers", "fit_logistic_probe", "layer_separability", "split_indices"]
 
 _ANALYSIS_POSITIONS = ("last", "mean")
 
@@ -31,15 +31,6 @@ def split_indices(n: int, test_fraction: float, rng: np.random.Generator
     order = rng.permutation(n)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     return order[n_test:], order[:n_test]
-
-
-def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% (z = 1.96) Wilson score interval of an accuracy measured on `n` held-out rows."""
-    if n <= 0:
-        return 0.0, 1.0
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def fit_logistic_probe(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, steps: int = 300
@@ -92,7 +83,7 @@ def layer_separability(a: np.ndarray, b: np.ndarray, *, test_fraction: float = 0
         "relative_diff_norm": float(np.linalg.norm(diff) / scale) if scale > 0 else 0.0,
         "mean_norm": scale,
         "probe_accuracy": accuracy,
-        "probe_accuracy_ci95": list(wilson_interval(accuracy, len(y_te))),
+        "probe_accuracy_ci95": list(wilson_interval(accuracy * len(y_te), len(y_te))),
         "probe_train_accuracy": float(((probe(x_tr) > 0.5) == y_tr).mean()),
         "mean_diff_accuracy": float((((x_te - mid) @ d_tr > 0) == y_te).mean()),
         "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
