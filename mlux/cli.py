@@ -18,7 +18,7 @@ from .experiments import alpha_calibration, layer_sweep, strength_sweep
 from .explorer import launch
 from .info import model_info
 from .model import HookedModel
-from .verbs import extract, generate
+from .verbs import bake, extract, generate
 
 __all__ = ["VERBS", "main"]
 
@@ -69,6 +69,7 @@ VERBS: tuple[Verb, ...] = (
     demo.VERB,
     extract.VERB,
     generate.VERB,
+    bake.VERB,
     layer_sweep.VERB,
     alpha_calibration.VERB,
     strength_sweep.VERB,

@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 def _vector(hidden: int, layers=(1,), seed=1) -> SteeringVector:
     keys = mx.random.split(mx.random.key(seed), len(layers))
     return SteeringVector({i: mx.random.normal((hidden,), key=k) * 3.0
-                           for i, k in zip(layers, keys)}, model_id="tiny")
+                           for i, k in zip(layers, keys, strict=True)}, model_id="tiny")
 
 
 class _ProjectedEmbedding(nn.Module):

@@ -1,0 +1,64 @@
+"""`mlux bake`: write a directional ablation or a steering vector into a model's weights; the
+output folder is a plain mlx-lm model that runs without mlux.
+
+    mlux bake --model M --ablate refusal.safetensors --layers 12 --out M-abliterated
+    mlux bake --model mlux-toy --vector happy.safetensors --alpha 2 --out toy-happy
+    mlx_lm.generate --model toy-happy --prompt "the"          # no mlux needed
+
+--ablate projects one direction (the vector's at the one chosen layer; a one-layer vector
+needs no --layers) out of every weight that writes into the residual stream; --vector adds
+alpha * v at residuals_L for each chosen layer (default: all the vector's) as MLP output biases.
+See `mlux.bake` for the architectures each mode supports and why the others are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bake import bake_ablation, bake_steering
+from ..entry import Verb
+from ..experiments.options import layer_ints
+from ..model import HookedModel
+
+__all__ = ["VERB"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory, hub id or built-in name")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--ablate", metavar="FILE", help="vector file whose direction to remove")
+    mode.add_argument("--vector", metavar="FILE", help="vector file to add (needs --alpha)")
+    p.add_argument("--alpha", type=float, default=None, help="strength for --vector")
+    p.add_argument("--layers", default=None, help='layers of the vector to bake, e.g. "2" or '
+                   '"1-3" (default: the vector\'s only layer / all its layers)')
+    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    p.add_argument("--overwrite", "--force", action="store_true",
+                   help="replace --out if it exists and is not empty")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.vector and args.alpha is None:
+        raise ValueError("--vector needs --alpha (the strength to bake)")
+    if args.ablate and args.alpha is not None:
+        raise ValueError("--alpha goes with --vector; an ablation has no strength")
+    hooked = HookedModel.from_pretrained(args.model)
+    layers = layer_ints(hooked, args.layers)
+    if args.ablate:
+        s = bake_ablation(hooked, args.ablate, layers=layers, out=args.out,
+                          overwrite=args.overwrite)
+        print(f"baked an ablation of {args.ablate} (layer {s['direction_layer']}'s direction) "
+              f"into {len(s['edited'])} weight matrices of {args.model}")
+        if s["requantization_error"]:
+            q = s["requantization_error"]
+            print(f"requantized: worst relative error {q['max_relative']:.3g}, max abs "
+                  f"{q['max_abs']:.3g}")
+    else:
+        s = bake_steering(hooked, args.vector, args.alpha, layers=layers, out=args.out,
+                          overwrite=args.overwrite)
+        print(f"baked {args.vector} x {args.alpha:g} at layers {s['layers']} into {args.model}")
+    print(f"wrote {args.out} (run it with: mlx_lm.generate --model {args.out} --prompt ...)")
+    return 0
+
+
+VERB = Verb("bake", "write an ablation or a steering vector into a plain mlx-lm model folder",
+            add_arguments, run, description=__doc__)
