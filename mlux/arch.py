@@ -49,16 +49,24 @@ class Architecture:
     blocks_owner: Any  # the module or dict whose entry is the block list
     blocks_key: str
     blocks_path: str
-    attention_names: list[Optional[str]]  # per block; None if not found
+    attention_names: list[Optional[str]]  # per block (global numbering); None if not found
     mlp_names: list[Optional[str]]
+    total_layers: Optional[int] = None  # a pipeline-sharded model's global block count
 
     @property
     def blocks(self) -> list:
+        """The block list the forward pass iterates; on a pipeline-sharded model, `None` in the
+        slots of blocks other ranks run (and shorter than `num_layers` on all but rank 0)."""
         return self.blocks_owner[self.blocks_key]
 
     @property
     def num_layers(self) -> int:
-        return len(self.blocks)
+        return self.total_layers if self.total_layers is not None else len(self.blocks)
+
+    @property
+    def local_layers(self) -> list[int]:
+        """The blocks this process runs (every block unless the model is pipeline-sharded)."""
+        return [i for i, b in enumerate(self.blocks) if b is not None]
 
 
 def _entry(obj: Any, key: str) -> Any:
@@ -79,11 +87,15 @@ def _resolve(root: nn.Module, path: str) -> tuple[Any, str, Any]:
 
 
 def _is_block_list(value: Any) -> bool:
+    """A list of attention-bearing blocks; `None` slots (a pipeline-sharded model's blocks that
+    other ranks run) are allowed around at least one block."""
+    if not isinstance(value, list):
+        return False
+    local = [b for b in value if b is not None]
     return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(b, nn.Module) for b in value)
-        and _find_child(value[0], ATTENTION_NAMES) is not None
+        len(local) > 0
+        and all(isinstance(b, nn.Module) for b in local)
+        and _find_child(local[0], ATTENTION_NAMES) is not None
     )
 
 
@@ -134,14 +146,31 @@ def detect_architecture(model: nn.Module) -> Architecture:
             f"unsupported architecture {model_type!r}: the blocks at '{path}' are not the ones "
             "`model.layers` returns, so hooks installed there would not run"
         )
+    total = _pipeline_total(model, owner, blocks)
+    template = next(b for b in blocks if b is not None)  # stands in for blocks run elsewhere
+    slots = list(blocks) + [None] * ((total or len(blocks)) - len(blocks))
     return Architecture(
         model_type=model_type,
         blocks_owner=owner,
         blocks_key=key,
         blocks_path=path,
-        attention_names=[_find_child(b, ATTENTION_NAMES) for b in blocks],
-        mlp_names=[_find_child(b, MLP_NAMES) for b in blocks],
+        attention_names=[_find_child(b or template, ATTENTION_NAMES) for b in slots],
+        mlp_names=[_find_child(b or template, MLP_NAMES) for b in slots],
+        total_layers=total,
     )
+
+
+def _pipeline_total(model: nn.Module, owner: Any, blocks: list) -> Optional[int]:
+    """The global block count of a pipeline-sharded model (`PipelineMixin.pipeline` truncates
+    the list after this rank's last block and puts `None` before its first), else None."""
+    if int(getattr(owner, "pipeline_size", 1) or 1) <= 1 and all(b is not None for b in blocks):
+        return None
+    for value in (getattr(owner, "num_hidden_layers", None),
+                  _args_value(model, "num_hidden_layers"), _args_value(model, "num_layers")):
+        if isinstance(value, int) and value >= len(blocks):
+            return value
+    raise ValueError("a pipeline-sharded model whose total number of layers could not be read "
+                     "(no num_hidden_layers on the model or its args)")
 
 
 def _args_value(model: Any, key: str) -> Any:

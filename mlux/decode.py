@@ -192,7 +192,10 @@ class Decoder:
                                                 [r.prompt_length for r in rows])
 
     def _sample(self, rows: list[_Row], logits: mx.array) -> mx.array:
-        return sample_rows(logits, [r.sampler for r in rows], all(r.greedy for r in rows))
+        y = sample_rows(logits, [r.sampler for r in rows], all(r.greedy for r in rows))
+        if self.hooked.sharding is not None:  # rank 0's tokens on every rank, sampled or not
+            y = self.hooked.sharding.broadcast(y.astype(mx.int32)).astype(y.dtype)
+        return y
 
     def _prefill_group(self, group: RowGroup, rows: list[_Row]) -> _Lane:
         hooks = self._row_hooks(rows)

@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
 from .arch import Architecture, detect_architecture, hidden_size_of
+from .distributed import Sharding, detect_sharding
 from .hooks import BlockFrame, Hook, HookWrapper
 from .inputs import (
     Inputs,
@@ -37,14 +38,21 @@ HookSpec = Union[Mapping[str, Hook], Iterable[tuple[str, Hook]]]
 class HookedModel:
     """Wraps a loaded mlx-lm model in place; plain mlx-lm calls keep working on `model`."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, *, model_id: Optional[str] = None):
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, model_id: Optional[str] = None,
+                 group: Any = None):
+        """`group`: the mx.distributed group a pipeline-sharded model is split over (default:
+        the world group); a model sharded by mlx-lm is detected, see `sharding`."""
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id or _model_id_of(model)
         self.arch: Architecture = detect_architecture(model)
         self.num_layers = self.arch.num_layers
         self.hidden_size = hidden_size_of(model, self.arch.blocks)
+        # None for a model this process holds whole; else how it is sharded across ranks
+        self.sharding: Optional[Sharding] = detect_sharding(model, self.arch.blocks_owner,
+                                                            self.arch.blocks, group)
         self._points: dict[str, HookWrapper] = {}
+        self._remote: set[str] = set()  # hook points of blocks other ranks run
         self._padded_batch_ok: Optional[bool] = None
         # Steering added to every row mlux's decoder starts (`SteeringVector.apply`).
         self.ambient_steering: list[Any] = []
@@ -61,7 +69,14 @@ class HookedModel:
 
     def _install_wrappers(self) -> None:
         blocks = self.arch.blocks
-        for i, block in enumerate(blocks):
+        local = set(self.arch.local_layers)
+        for i in range(self.num_layers):
+            if i not in local:  # run by another rank: accepted as a name, never fires here
+                self._remote.update(f"{kind}_{i}" for kind, name in (
+                    ("residuals", ""), ("attention", self.arch.attention_names[i]),
+                    ("mlp", self.arch.mlp_names[i])) if name is not None)
+                continue
+            block = blocks[i]
             if isinstance(block, HookWrapper):  # wrapped before (another HookedModel): reuse
                 frame = block._mlux_frame
             else:
@@ -82,7 +97,8 @@ class HookedModel:
     def unwrap(self) -> nn.Module:
         """Put the original modules back in their slots and return the plain model."""
         blocks = self.arch.blocks
-        for i, block in enumerate(blocks):
+        for i in self.arch.local_layers:
+            block = blocks[i]
             if isinstance(block, HookWrapper):
                 inner = block.wrapped
                 for name in (self.arch.attention_names[i], self.arch.mlp_names[i]):
@@ -90,12 +106,20 @@ class HookedModel:
                         setattr(inner, name, inner[name].wrapped)
                 blocks[i] = inner
         self._points.clear()
+        self._remote.clear()
         return self.model
 
     # -- facts ----------------------------------------------------------------------------------
     @property
     def hook_points(self) -> list[str]:
-        return [n for n in hook_point_names(self.num_layers) if n in self._points]
+        return [n for n in hook_point_names(self.num_layers)
+                if n in self._points or n in self._remote]
+
+    @property
+    def local_layers(self) -> list[int]:
+        """The blocks this process runs, in global numbering: all of them unless the model is
+        pipeline-sharded (then hooks on the other blocks are accepted and run on their owner)."""
+        return self.arch.local_layers
 
     @property
     def config(self) -> ModelConfig:
@@ -174,6 +198,8 @@ class HookedModel:
             if not callable(fn):
                 raise ValueError(f"hook for {spec!r} is not callable: {fn!r}")
             for name in self.expand_layer_specs(spec):
+                if name in self._remote:
+                    continue  # another rank runs this block and its hooks
                 if name not in self._points:
                     raise ValueError(f"hook point {name!r} does not exist in this "
                                      f"{self.model_type} model (no submodule found there)")
@@ -224,8 +250,14 @@ class HookedModel:
                 tokens = mx.array([[0, 0, 1], [0, 2, 1], [0, 2, 1]])
                 try:
                     with self._hooks_suspended():
+                        # one forward evaluated at a time: a sharded model's collectives then
+                        # run in the same order on every rank
                         batched = self.model(tokens, cache=caches)[:, -1]
-                        alone = [self.model(mx.array([r]))[0, -1] for r in rows]
+                        mx.eval(batched)
+                        alone = []
+                        for r in rows:
+                            alone.append(self.model(mx.array([r]))[0, -1])
+                            mx.eval(alone[-1])
                         ok = all(mx.allclose(batched[i], a, rtol=1e-2, atol=1e-2).item()
                                  for i, a in enumerate(alone))
                 except Exception:  # e.g. positions built with numpy from the cache offset
@@ -320,6 +352,11 @@ class HookedModel:
                 reduce: Optional[Callable[[mx.array], mx.array]], cache: Any, *,
                 stop_early: bool) -> tuple[Optional[mx.array], dict[str, mx.array]]:
         names = self.expand_layer_specs("all" if names is None else names)
+        local = [n for n in names if n not in self._remote]
+        pipelined = self.sharding is not None and self.sharding.pipelined
+        # A pipeline stage's blocks wait on the stage before: every rank runs the whole model
+        # (the same collectives on every rank), then the activations go from owners to all.
+        stop_early = stop_early and not pipelined
         store: dict[str, mx.array] = {}
 
         def record(name: str) -> Hook:
@@ -334,18 +371,18 @@ class HookedModel:
         groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache)]
                   if cache is not None else self.split_batch(batch))
         logits, parts = [], []
-        with self.hooks(hooks), self.hooks([(n, record(n)) for n in names]):
+        with self.hooks(hooks), self.hooks([(n, record(n)) for n in local]):
             for group in groups:
                 store.clear()
                 try:
                     logits.append(self.model(group.tokens, cache=group.cache))
                 except _Stop:
                     pass
-                missing = [n for n in names if n not in store]
+                missing = [n for n in local if n not in store]
                 if missing:
                     raise RuntimeError(f"hook points {missing} did not fire in {self.model_type}")
                 mx.eval(logits, store)
-                parts.append(dict(store))
+                parts.append(self.sharding.gather(names, store) if pipelined else dict(store))
         acts = {n: self._join(batch, [p[n] for p in parts]) for n in names}
         return (self._join(batch, logits) if logits else None), acts
 
