@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..distributed import is_main_process
 from ..entry import Verb, run_command
 from .analysis import analyze_layers
 from .collector import collect
@@ -40,7 +41,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.result_dir is not None:
         config = config.replace("output", result_dir=args.result_dir)
     result = collect(config, progress=not args.no_progress, dry_run=args.dry_run)
-    if not args.dry_run:
+    if not args.dry_run and is_main_process():
         print(f"{result.chunks_written} chunks written, {result.chunks_skipped} already done; "
               f"manifest: {result.result_dir / 'manifest.json'}")
     return 0

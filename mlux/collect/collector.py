@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
+from mlux.distributed import world_size
 from mlux.generate import generate_batch
 from mlux.model import HookedModel
 
@@ -41,7 +42,7 @@ __all__ = ["CollectionResult", "collect", "load_model_for", "resolve_hook_points
 class CollectionResult:
     result_dir: Path
     plan: CollectionPlan
-    manifest: Optional[Manifest]  # None for a dry run
+    manifest: Optional[Manifest]  # None for a dry run, and on ranks other than 0
     chunks_written: int
     chunks_skipped: int
 
@@ -169,16 +170,36 @@ def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedMo
     weights = sum(v.nbytes for _, v in tree_flatten(hooked.model.parameters()))
     plan = make_plan(config, hook_points=hooks, hidden_size=hooked.hidden_size,
                      vocab_size=hooked.vocab_size or 0, weights_bytes=weights, lengths=lengths)
+    group = _data_parallel_group(hooked)
+    if group is not None and group.rank() != 0:  # rank 0 speaks for the launch
+        echo, progress = (lambda s: None), False
     echo(plan.describe())
     result_dir = Path(out.result_dir).expanduser()
     if dry_run:
         return CollectionResult(result_dir, plan, None, 0, 0)
+    if group is not None:
+        from .parallel import collect_data_parallel
+
+        return collect_data_parallel(group, config, hooked, hooks, dataset, rows, lengths, plan,
+                                     result_dir, progress, echo)
     _prepare_dir(result_dir)
     with folder_lock(result_dir, "collect", echo=echo):
         # temp files of a killed run: ours now, and never complete (sae/ has its own lock)
         remove_orphans(result_dir, ("activations", "generations"))
         return _collect_chunks(config, hooked, hooks, dataset, rows, lengths, plan, result_dir,
                                progress)
+
+
+def _data_parallel_group(hooked: HookedModel) -> Optional[Any]:
+    """The world group when launched on several ranks (`mlx.launch -n N`), else None: today's
+    single-process collection."""
+    if world_size() <= 1:
+        return None
+    if hooked.sharding is not None:
+        raise ValueError("collect over a sharded model is not supported: data-parallel "
+                         "collection needs the whole model on every rank (load it with "
+                         "HookedModel.from_pretrained, or leave `hooked` unset)")
+    return mx.distributed.init()
 
 
 def _collect_chunks(config: CollectConfig, hooked: HookedModel, hooks: list[str], dataset: Any,

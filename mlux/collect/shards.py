@@ -22,8 +22,8 @@ from safetensors import safe_open
 
 from mlux.atomic import atomic_write_bytes
 
-__all__ = ["read_shard_tensor", "serialize_safetensors", "shard_shape", "verify_shard",
-           "write_shard"]
+__all__ = ["read_shard_tensor", "serialize_safetensors", "shard_entry", "shard_shape",
+           "verify_shard", "write_shard", "write_shard_bytes"]
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
            "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "uint32": "U32",
@@ -56,6 +56,19 @@ def write_shard(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
                 ) -> dict[str, Any]:
     """Atomically write one shard; return its manifest entry (bytes, sha256, shapes, dtypes)."""
     data = serialize_safetensors(tensors, metadata)
+    write_shard_bytes(path, data)
+    return shard_entry(data, tensors)
+
+
+def shard_entry(data: bytes, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The manifest entry of a shard serialized to `data` from `tensors`."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
+                        for k, v in sorted(tensors.items())}}
+
+
+def write_shard_bytes(path: Path, data: bytes) -> None:
+    """Atomically write an already serialized shard (ENOSPC gets a hint)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write_bytes(path, data)
@@ -63,9 +76,6 @@ def write_shard(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
         hint = (" (disk full: free space and rerun; finished shards are kept and skipped)"
                 if e.errno == errno.ENOSPC else "")
         raise OSError(e.errno, f"{e.strerror or e}{hint}") from None
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                        for k, v in sorted(tensors.items())}}
 
 
 _REDO = "delete it and rerun `mlux collect` with the same config to recompute its chunk"
