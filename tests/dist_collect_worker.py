@@ -23,7 +23,7 @@ def main() -> int:
 
     if die != "none":
         who, at = (int(x) for x in die.split(":"))
-        real, seen = collector_mod._run_chunk, [0]
+        real, seen = collector_mod.run_chunk, [0]
 
         def run_chunk(*args, **kwargs):
             seen[0] += 1
@@ -31,7 +31,7 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*args, **kwargs)
 
-        collector_mod._run_chunk = parallel_mod._run_chunk = run_chunk
+        collector_mod.run_chunk = parallel_mod.run_chunk = run_chunk
     return cli_main(["collect", "--config", config, "--no-progress"])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+import mlux.collect.chunks as chunks_mod
 import mlux.collect.collector as collector_mod
 import mlux.collect.shards as shards_mod
 from mlux.builtin import builtin_model_path
@@ -175,13 +176,13 @@ def test_resume_after_crash_loses_nothing_and_redoes_nothing(tiny, data_file, tm
     assert len(before) == 13  # 2 chunks x 6 hooks + the unlisted partial shard
 
     seen = []
-    real_capture = collector_mod.capture_batch
+    real_capture = chunks_mod.capture_batch
 
     def counting_capture(hooked, rows, *args):
         seen.extend(rows)
         return real_capture(hooked, rows, *args)
 
-    monkeypatch.setattr(collector_mod, "capture_batch", counting_capture)
+    monkeypatch.setattr(chunks_mod, "capture_batch", counting_capture)
     result = run(cfg, tiny)
     total = sum(CATS.values())
     done = sum(c["stop"] - c["start"] for c in listed.values())

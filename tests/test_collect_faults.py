@@ -183,7 +183,7 @@ def test_bit_flipped_shard_fails_its_checksum(complete):
 
 
 def test_nan_rows_are_reported_with_the_shard(model_dir, data_file, tmp_path, monkeypatch):
-    real = collector_mod._chunk_tensors
+    real = collector_mod.chunk_tensors
 
     def overflowing(acts, start, dtype):
         tensors = real(acts, start, dtype)
@@ -191,7 +191,7 @@ def test_nan_rows_are_reported_with_the_shard(model_dir, data_file, tmp_path, mo
             tensors["last"][1] = np.nan
         return tensors
 
-    monkeypatch.setattr(collector_mod, "_chunk_tensors", overflowing)
+    monkeypatch.setattr(collector_mod, "chunk_tensors", overflowing)
     out = tmp_path / "out"
     run(config(model_dir, data_file, out))
     bad = Manifest.load(out).shard_paths("residuals_1", "last", ["a"])[1]

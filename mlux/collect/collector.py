@@ -7,44 +7,30 @@ skips every listed chunk whose files are intact, so a crash loses at most the ch
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
+from mlux.atomic import PathLike, atomic_write_json
 from mlux.distributed import world_size
-from mlux.generate import generate_batch
 from mlux.model import HookedModel
 
-from .capture import BatchActivations, capture_batch, encode_prompts
-from .data import category_slug, load_dataset
-from .fingerprint import model_fingerprint, run_settings
+from .capture import encode_prompts
+from .chunks import CollectionResult, chunk_tensors, prepare_dir, run_chunk, run_header
+from .data import load_dataset
 from .lock import folder_lock, remove_orphans
 from .manifest import Manifest
+from .parallel import collect_data_parallel
 from .plan import CollectionPlan, make_plan
 from .run_config import CollectConfig, load_config
 from .shards import write_shard
 
 __all__ = ["CollectionResult", "collect", "load_model_for", "resolve_hook_points"]
-
-
-@dataclass(frozen=True)
-class CollectionResult:
-    result_dir: Path
-    plan: CollectionPlan
-    manifest: Optional[Manifest]  # None for a dry run, and on ranks other than 0
-    chunks_written: int
-    chunks_skipped: int
 
 
 def load_model_for(config: CollectConfig) -> HookedModel:
@@ -81,74 +67,6 @@ def _check_vocab(rows: dict[str, list[list[int]]], prompts: dict[str, list[str]]
                                  "the tokenizer does not match the model's weights")
 
 
-def _prepare_dir(result_dir: Path) -> None:
-    """Fail before any work if the output directory cannot be created or written."""
-    try:
-        result_dir.mkdir(parents=True, exist_ok=True)
-        probe = atomic_write_bytes(result_dir / ".mlux-write-test", b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(e.errno or errno.EIO, f"output.result_dir {result_dir} is not writable: "
-                                            f"{e.strerror or e}") from None
-
-
-def _chunk_tensors(acts: dict[str, list[np.ndarray]], start: int, dtype: str
-                   ) -> dict[str, np.ndarray]:
-    n = len(next(iter(acts.values())))
-    out = {"sample_index": np.arange(start, start + n, dtype=np.int64)}
-    for pos, rows in acts.items():
-        if pos in ("last", "mean"):
-            out[pos] = np.stack(rows).astype(dtype)
-        else:
-            out[pos] = np.concatenate(rows).astype(dtype)
-            out[f"{pos}_offsets"] = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-    return out
-
-
-def _header(config: CollectConfig, hooked: HookedModel, hooks: list[str],
-            prompts: dict[str, list[str]], lengths: dict[str, list[int]],
-            source: Path) -> dict[str, Any]:
-    settings = run_settings(config, hooks, prompts)
-    return {
-        "fingerprint": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
-        "settings": settings,
-        "model": {"name": config.model.name, "model_type": hooked.model_type,
-                  "num_layers": hooked.num_layers, "hidden_size": hooked.hidden_size,
-                  "dtype": str(hooked.dtype), "quantization": hooked.quantization,
-                  "fingerprint": model_fingerprint(config.model.name, hooked)},
-        "config": config.to_dict(),
-        "data_source": str(source),
-        "hook_points": hooks,
-        "positions": list(config.inference.positions) if config.inference.save_activations
-        else [],
-        "activation_dtype": config.output.activation_dtype,
-        "shard_size": config.output.shard_size,
-        "categories": {c: {"dir": category_slug(c), "num_samples": len(p), "prompts": p,
-                           "prompt_tokens": lengths[c]} for c, p in prompts.items()},
-    }
-
-
-def _run_chunk(hooked: HookedModel, config: CollectConfig, hooks: list[str],
-               rows: list[list[int]], prompts: list[str], start: int,
-               bar: tqdm) -> tuple[BatchActivations, list[dict[str, Any]]]:
-    inf = config.inference
-    acts: BatchActivations = {h: {p: [] for p in inf.positions} for h in hooks}
-    texts: list[dict[str, Any]] = []
-    for b in range(0, len(rows), inf.batch_size):
-        batch = rows[b:b + inf.batch_size]
-        gen = (generate_batch(hooked, batch, max_tokens=inf.max_new_tokens) if inf.max_new_tokens
-               else [[] for _ in batch])
-        if inf.save_activations:
-            for h, per in capture_batch(hooked, batch, gen, hooks, inf.positions).items():
-                for p, values in per.items():
-                    acts[h][p].extend(values)
-        if inf.max_new_tokens:
-            texts.extend({"index": start + b + i, "prompt": prompts[b + i], "tokens": g,
-                          "completion": hooked.tokenizer.decode(g)} for i, g in enumerate(gen))
-        bar.update(len(batch))
-    return acts, texts
-
-
 def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedModel] = None,
             progress: bool = True, dry_run: bool = False,
             echo: Callable[[str], None] = print) -> CollectionResult:
@@ -178,11 +96,10 @@ def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedMo
     if dry_run:
         return CollectionResult(result_dir, plan, None, 0, 0)
     if group is not None:
-        from .parallel import collect_data_parallel
 
         return collect_data_parallel(group, config, hooked, hooks, dataset, rows, lengths, plan,
                                      result_dir, progress, echo)
-    _prepare_dir(result_dir)
+    prepare_dir(result_dir)
     with folder_lock(result_dir, "collect", echo=echo):
         # temp files of a killed run: ours now, and never complete (sae/ has its own lock)
         remove_orphans(result_dir, ("activations", "generations"))
@@ -206,7 +123,7 @@ def _collect_chunks(config: CollectConfig, hooked: HookedModel, hooks: list[str]
                     rows: dict[str, list[list[int]]], lengths: dict[str, list[int]],
                     plan: CollectionPlan, result_dir: Path, progress: bool) -> CollectionResult:
     inf, out = config.inference, config.output
-    manifest = Manifest.open(result_dir, _header(config, hooked, hooks, dataset.prompts,
+    manifest = Manifest.open(result_dir, run_header(config, hooked, hooks, dataset.prompts,
                                                  lengths, dataset.source))
     work = [(c, i, s, min(s + out.shard_size, len(rs))) for c, rs in rows.items()
             for i, s in enumerate(range(0, len(rs), out.shard_size))]
@@ -216,13 +133,13 @@ def _collect_chunks(config: CollectConfig, hooked: HookedModel, hooks: list[str]
     with tqdm(total=len(dataset), initial=done_samples, unit="prompt", desc="collect",
               disable=not progress, file=sys.stderr) as bar:
         for category, index, start, stop in todo:
-            acts, texts = _run_chunk(hooked, config, hooks, rows[category][start:stop],
+            acts, texts = run_chunk(hooked, config, hooks, rows[category][start:stop],
                                      dataset.prompts[category][start:stop], start, bar)
             shards = {}
             for h in hooks if inf.save_activations else []:
                 rel = manifest.shard_relpath(category, h, index)
                 meta = {"hook": h, "category": category, "index": str(index)}
-                info = write_shard(result_dir / rel, _chunk_tensors(acts.pop(h), start,
+                info = write_shard(result_dir / rel, chunk_tensors(acts.pop(h), start,
                                                                     out.activation_dtype), meta)
                 shards[h] = {"path": rel, "num_samples": stop - start, **info}
             gen_rel = manifest.generations_relpath(category, index) if texts else None

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from mlux.atomic import atomic_write_json
 from mlux.model import HookedModel
 
-from .collector import CollectionResult, _chunk_tensors, _header, _prepare_dir, _run_chunk
+from .chunks import CollectionResult, chunk_tensors, prepare_dir, run_chunk, run_header
 from .lock import folder_lock, remove_orphans
 from .manifest import Manifest
 from .plan import CollectionPlan
@@ -71,11 +71,11 @@ def _run(hooked: HookedModel, config: CollectConfig, hooks: list[str],
     category, index, start, stop = chunk
     inf, out = config.inference, config.output
     bar = tqdm(disable=True)
-    acts, texts = _run_chunk(hooked, config, hooks, rows[category][start:stop],
+    acts, texts = run_chunk(hooked, config, hooks, rows[category][start:stop],
                              prompts[category][start:stop], start, bar)
     shards, blobs = {}, []
     for h in hooks if inf.save_activations else []:
-        tensors = _chunk_tensors(acts.pop(h), start, out.activation_dtype)
+        tensors = chunk_tensors(acts.pop(h), start, out.activation_dtype)
         data = serialize_safetensors(tensors, {"hook": h, "category": category,
                                                "index": str(index)})
         shards[h] = {"path": manifest_paths.shard_relpath(category, h, index),
@@ -111,7 +111,7 @@ def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel
                           lengths: dict[str, list[int]], plan: CollectionPlan, result_dir: Path,
                           progress: bool, echo: Callable[[str], None]) -> CollectionResult:
     me, size = group.rank(), group.size()
-    header = _header(config, hooked, hooks, dataset.prompts, lengths, dataset.source)
+    header = run_header(config, hooked, hooks, dataset.prompts, lengths, dataset.source)
     mine = {"fingerprint": header["fingerprint"], "model": header["model"]["fingerprint"],
             "error": None}
     manifest: Optional[Manifest] = None
@@ -119,7 +119,7 @@ def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel
     with contextlib.ExitStack() as stack:
         if me == 0:
             try:
-                _prepare_dir(result_dir)
+                prepare_dir(result_dir)
                 stack.enter_context(folder_lock(result_dir, "collect", echo=echo))
                 remove_orphans(result_dir, ("activations", "generations"))
                 manifest = Manifest.open(result_dir, header)
