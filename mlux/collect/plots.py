@@ -24,15 +24,18 @@ def _figure(ncols: int, title: str):  # noqa: ANN202 - matplotlib types
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
+                                                   bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
 
 
-def _legend(ax: Any, twin: Any) -> None:
-    lines = ax.get_lines() + twin.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="best")
+def _legend(ax: Any, twin: Any = None) -> None:
+    """Below the axes, never over the data."""
+    lines = ax.get_lines() + (twin.get_lines() if twin is not None else [])
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize="small", frameon=False)
 
 
 def plot_training_curve(history: Mapping[str, Sequence[float]], path: Path, *, title: str
@@ -81,10 +84,10 @@ def plot_separability(rows: Sequence[Mapping[str, Any]], path: Path, *, title: s
     ax1.set_ylim(lowest - 0.05, 1.02)
     ax1.set_title("linear separability")
     ax1.set_ylabel("held-out accuracy")
-    ax1.legend(loc="best", fontsize="small", framealpha=0.6)
+    _legend(ax1)
     ax2.set_title("difference of means")
     ax2.set_ylabel("||mean_a - mean_b|| / mean ||x||")
-    ax2.legend(loc="best", fontsize="small")
+    _legend(ax2)
     for ax in (ax1, ax2):
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
