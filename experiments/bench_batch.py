@@ -16,7 +16,6 @@ Random 4-bit llama (hidden 512, 6 layers, 4k vocab). Run from the repository roo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -139,9 +138,7 @@ def table(res: dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    p = bk.parser(__doc__, DEFAULT_OUTPUT, quick="small settings for a smoke test")
     args = p.parse_args(argv)
     shape = {"hidden_size": 128 if args.quick else 512, "num_layers": 6, "vocab_size": 4096}
     tokens, repeats = (8, 1) if args.quick else (64, 3)

@@ -27,7 +27,15 @@ import mlx.core as mx
 import mlx_lm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import environment, interleaved, measure, paired, per_clock, write_report  # noqa: E402
+from benchkit import (  # noqa: E402
+    environment,
+    interleaved,
+    measure,
+    paired,
+    parser,
+    per_clock,
+    write_report,
+)
 
 from mlux import HookedModel, extract_steering_vectors  # noqa: E402
 from mlux.collect import collect, load_config  # noqa: E402
@@ -48,10 +56,8 @@ CAPTURE_ROWS = [
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    p.add_argument("--quick", action="store_true", help="smoke test: a small model, 1 repeat")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
+    p = parser(__doc__, DEFAULT_OUTPUT, quick="smoke test: a small model, 1 repeat",
+               repeats="timed repeats (default 5)")
     args = p.parse_args(argv)
     q = args.quick
     args.repeats = args.repeats or (1 if q else 5)

@@ -62,10 +62,8 @@ BIG_VOCAB_PATHS = tuple(k for k in PATHS if k not in ("wrapped_no_hooks_mlx_lm",
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny shapes, 1 repeat")
-    p.add_argument("--repeats", type=int, default=None, help="of the generation rows (9)")
+    p = bk.parser(__doc__, DEFAULT_OUTPUT, quick="smoke test: tiny shapes, 1 repeat",
+                  repeats="of the generation rows (9)")
     args = p.parse_args(argv)
     q = args.quick
     args.repeats = args.repeats or (1 if q else 9)  # prefill rows a third, extraction 5/9

@@ -9,6 +9,7 @@ the cores do not inflate), and its peak MLX memory is read with `mx.get_peak_mem
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
 import os
 import platform
@@ -25,8 +26,8 @@ import mlux
 from mlux.atomic import atomic_write_json
 
 __all__ = ["CLOCKS", "Run", "clock", "environment", "format_header", "format_row", "interleaved",
-           "measure", "paired", "paired_clocks", "per_clock", "since", "stats", "stats_clocks",
-           "timed_stream", "write_report"]
+           "measure", "paired", "paired_clocks", "parser", "per_clock", "since", "stats",
+           "stats_clocks", "timed_stream", "write_report"]
 
 CLOCKS = ("wall", "cpu")
 Run = tuple[float, float, dict[str, Any]]  # (wall seconds, cpu seconds, extras)
@@ -50,7 +51,9 @@ def measure(fn: Callable[[], Any]) -> Run:
     active = mx.get_active_memory()
     t0 = clock()
     out = fn()
-    mx.eval(out) if isinstance(out, mx.array) else mx.synchronize()
+    if isinstance(out, mx.array):
+        mx.eval(out)
+    mx.synchronize()
     return since(t0, {"result": out, "peak_bytes": mx.get_peak_memory(), "active_bytes": active})
 
 
@@ -68,6 +71,18 @@ def timed_stream(items: Iterable[Any], t0: Optional[tuple[float, float]] = None)
         raise RuntimeError("the stream yielded no token")
     return since(t0, {"tokens": tokens, "to_first": since(t0, t1=stamps[0])[:2],
                       "decode": since(stamps[0], t1=stamps[-1])[:2]}, stamps[-1])
+
+
+def parser(doc: str, output: Path, *, quick: str,
+           repeats: Optional[str] = None) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: `--output`, `--quick` (a smoke test) and, with
+    `repeats` as its help, `--repeats` (default None: the script picks)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--output", type=Path, default=output)
+    p.add_argument("--quick", action="store_true", help=quick)
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=None, help=repeats)
+    return p
 
 
 def interleaved(variants: dict[str, Callable[[], Run]], repeats: int, warmup: int
