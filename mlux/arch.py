@@ -16,7 +16,9 @@ __all__ = [
     "BLOCK_LIST_PATHS",
     "MLP_NAMES",
     "Architecture",
+    "child",
     "detect_architecture",
+    "set_child",
     "hidden_size_of",
 ]
 
@@ -37,7 +39,11 @@ BLOCK_LIST_PATHS = (
     "transformer.blocks",
     "gpt_neox.layers",
 )
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer")
+# The token mixer of a block: attention first, then the mixers of hybrid stacks (linear
+# attention, state-space, short convolution, recurrent), which `attention_i` then names.
+# Dotted names reach into a wrapper module (dbrx's norm -> attention -> norm).
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer", "linear_attn",
+                   "mamba", "conv", "temporal_block", "norm_attn_norm.attn")
 MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe", "mlp_block", "ff")
 
 
@@ -87,21 +93,36 @@ def _resolve(root: nn.Module, path: str) -> tuple[Any, str, Any]:
 
 
 def _is_block_list(value: Any) -> bool:
-    """A list of attention-bearing blocks; `None` slots (a pipeline-sharded model's blocks that
-    other ranks run) are allowed around at least one block."""
+    """A list of blocks with a token mixer or an MLP; `None` slots (a pipeline-sharded model's
+    blocks that other ranks run) are allowed around at least one block. Hybrid stacks may
+    start with a block whose mixer has another name, so any block may qualify the list."""
     if not isinstance(value, list):
         return False
     local = [b for b in value if b is not None]
     return (
         len(local) > 0
         and all(isinstance(b, nn.Module) for b in local)
-        and _find_child(local[0], ATTENTION_NAMES) is not None
+        and any(_find_child(b, ATTENTION_NAMES + MLP_NAMES) is not None for b in local)
     )
+
+
+def child(block: Any, name: str) -> Any:
+    """The submodule at dotted `name` below `block` (dict entries only), or None."""
+    node = block
+    for part in name.split("."):
+        node = _entry(node, part)
+    return node
+
+
+def set_child(block: Any, name: str, module: nn.Module) -> None:
+    """Put `module` in the slot at dotted `name` below `block`."""
+    owner, _, last = name.rpartition(".")
+    setattr(child(block, owner) if owner else block, last, module)
 
 
 def _find_child(block: Any, names: tuple[str, ...]) -> Optional[str]:
     for n in names:
-        if isinstance(_entry(block, n), nn.Module):
+        if isinstance(child(block, n), nn.Module):
             return n
     return None
 
@@ -134,9 +155,9 @@ def detect_architecture(model: nn.Module) -> Architecture:
     if path is None:
         raise ValueError(
             f"unsupported architecture {model_type!r} ({type(model).__module__}): found no list "
-            f"of decoder blocks with an attention submodule. Tried the paths "
+            f"of decoder blocks with a token mixer or MLP submodule. Tried the paths "
             f"{', '.join(candidates)} and a search of the module tree for lists whose blocks "
-            f"have one of the attention names {', '.join(ATTENTION_NAMES)}."
+            f"have one of the submodules {', '.join(ATTENTION_NAMES + MLP_NAMES)}."
         )
     owner, key, blocks = _resolve(model, path)
     # The forward pass must see these very objects (not a copy); check against Model.layers.

@@ -168,6 +168,12 @@ class HookWrapper(nn.Module):
         return _apply_hooks(self._mlux_hooks, out, ctx)
 
     # -- transparent proxy: attributes ------------------------------------------------------
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        # `isinstance(layer, FullAttentionDecoderLayer)` in model code (olmo_hybrid) must still
+        # hold for a wrapped block; `type(wrapper)` stays HookWrapper.
+        return type(object.__getattribute__(self, "_mlux_module"))
+
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_mlux_"):
             raise AttributeError(key)

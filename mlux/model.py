@@ -10,7 +10,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from .arch import Architecture, detect_architecture, hidden_size_of
+from .arch import Architecture, child, detect_architecture, hidden_size_of, set_child
 from .distributed import Sharding, detect_sharding
 from .hooks import BlockFrame, Hook, HookWrapper
 from .inputs import (
@@ -88,10 +88,10 @@ class HookedModel:
                                ("mlp", self.arch.mlp_names[i])):
                 if name is None:
                     continue
-                sub = inner[name]
+                sub = child(inner, name)
                 if not isinstance(sub, HookWrapper):
                     sub = HookWrapper(sub, f"{kind}_{i}", i, frame)
-                    setattr(inner, name, sub)
+                    set_child(inner, name, sub)
                 self._points[f"{kind}_{i}"] = sub
 
     def unwrap(self) -> nn.Module:
@@ -102,8 +102,8 @@ class HookedModel:
             if isinstance(block, HookWrapper):
                 inner = block.wrapped
                 for name in (self.arch.attention_names[i], self.arch.mlp_names[i]):
-                    if name is not None and isinstance(inner[name], HookWrapper):
-                        setattr(inner, name, inner[name].wrapped)
+                    if name is not None and isinstance(child(inner, name), HookWrapper):
+                        set_child(inner, name, child(inner, name).wrapped)
                 blocks[i] = inner
         self._points.clear()
         self._remote.clear()
