@@ -36,6 +36,7 @@ from mlx_lm.utils import _get_classes, quantize_model, save_config, save_model
 
 from mlux.tokenizer_files import SPECIAL_TOKENS, write_word_tokenizer
 
+from .modules import model_modules, tiny_model, tiny_module_config, unsupported_reason
 from .tiny_configs import (
     _DEFAULT_KNOBS,
     _FORCED_TOKENIZER_TYPES,
@@ -56,10 +57,15 @@ __all__ = [
     "BOS_TOKEN_ID",
     "CHAT_TEMPLATE",
     "EOS_TOKEN_ID",
+    "forced_tokenizer_types",
     "make_tiny_model",
+    "model_modules",
     "save_tiny_model",
     "tiny_config",
+    "tiny_model",
+    "tiny_module_config",
     "tiny_tokenizer_words",
+    "unsupported_reason",
 ]
 
 
@@ -222,33 +228,66 @@ def save_tiny_model(
     model's `vocab_size`, with `CHAT_TEMPLATE`.
     """
     out = Path(path)
-    model, config = make_tiny_model(
-        model_type,
-        quantize_bits=quantize_bits,
-        group_size=group_size,
-        seed=seed,
-        dtype=dtype,
-        **config_overrides,
-    )
+    if model_type in ARCHITECTURES:
+        model, config = make_tiny_model(
+            model_type,
+            quantize_bits=quantize_bits,
+            group_size=group_size,
+            seed=seed,
+            dtype=dtype,
+            **config_overrides,
+        )
+    else:  # any other mlx-lm module, from its own ModelArgs
+        if quantize_bits not in (None, 4) or group_size != 32 or dtype != mx.float32:
+            raise ValueError(f"{model_type!r} is built by tiny_model: fp32 or 4-bit with group "
+                             "size 32 only")
+        model, config = tiny_model(model_type, quantize_bits == 4, seed=seed,
+                                   **config_overrides)
     save_model(out, model)
     save_config(config, config_path=out / "config.json")
-    words = tiny_tokenizer_words(int(config["vocab_size"]))
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    words = tiny_tokenizer_words(int(vocab))
     write_word_tokenizer(words, out, chat_template=CHAT_TEMPLATE)
-    if model_type in _FORCED_TOKENIZER_TYPES:
-        _keep_declared_tokenizer_class(out / "tokenizer_config.json")
+    if model_type in forced_tokenizer_types():
+        _keep_declared_tokenizer_class(out)
     return out
 
 
-def _keep_declared_tokenizer_class(tokenizer_config: Path) -> None:
-    """Make transformers >= 5 load the word-level `tokenizer.json` as written.
+def forced_tokenizer_types() -> frozenset[str]:
+    """Model types for which transformers >= 5 overrides the declared tokenizer class."""
+    try:
+        from transformers.models.auto import tokenization_auto
+    except ImportError:
+        return _FORCED_TOKENIZER_TYPES
+    forced = getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", ())
+    return _FORCED_TOKENIZER_TYPES | frozenset(forced)
+
+
+def _keep_declared_tokenizer_class(folder: Path) -> None:
+    """Make transformers >= 5 load the word-level `tokenizer.json` as written, whatever
+    `trust_remote_code` says.
 
     For some model types transformers 5 ignores `tokenizer_class` and forces its own class;
     for qwen2 that is `Qwen2Tokenizer`, which rebuilds a byte-level BPE from the vocabulary
-    and so encodes every word to nothing. Declaring an `auto_map` makes it skip that override;
-    it then also skips the (never trusted) remote code for these model types and falls back
-    to the declared `tokenizer_class`. transformers 4 honours `tokenizer_class` either way.
+    and so encodes every word to nothing. Declaring an `auto_map` makes it skip that override.
+    Without trust_remote_code it then falls back to the declared `tokenizer_class`; with it
+    (`mlx_lm.utils.sharded_load`'s default) it loads the class the map names, so the map names
+    a real one: `TinyWordTokenizer` in the folder's own `tokenization_tiny.py`, transformers'
+    fast tokenizer under another name. transformers 4 honours `tokenizer_class` either way.
     """
-    data = json.loads(tokenizer_config.read_text())
-    declared = data["tokenizer_class"]
-    data["auto_map"] = {"AutoTokenizer": [None, declared]}
-    tokenizer_config.write_text(json.dumps(data, indent=2))
+    (folder / f"{_TOKENIZER_MODULE}.py").write_text(_TOKENIZER_SOURCE)
+    config = folder / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data["auto_map"] = {"AutoTokenizer": [None, f"{_TOKENIZER_MODULE}.TinyWordTokenizer"]}
+    config.write_text(json.dumps(data, indent=2))
+
+
+_TOKENIZER_MODULE = "tokenization_tiny"
+_TOKENIZER_SOURCE = '''"""The tiny word-level tokenizer: transformers' fast tokenizer over tokenizer.json."""
+
+from transformers import PreTrainedTokenizerFast
+
+
+class TinyWordTokenizer(PreTrainedTokenizerFast):
+    pass
+'''

@@ -124,6 +124,7 @@ MODULE_OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
                                "interleave_moe_layer_step": 2, "intermediate_size_mlp": 2 * _H,
                                "num_experts_per_tok": 1,
                                "rope_scaling": None, "use_qk_norm": True}},
+    "mamba2": {"num_heads": 8},
     "mellum": {"layer_types": _SLIDING_FULL,
                "rope_parameters": {"sliding_attention": _ROPE, "full_attention": _ROPE}},
     "minicpm3": {"rope_scaling": {"original_max_position_embeddings": 2048}},

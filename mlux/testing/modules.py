@@ -88,12 +88,16 @@ def tiny_model(model_type: str, quantize: bool = False, *, seed: int = 0,
     if reason is not None:
         raise ValueError(f"mlx_lm.models.{model_type} cannot run here: {reason}")
     if model_type in ARCHITECTURES:
-        from . import make_tiny_model  # the hand-tuned path (a cycle at import time otherwise)
+        from . import make_tiny_model  # the hand-tuned path; a cycle at import time otherwise
 
         return make_tiny_model(model_type, quantize_bits=4 if quantize else None, seed=seed,
                                **overrides)
     config = tiny_module_config(model_type, **overrides)
     mod = _import(model_type)
+    # Parameters that keep the module's own init (SSM decays, convolutions) draw from the
+    # global generator while the model is built: seed it so the same arguments give the
+    # same weights.
+    mx.random.seed(seed)
     model = mod.Model(mod.ModelArgs.from_dict(config))
     weights = init_module_weights(model, seed)
     model.load_weights(list(weights.items()), strict=True)
