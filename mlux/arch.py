@@ -7,7 +7,8 @@ properties return a slice copy (`pipeline_layers`), and a wrapper written into a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 import mlx.nn as nn
 
@@ -15,6 +16,8 @@ __all__ = [
     "ATTENTION_NAMES",
     "BLOCK_LIST_PATHS",
     "MLP_NAMES",
+    "STREAM_AXES",
+    "UNHOOKABLE",
     "Architecture",
     "child",
     "detect_architecture",
@@ -47,6 +50,20 @@ ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer", 
 MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe", "mlp_block", "ff")
 
 
+# Models whose forward never calls its blocks, so no block wrapper can see the residual stream.
+UNHOOKABLE: Mapping[str, str] = MappingProxyType({
+    "iquestloopcoder": "its forward computes every block inline from the block's submodules "
+                       "(two loops over the same layers) and never calls a block, so "
+                       "residuals_i hooks would never fire",
+})
+
+
+# Blocks that carry S parallel residual streams, and the axis of S in what they return:
+# gemma3n's AltUp (S, B, T, D), deepseek_v41's hyper-connections (B, T, S, D). Their
+# `residuals_i` is the mean over the streams, (B, T, D); see `HookWrapper`.
+STREAM_AXES: Mapping[str, int] = MappingProxyType({"gemma3n": 0, "deepseek_v41": 2})
+
+
 @dataclass
 class Architecture:
     """Where things live in one loaded model."""
@@ -58,6 +75,7 @@ class Architecture:
     attention_names: list[Optional[str]]  # per block (global numbering); None if not found
     mlp_names: list[Optional[str]]
     total_layers: Optional[int] = None  # a pipeline-sharded model's global block count
+    stream_axis: Optional[int] = None  # blocks with several residual streams: their axis
 
     @property
     def blocks(self) -> list:
@@ -148,6 +166,9 @@ def detect_architecture(model: nn.Module) -> Architecture:
         raise ValueError(
             f"expected an mlx.nn.Module (an mlx-lm model), got {type(model).__name__}"
         )
+    kind = str(getattr(model, "model_type", None) or _args_value(model, "model_type"))
+    if kind in UNHOOKABLE:
+        raise ValueError(f"unsupported architecture {kind!r}: {UNHOOKABLE[kind]}")
     candidates = list(BLOCK_LIST_PATHS)
     path = next((p for p in candidates if _is_block_list(_resolve(model, p)[2])), None)
     path = path or _search(model, "", depth=4)
@@ -178,6 +199,7 @@ def detect_architecture(model: nn.Module) -> Architecture:
         attention_names=[_find_child(b or template, ATTENTION_NAMES) for b in slots],
         mlp_names=[_find_child(b or template, MLP_NAMES) for b in slots],
         total_layers=total,
+        stream_axis=STREAM_AXES.get(model_type),
     )
 
 

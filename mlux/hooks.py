@@ -77,6 +77,16 @@ def _find_cache(args: tuple, kwargs: dict) -> Any:
     return None
 
 
+def _length(x: Any, stream_axis: Optional[int]) -> int:
+    """Tokens in a block's input: axis 1 of (B, T, D), or of (B, T, S, D) once the streams'
+    axis is moved next to D."""
+    if not hasattr(x, "shape"):
+        return 0
+    if stream_axis is not None and len(x.shape) == 4:
+        x = mx.moveaxis(x, stream_axis, 2)
+    return int(x.shape[1])
+
+
 class BlockFrame:
     """Per-block state shared by a block's wrappers: how many hooks are live, and the offsets of
     the forward pass currently running (set by the block wrapper, read by its sub-wrappers)."""
@@ -114,7 +124,8 @@ class HookWrapper(nn.Module):
     """Stands in the slot of a decoder block (hook point `residuals_i`) or of its attention
     (`attention_i`) / MLP (`mlp_i`) submodule, and runs the hooks installed on that point."""
 
-    def __init__(self, module: nn.Module, name: str, layer: int, frame: BlockFrame) -> None:
+    def __init__(self, module: nn.Module, name: str, layer: int, frame: BlockFrame, *,
+                 stream_axis: Optional[int] = None) -> None:
         # Module.__init__ is skipped on purpose: `_training`, `_no_grad` stay the wrapped module's.
         dict.__init__(self)
         object.__setattr__(self, "_mlux_module", module)
@@ -123,6 +134,8 @@ class HookWrapper(nn.Module):
         object.__setattr__(self, "_mlux_frame", frame)
         object.__setattr__(self, "_mlux_hooks", [])
         object.__setattr__(self, "_mlux_is_block", name.startswith("residuals_"))
+        # Set for blocks carrying several residual streams: the streams' axis in the output.
+        object.__setattr__(self, "_mlux_stream_axis", stream_axis)
 
     @property
     def wrapped(self) -> nn.Module:
@@ -151,7 +164,7 @@ class HookWrapper(nn.Module):
         if self._mlux_is_block:
             # Read the cache offset before the block runs: its attention advances the cache.
             frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
-            frame.length = args[0].shape[1] if args and hasattr(args[0], "shape") else 0
+            frame.length = _length(args[0] if args else None, self._mlux_stream_axis)
         out = self._mlux_module(*args, **kwargs)
         if not self._mlux_hooks:
             return out
@@ -164,8 +177,20 @@ class HookWrapper(nn.Module):
             row_offsets=frame.row_offsets,
         )
         if isinstance(out, tuple):  # some attention modules return (output, extras)
-            return (_apply_hooks(self._mlux_hooks, out[0], ctx), *out[1:])
-        return _apply_hooks(self._mlux_hooks, out, ctx)
+            return (self._hooked(out[0], ctx), *out[1:])
+        return self._hooked(out, ctx)
+
+    def _hooked(self, x: mx.array, ctx: HookContext) -> mx.array:
+        axis = self._mlux_stream_axis
+        if axis is None:
+            return _apply_hooks(self._mlux_hooks, x, ctx)
+        # Several residual streams: hooks see their mean (B, T, D), and what a hook changes
+        # is added to every stream, so the mean moves by exactly that change.
+        mean = x.mean(axis=axis)
+        y = _apply_hooks(self._mlux_hooks, mean, ctx)
+        if y is mean:
+            return x
+        return x + mx.expand_dims(y - mean, axis).astype(x.dtype)
 
     # -- transparent proxy: attributes ------------------------------------------------------
     @property  # type: ignore[misc]

@@ -81,7 +81,8 @@ class HookedModel:
                 frame = block._mlux_frame
             else:
                 frame = BlockFrame()
-                block = blocks[i] = HookWrapper(block, f"residuals_{i}", i, frame)
+                block = blocks[i] = HookWrapper(block, f"residuals_{i}", i, frame,
+                                                stream_axis=self.arch.stream_axis)
             self._points[f"residuals_{i}"] = block
             inner = block.wrapped
             for kind, name in (("attention", self.arch.attention_names[i]),

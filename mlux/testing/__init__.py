@@ -245,12 +245,20 @@ def save_tiny_model(
                                    **config_overrides)
     save_model(out, model)
     save_config(config, config_path=out / "config.json")
-    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-    words = tiny_tokenizer_words(int(vocab))
+    words = tiny_tokenizer_words(_vocab_size(config))
     write_word_tokenizer(words, out, chat_template=CHAT_TEMPLATE)
     if model_type in forced_tokenizer_types():
         _keep_declared_tokenizer_class(out)
     return out
+
+
+def _vocab_size(config: Mapping[str, Any]) -> int:
+    """The vocabulary size a config declares (a wrapper's is in its `text_config`)."""
+    for cfg in (config, config.get("text_config") or {}):
+        for key in ("vocab_size", "num_vocab"):
+            if isinstance(cfg.get(key), int):
+                return int(cfg[key])
+    raise ValueError("the config declares no vocab_size")
 
 
 def forced_tokenizer_types() -> frozenset[str]:

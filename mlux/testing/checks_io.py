@@ -100,15 +100,16 @@ def run_io_checks(model_type: str) -> dict[str, dict[str, str]]:
 
     results: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        src = save_tiny_model(Path(tmp) / "src", model_type)
-        reference = tiny_model(model_type)[0](mx.array([PROMPT]))
         try:
+            src = save_tiny_model(Path(tmp) / "src", model_type)
+            reference = tiny_model(model_type)[0](mx.array([PROMPT]))
             for name, outcome in check_loaders(src, reference).items():
                 results[name] = outcome.as_dict()
+            hooked = HookedModel.from_pretrained(str(src))
         except Exception as e:  # noqa: BLE001 - recorded, not raised
-            results["load"] = Outcome("fail", f"{type(e).__name__}: {str(e)[:200]}").as_dict()
+            results.setdefault("load", Outcome("fail", f"{type(e).__name__}: {str(e)[:200]}")
+                               .as_dict())
             return results
-        hooked = HookedModel.from_pretrained(str(src))
         for name, check in (("bake_add", check_bake_steering), ("bake_ablate",
                                                                 check_bake_ablation)):
             try:

@@ -181,5 +181,7 @@ UNSUPPORTED_MODULES: Mapping[str, str] = MappingProxyType({
                  "its uncached forward runs",
     "prism_hadamard_qwen35": "a Hadamard-rotated 2-bit weight pack of qwen3_5: its ModelArgs "
                              "refuse anything but the packed checkpoint's quantization",
+    "muse_spark": "its attention runs a fused qk-norm + RoPE Metal kernel; the CPU build of MLX "
+                  "has none",
     "olmo": "imports the `ai2-olmo` package (hf_olmo), which mlx-lm does not install",
 })

@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import io
 import pkgutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -75,6 +76,19 @@ def tiny_module_config(model_type: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def _quantizable(model: nn.Module) -> Callable[[str, nn.Module], Any]:
+    """The model's own quantization predicate, skipping layers whose `to_quantized` cannot
+    take the `mode` mlx-lm passes (afm7's FusedLinear): those stay float."""
+    own = getattr(model, "quant_predicate", None)
+
+    def predicate(path: str, module: nn.Module) -> Any:
+        if "mode" not in inspect.signature(module.to_quantized).parameters:
+            return False
+        return True if own is None else own(path, module)
+
+    return predicate
+
+
 def tiny_model(model_type: str, quantize: bool = False, *, seed: int = 0,
                **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A seeded random instance of `mlx_lm.models.<model_type>`: `(model, config)`.
@@ -103,7 +117,8 @@ def tiny_model(model_type: str, quantize: bool = False, *, seed: int = 0,
     model.load_weights(list(weights.items()), strict=True)
     if quantize:
         with contextlib.redirect_stdout(io.StringIO()):  # quantize_model prints bits/weight
-            model, config = quantize_model(model, config, QUANT_GROUP, 4)
+            model, config = quantize_model(model, config, QUANT_GROUP, 4,
+                                           quant_predicate=_quantizable(model))
     model.eval()
     mx.eval(model.parameters())
     return model, config
