@@ -33,13 +33,18 @@ EXAMPLES = """examples (offline, on the built-in model mlux-toy):
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+    p.add_argument("model", nargs="?", default=None,
                    help=f"model directory, hub id or built-in name (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", dest="model_option", metavar="MODEL",
+                   help="the same, as an option (as the other verbs take it)")
     p.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = model_info(HookedModel.from_pretrained(args.model))
+    if args.model and args.model_option and args.model != args.model_option:
+        raise ValueError(f"two models given: {args.model!r} and --model {args.model_option!r}")
+    info = model_info(HookedModel.from_pretrained(args.model or args.model_option
+                                                  or DEFAULT_MODEL))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -52,6 +57,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     precision = f"{q['bits']}-bit, group size {q['group_size']}" if q else info["dtype"]
     print(f"precision      {precision}")
     print(f"hook points    {len(info['hook_points'])}: {', '.join(info['hook_points_compact'])}")
+    for name, points in info["attention_names"].items():
+        print(f"  attention_i = {name:<14} {', '.join(points)}")
+    feats = info["features"]
+    print(f"batching       {feats['padded_batching']}")
+    print(f"streams        {feats['residual_streams']}")
+    print(f"windows        {', '.join(feats['windows'])}")
+    for mode, why in feats["bake"].items():
+        print(f"bake {mode:<9} {why}")
     print(f"config         {info['config_name']}" + (f" ({info['config_notes']})"
                                                        if info["config_notes"] else ""))
     print("recommended layers")

@@ -6,10 +6,16 @@ from typing import Any
 
 import mlx.core as mx
 
+from .bake.edits import check_mode
+from .inputs import batch_cache_blockers
 from .model import HookedModel
 from .model_configs import BEHAVIORS, estimate_memory
 
-__all__ = ["block_pattern", "compact_hook_points", "model_info"]
+__all__ = ["WINDOWS", "block_pattern", "compact_hook_points", "features", "mixers",
+           "model_info", "padded_batch_fallback"]
+
+# Steering windows (`positions=`): every one applies to every architecture mlux wraps.
+WINDOWS = ("all", "prompt", "generated", "an int k (from k on)", "a range (start, end)")
 
 
 def block_pattern(hooked: HookedModel) -> str:
@@ -45,6 +51,47 @@ def compact_hook_points(names: list[str]) -> list[str]:
     return out
 
 
+def mixers(hooked: HookedModel) -> dict[str, list[int]]:
+    """What `attention_i` names, per submodule name: `{"self_attn": [3, 7], "linear_attn":
+    [0, 1, 2, ...]}` on a hybrid stack (its linear-attention / SSM / conv mixers); blocks with
+    no single mixer (no `attention_i`) under `"none"`."""
+    out: dict[str, list[int]] = {}
+    for i, name in enumerate(hooked.arch.attention_names):
+        out.setdefault(name or "none", []).append(i)
+    return out
+
+
+def padded_batch_fallback(hooked: HookedModel) -> str:
+    """Why left-padded rows run one by one on this model ('' when they run as one batch)."""
+    if hooked.supports_padded_batch():
+        return ""
+    blockers = batch_cache_blockers(hooked.model)
+    if blockers:
+        return f"its layer caches ({', '.join(blockers)}) have no batch form in mlx-lm"
+    return "a padded batch differs from its rows run alone (probed)"
+
+
+def features(hooked: HookedModel) -> dict[str, Any]:
+    """Which of mlux's features apply to this model, and why not where one doesn't."""
+    bake: dict[str, str] = {}
+    for mode in ("add", "ablate"):
+        try:
+            check_mode(hooked.model_type, mode)
+            bake[mode] = "yes"
+        except ValueError as e:
+            bake[mode] = str(e)
+    fallback = padded_batch_fallback(hooked)
+    streams = hooked.arch.stream_axis
+    return {
+        "padded_batching": "one masked batch" if not fallback else f"row by row: {fallback}",
+        "bake": bake,
+        "windows": list(WINDOWS),
+        "residual_streams": ("one" if streams is None else
+                             f"several (axis {streams}): residuals_i is their mean; a hook's "
+                             "change is added to every stream"),
+    }
+
+
 def model_info(hooked: HookedModel) -> dict[str, Any]:
     """A JSON-able summary of the model for `mlux info`, the explorer and result files."""
     cfg = hooked.config
@@ -63,6 +110,9 @@ def model_info(hooked: HookedModel) -> dict[str, Any]:
         "dtype": str(hooked.dtype).replace("mlx.core.", ""),
         "hook_points": hooked.hook_points,
         "hook_points_compact": compact_hook_points(hooked.hook_points),
+        "attention_names": {k: compact_hook_points([f"attention_{i}" for i in v])
+                            for k, v in mixers(hooked).items()},
+        "features": features(hooked),
         "config_name": cfg.name,
         "config_notes": cfg.notes,
         "recommended_layers": {b: cfg.get_recommended_layers(b) for b in ("default", *BEHAVIORS)},

@@ -13,8 +13,10 @@ from typing import Any, Optional, Sequence, Union
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import (
+    ArraysCache,
     BatchKVCache,
     BatchRotatingKVCache,
+    CacheList,
     KVCache,
     RotatingKVCache,
     make_prompt_cache,
@@ -22,8 +24,8 @@ from mlx_lm.models.cache import (
 
 from .builtin import BUILTIN_MODELS
 
-__all__ = ["Inputs", "RowGroup", "TokenBatch", "encode", "left_pad", "make_batch_cache",
-           "to_token_batch", "warn_if_unknown"]
+__all__ = ["Inputs", "RowGroup", "TokenBatch", "batch_cache_blockers", "encode", "left_pad",
+           "make_batch_cache", "to_token_batch", "warn_if_unknown"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 
@@ -121,15 +123,30 @@ def to_token_batch(tokenizer: Any, inputs: Inputs, vocab_size: Optional[int] = N
 
 def make_batch_cache(model: nn.Module, left_padding: Sequence[int]) -> Optional[list[Any]]:
     """mlx-lm batch caches for a left-padded batch, or None if a layer's cache can't batch."""
-    caches = []
-    for c in make_prompt_cache(model):
-        if type(c) is KVCache:
-            caches.append(BatchKVCache(list(left_padding)))
-        elif type(c) is RotatingKVCache and getattr(c, "keep", 0) == 0:
-            caches.append(BatchRotatingKVCache(c.max_size, list(left_padding)))
-        else:
-            return None
-    return caches
+    caches = [_batch_form(c, list(left_padding)) for c in make_prompt_cache(model)]
+    return None if any(c is None for c in caches) else caches
+
+
+def batch_cache_blockers(model: nn.Module) -> list[str]:
+    """The cache types of `model`'s layers that have no batch form in mlx-lm (why a padded
+    batch runs row by row); empty if every layer's cache can batch."""
+    return sorted({type(c).__name__ for c in make_prompt_cache(model)
+                   if _batch_form(c, [0]) is None})
+
+
+def _batch_form(cache: Any, left_padding: list[int]) -> Any:
+    """The batch version of one layer's plain cache (KV, rotating KV, SSM/conv arrays, or a
+    list of those), or None."""
+    if type(cache) is KVCache:
+        return BatchKVCache(left_padding)
+    if type(cache) is RotatingKVCache and getattr(cache, "keep", 0) == 0:
+        return BatchRotatingKVCache(cache.max_size, left_padding)
+    if type(cache) is ArraysCache:  # state-space / conv state; masks its padded steps
+        return ArraysCache(len(cache.cache), left_padding=left_padding)
+    if type(cache) is CacheList:
+        parts = [_batch_form(c, left_padding) for c in cache.caches]
+        return None if any(p is None for p in parts) else CacheList(*parts)
+    return None
 
 
 def left_pad(x: mx.array, width: int) -> mx.array:

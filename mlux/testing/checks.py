@@ -18,13 +18,14 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from mlux.generate import prefill_with_cache, stream_from_cache
 from mlux.hooks import HookContext
-from mlux.inputs import make_batch_cache
+from mlux.info import padded_batch_fallback
 from mlux.model import HookedModel
 from mlux.steering import create_additive_hook, create_steering_hook
 
 from .modules import tiny_model
 
-__all__ = ["PROMPT", "WINDOWS", "Outcome", "check_cache_windows", "close", "run_checks"]
+__all__ = ["PROMPT", "WINDOWS", "Outcome", "check_cache_windows", "check_decoding", "close",
+           "run_checks"]
 
 PROMPT = [5, 9, 13, 7, 21, 4, 30]
 STEPS = 5  # decoded tokens per window check
@@ -146,11 +147,7 @@ def check_capture(hooked: HookedModel, tokens: mx.array) -> Outcome:
 def check_padded_batch(hooked: HookedModel) -> Outcome:
     """Left-padded rows run as one batch equal each row alone, or the model falls back."""
     if not hooked.supports_padded_batch():
-        caches = make_batch_cache(hooked.model, [1, 0])
-        why = ("its layer caches ({}) have no batch form in mlx-lm".format(
-            ", ".join(sorted({type(c).__name__ for c in _plain_caches(hooked)})))
-            if caches is None else "a padded batch differs from its rows run alone")
-        return Outcome("fallback", f"rows run one by one: {why}")
+        return Outcome("fallback", f"rows run one by one: {padded_batch_fallback(hooked)}")
     rows = [[5, 9, 13], [7, 21, 4, 30, 11, 2], [8, 8]]
     logits, acts = hooked.run_with_cache(rows, ["residuals_1"])
     for i, row in enumerate(rows):
@@ -160,10 +157,6 @@ def check_padded_batch(hooked: HookedModel) -> Outcome:
                 close(acts["residuals_1"][i, pad:], a["residuals_1"][0], 2e-5)):
             return Outcome("fail", f"padded row {i} differs from the row alone")
     return Outcome("ok", "one masked batch")
-
-
-def _plain_caches(hooked: HookedModel) -> list[Any]:
-    return list(make_prompt_cache(hooked.model))
 
 
 @contextlib.contextmanager
@@ -197,13 +190,15 @@ def _window_hook(hooked: HookedModel, window: Any, n: int) -> Callable[[mx.array
     return create_steering_hook(vec, 1.0, positions=window, prompt_length=n)
 
 
-def check_cache_windows(hooked: HookedModel, window: Any, *, chunk: Optional[int] = None
-                        ) -> Outcome:
+def check_cache_windows(hooked: HookedModel, window: Any, *, chunk: Optional[int] = None,
+                        hook: Optional[Callable[[mx.array, HookContext], Any]] = None,
+                        layer: Optional[int] = None) -> Outcome:
     """Steered greedy decoding through mlux's decoder (KV-cached, optionally chunked prefill)
-    equals a naive loop recomputing the whole sequence each step: tokens and logits per step."""
+    equals a naive loop recomputing the whole sequence each step: tokens and logits per step.
+    `hook` replaces the window's steering hook (at `layer`, default the middle block)."""
     n = len(PROMPT)
-    layer = hooked.num_layers // 2
-    hooks = {f"residuals_{layer}": _window_hook(hooked, window, n)}
+    layer = hooked.num_layers // 2 if layer is None else layer
+    hooks = {f"residuals_{layer}": hook or _window_hook(hooked, window, n)}
     kwargs = {} if chunk is None else {"chunk_size": chunk}
     cache, first = prefill_with_cache(hooked, [PROMPT], hooks=hooks, **kwargs)
     seen: list[mx.array] = []
@@ -258,7 +253,18 @@ def run_checks(model_type: str, quantize: bool) -> dict[str, dict[str, str]]:
         results[name] = _guard(lambda w=window: check_cache_windows(hooked, w)).as_dict()
     results["cache_chunked"] = _guard(
         lambda: check_cache_windows(hooked, "additive", chunk=3)).as_dict()
+    results["decoding"] = _guard(lambda: check_decoding(hooked)).as_dict()
     return results
+
+
+def check_decoding(hooked: HookedModel, steps: int = 12, least: int = 4) -> Outcome:
+    """The random model's greedy decoding is not degenerate (at least `least` distinct tokens
+    in `steps`), so cache and window checks compare different tokens at every step."""
+    cache, logits = prefill_with_cache(hooked, [PROMPT])
+    tokens = list(stream_from_cache(hooked, cache, logits, max_tokens=steps))
+    distinct = len(set(tokens))
+    return Outcome("ok" if distinct >= least else "fail",
+                   f"{distinct} distinct tokens in {steps} greedy steps")
 
 
 def _mixers(hooked: HookedModel) -> str:
