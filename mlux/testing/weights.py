@@ -19,15 +19,20 @@ from mlx.utils import tree_flatten
 
 from mlux.tokenizer_files import SPECIAL_TOKENS
 
-__all__ = ["OUTPUT_PROJECTIONS", "init_module_weights"]
+__all__ = ["ATTENTION_OUTPUTS", "MLP_OUTPUTS", "init_module_weights"]
 
 LOGIT_STD = 3.0
-OUTPUT_GAIN = 4.0
+# Size of what a sublayer writes into the residual stream, relative to what it reads: the MLPs
+# write most, so the next token is a function of the context rather than a copy of the input.
+ATTENTION_GAIN = 4.0
+MLP_GAIN = 16.0
 # Names of the projections that write a sublayer's output back into the residual stream.
-OUTPUT_PROJECTIONS = frozenset({
-    "o_proj", "out_proj", "down_proj", "w2", "c_proj", "wo", "dense", "fc2", "proj",
-    "dense_4h_to_h", "output", "out", "o",
-})
+ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "wo", "dense", "o", "proj", "output",
+                               "out", "c_proj"})
+MLP_OUTPUTS = frozenset({"down_proj", "w2", "fc2", "dense_4h_to_h", "fc_out", "proj_2"})
+# In sandwich / post-norm blocks these norms set the size of the sublayer outputs instead.
+_POST_NORMS = {"post_attention_layernorm": ATTENTION_GAIN,
+               "post_feedforward_layernorm": MLP_GAIN}
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -40,6 +45,7 @@ def init_module_weights(model: nn.Module, seed: int) -> dict[str, mx.array]:
     """A value for every parameter of `model`, keyed by its flat path (seeded)."""
     modules = dict(model.named_modules())
     params = sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0])
+    sandwich = any(n.endswith("post_feedforward_layernorm") for n in modules)
     keys = mx.random.split(mx.random.key(seed), len(params))
     # An unembedding of its own: an `lm_head` module, or (talkie) a bare `lm_head` array.
     tied = not any(n.split(".")[-1] == "lm_head" for n in [*modules, *(k for k, _ in params)])
@@ -52,6 +58,9 @@ def init_module_weights(model: nn.Module, seed: int) -> dict[str, mx.array]:
             out[name] = _shrink_special(mx.random.normal(p.shape, key=key)
                                         * (LOGIT_STD / math.sqrt(p.shape[-1])))
             continue
+        if sandwich and leaf == "weight" and last in _POST_NORMS and p.ndim == 1:
+            out[name] = p * _POST_NORMS[last]
+            continue
         if leaf != "weight" or p.ndim < 2 or module is None:
             out[name] = p
             continue
@@ -63,7 +72,8 @@ def init_module_weights(model: nn.Module, seed: int) -> dict[str, mx.array]:
         elif last == "lm_head" and _is_linear(module):
             out[name] = _shrink_special(noise * (LOGIT_STD / math.sqrt(p.shape[-1])))
         elif _is_linear(module):
-            gain = OUTPUT_GAIN if last in OUTPUT_PROJECTIONS else 1.0
+            gain = (MLP_GAIN if last in MLP_OUTPUTS else
+                    ATTENTION_GAIN if last in ATTENTION_OUTPUTS else 1.0)
             out[name] = noise * (gain / math.sqrt(p.shape[-1]))
         else:
             out[name] = p
