@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from mlux import HookedModel
+from mlux import HookedModel, cli
 from mlux.testing import model_modules, save_tiny_model, tiny_model, unsupported_reason
 from mlux.testing.checks import check_cache_windows, run_checks
 from mlux.testing.checks_io import check_loaders
@@ -110,3 +110,20 @@ def test_recorded_table_covers_the_named_architectures():
         s = module_status(recorded[name])
         assert s["wrap"] and s["hooks"] and s["capture"] and s["steering"], (name, s)
         assert s["cache"], (name, s["fails"])
+
+
+def test_info_names_the_mixers_and_the_features(tmp_path, capsys):
+    src = save_tiny_model(tmp_path / "qwen3_next", "qwen3_next")
+    assert cli.main(["info", "--model", str(src), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["attention_names"] == {"linear_attn": ["attention_0-2"],
+                                       "self_attn": ["attention_3"]}
+    feats = info["features"]
+    assert feats["padded_batching"] == "one masked batch"  # SSM state batches (ArraysCache)
+    assert "cannot bake an ablation into 'qwen3_next'" in feats["bake"]["ablate"]
+    assert feats["windows"][:3] == ["all", "prompt", "generated"]
+    assert cli.main(["info", str(src)]) == 0  # positional form, table output
+    table = capsys.readouterr().out
+    assert "attention_i = linear_attn" in table and "batching       one masked batch" in table
+    assert cli.main(["info", str(src), "--model", "other"]) == 2
+    assert "two models given" in capsys.readouterr().err

@@ -291,7 +291,7 @@ def _keep_declared_tokenizer_class(folder: Path) -> None:
 
 
 _TOKENIZER_MODULE = "tokenization_tiny"
-_TOKENIZER_SOURCE = '''"""The tiny word-level tokenizer: transformers' fast tokenizer over tokenizer.json."""
+_TOKENIZER_SOURCE = '''"""The tiny word-level tokenizer: transformers' fast tokenizer."""
 
 from transformers import PreTrainedTokenizerFast
 

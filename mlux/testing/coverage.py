@@ -109,7 +109,8 @@ def _row(name: str, res: dict[str, Any]) -> str:
                      for k in ("wrap", "hooks", "steering", "capture", "cache"))
     bake = ",".join(f"{k}:{v}" for k, v in s["bake"].items())
     fails = f"  fails: {' '.join(s['fails'])}" if s["fails"] else ""
-    return f"{name:22} {flags} batch={s['batch']} bake[{bake}] load={'ok' if s['load'] else 'FAIL'}{fails}"
+    load = "ok" if s["load"] else "FAIL"
+    return f"{name:22} {flags} batch={s['batch']} bake[{bake}] load={load}{fails}"
 
 
 def summarize(results: dict[str, Any]) -> str:
