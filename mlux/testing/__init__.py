@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +38,6 @@ from mlux.tokenizer_files import SPECIAL_TOKENS, write_word_tokenizer
 from .modules import model_modules, tiny_model, tiny_module_config, unsupported_reason
 from .tiny_configs import (
     _DEFAULT_KNOBS,
-    _FORCED_TOKENIZER_TYPES,
     _GEMMA_TYPES,
     _KNOBS,
     _POST_NORM_TYPES,
@@ -51,6 +49,7 @@ from .tiny_configs import (
     EOS_TOKEN_ID,
     tiny_config,
 )
+from .tokenizer_class import forced_tokenizer_types, keep_declared_tokenizer_class
 
 __all__ = [
     "ARCHITECTURES",
@@ -248,7 +247,7 @@ def save_tiny_model(
     words = tiny_tokenizer_words(_vocab_size(config))
     write_word_tokenizer(words, out, chat_template=CHAT_TEMPLATE)
     if model_type in forced_tokenizer_types():
-        _keep_declared_tokenizer_class(out)
+        keep_declared_tokenizer_class(out)
     return out
 
 
@@ -259,43 +258,3 @@ def _vocab_size(config: Mapping[str, Any]) -> int:
             if isinstance(cfg.get(key), int):
                 return int(cfg[key])
     raise ValueError("the config declares no vocab_size")
-
-
-def forced_tokenizer_types() -> frozenset[str]:
-    """Model types for which transformers >= 5 overrides the declared tokenizer class."""
-    try:
-        from transformers.models.auto import tokenization_auto
-    except ImportError:
-        return _FORCED_TOKENIZER_TYPES
-    forced = getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", ())
-    return _FORCED_TOKENIZER_TYPES | frozenset(forced)
-
-
-def _keep_declared_tokenizer_class(folder: Path) -> None:
-    """Make transformers >= 5 load the word-level `tokenizer.json` as written, whatever
-    `trust_remote_code` says.
-
-    For some model types transformers 5 ignores `tokenizer_class` and forces its own class;
-    for qwen2 that is `Qwen2Tokenizer`, which rebuilds a byte-level BPE from the vocabulary
-    and so encodes every word to nothing. Declaring an `auto_map` makes it skip that override.
-    Without trust_remote_code it then falls back to the declared `tokenizer_class`; with it
-    (`mlx_lm.utils.sharded_load`'s default) it loads the class the map names, so the map names
-    a real one: `TinyWordTokenizer` in the folder's own `tokenization_tiny.py`, transformers'
-    fast tokenizer under another name. transformers 4 honours `tokenizer_class` either way.
-    """
-    (folder / f"{_TOKENIZER_MODULE}.py").write_text(_TOKENIZER_SOURCE)
-    config = folder / "tokenizer_config.json"
-    data = json.loads(config.read_text())
-    data["auto_map"] = {"AutoTokenizer": [None, f"{_TOKENIZER_MODULE}.TinyWordTokenizer"]}
-    config.write_text(json.dumps(data, indent=2))
-
-
-_TOKENIZER_MODULE = "tokenization_tiny"
-_TOKENIZER_SOURCE = '''"""The tiny word-level tokenizer: transformers' fast tokenizer."""
-
-from transformers import PreTrainedTokenizerFast
-
-
-class TinyWordTokenizer(PreTrainedTokenizerFast):
-    pass
-'''
