@@ -16,16 +16,16 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
-from mlux.generate import prefill_with_cache, stream_from_cache
+from mlux.generate import generate_batch, prefill_with_cache, stream_from_cache
 from mlux.hooks import HookContext
 from mlux.info import padded_batch_fallback
 from mlux.model import HookedModel
-from mlux.steering import create_additive_hook, create_steering_hook
+from mlux.steering import Steering, create_additive_hook, create_steering_hook
 
 from .modules import tiny_model
 
-__all__ = ["PROMPT", "WINDOWS", "Outcome", "check_cache_windows", "check_decoding", "close",
-           "run_checks"]
+__all__ = ["PROMPT", "WINDOWS", "Outcome", "check_batch_decode", "check_cache_windows",
+           "check_decoding", "close", "run_checks"]
 
 PROMPT = [5, 9, 13, 7, 21, 4, 30]
 STEPS = 5  # decoded tokens per window check
@@ -253,8 +253,24 @@ def run_checks(model_type: str, quantize: bool) -> dict[str, dict[str, str]]:
         results[name] = _guard(lambda w=window: check_cache_windows(hooked, w)).as_dict()
     results["cache_chunked"] = _guard(
         lambda: check_cache_windows(hooked, "additive", chunk=3)).as_dict()
+    results["batch_decode"] = _guard(lambda: check_batch_decode(hooked)).as_dict()
     results["decoding"] = _guard(lambda: check_decoding(hooked)).as_dict()
     return results
+
+
+def check_batch_decode(hooked: HookedModel) -> Outcome:
+    """`generate_batch` over prompts of different lengths, each row steered on its own
+    generated tokens, equals each prompt generated alone (one batch or row by row)."""
+    prompts = [[5, 9, 13], [7, 21, 4, 30, 11, 2], [8, 8, 40, 17]]
+    vec = 2.0 * mx.random.normal((hooked.hidden_size,), key=mx.random.key(5))
+    layer = hooked.num_layers // 2
+    rows = [Steering(vec, alpha, layers=[layer], positions="generated")
+            for alpha in (1.0, 0.0, -1.0)]
+    together = generate_batch(hooked, prompts, max_tokens=STEPS, steering=rows)
+    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
+        if generate_batch(hooked, [prompt], max_tokens=STEPS, steering=[row])[0] != together[i]:
+            return Outcome("fail", f"batched row {i} differs from the row decoded alone")
+    return Outcome("ok")
 
 
 def check_decoding(hooked: HookedModel, steps: int = 12, least: int = 4) -> Outcome:
