@@ -132,6 +132,15 @@ def _find_cache(args: tuple, kwargs: dict) -> Any:
     return None
 
 
+def _hidden(args: tuple, kwargs: dict) -> Any:
+    """A block's input hidden state: its first positional argument, or (gptj calls
+    `block(inputs=h, mask=..., cache=...)`) its first keyword array other than the mask."""
+    if args:
+        return args[0]
+    return next((v for k, v in kwargs.items()
+                 if k != "mask" and isinstance(v, mx.array) and v.ndim >= 3), None)
+
+
 def _length(x: Any, stream_axis: Optional[int]) -> int:
     """Tokens in a block's input: axis 1 of (B, T, D), or of (B, T, S, D) once the streams'
     axis is moved next to D."""
@@ -223,7 +232,7 @@ class HookWrapper(nn.Module):
                 frame.offset, frame.row_offsets = clock.offset, clock.row_offsets
             else:  # a plain mlx-lm call: read before the block runs, which advances the cache
                 frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
-            frame.length = _length(args[0] if args else None, self._mlux_stream_axis)
+            frame.length = _length(_hidden(args, kwargs), self._mlux_stream_axis)
         out = self._mlux_module(*args, **kwargs)
         if not self._mlux_hooks:
             return out

@@ -136,15 +136,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("modules", nargs="*", help="module names (default: every module)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--jobs", type=int, default=2, help="modules checked at once")
+    p.add_argument("--update", action="store_true",
+                   help="with module names: replace their rows in --out, keep the others")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(_one(args.one)))
         return 0
     results = coverage(args.modules or None, args.jobs)
+    if args.modules and args.update:
+        results = {**json.loads(args.out.read_text())["modules"], **results}
     line = summarize(results)
     print(line)
-    if not args.modules:  # a partial run never overwrites the full table
+    if not args.modules or args.update:  # a partial run never overwrites the full table
         payload = {"summary": line, "mlx_lm": _mlx_lm_version(), "modules": results}
         atomic_write_text(args.out, json.dumps(payload, indent=1, sort_keys=True) + "\n")
         print(f"wrote {args.out}")
