@@ -80,6 +80,8 @@ def module_status(res: dict[str, Any]) -> dict[str, Any]:
     if "unsupported" in res or "error" in res:
         return {"note": res.get("unsupported") or res.get("error")}
     fp = res["fp32"]
+    if fp.get("wrap", {}).get("status") == "refused":  # mlux refuses it, naming why
+        return {"note": fp["wrap"]["detail"]}
     batch = fp.get("padded_batch", {})
     io = res.get("io", {})
     fails = sorted({f"{p}:{k}" for p in PRECISIONS for k, v in res[p].items()
@@ -128,7 +130,8 @@ def summarize(results: dict[str, Any]) -> str:
             f"steering exact {count('steering')}/{total}, capture {count('capture')}/{total}, "
             f"cache == naive {count('cache')}/{total}, padded batch "
             f"{sum(1 for r in ran if r['batch'] == 'padded')}/{total}, bake {bake}/{total}, "
-            f"load {count('load')}/{total} ({unsupported} cannot run here, listed with reasons)")
+            f"load {count('load')}/{total} ({unsupported} cannot run here or are refused, listed "
+            "with reasons)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

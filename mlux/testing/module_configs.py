@@ -91,7 +91,9 @@ MODULE_OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     },
     "deepseek_v2": {"rope_scaling": {"factor": 1.0, "mscale_all_dim": 0,
                                      "original_max_position_embeddings": 2048}},
-    "exaone4": {"sliding_window_pattern": "LG", "rope_scaling": None},
+    # transformers' Exaone4Config reads layer_types (mlx-lm reads the pattern string)
+    "exaone4": {"sliding_window_pattern": "LG", "rope_scaling": None,
+                "layer_types": _SLIDING_FULL},
     "falcon_h1": {"mamba_d_ssm": 128},
     "gemma3": {"text_config": {"model_type": "gemma3_text"}},
     "gemma3n": {"text_config": _GEMMA3N_TEXT},

@@ -114,6 +114,9 @@ def tiny_model(model_type: str, quantize: bool = False, *, seed: int = 0,
     mx.random.seed(seed)
     model = mod.Model(mod.ModelArgs.from_dict(config))
     weights = init_module_weights(model, seed)
+    # The path of mlx_lm.load: sanitize (baichuan_m1 normalises its head here), strict load.
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
     model.load_weights(list(weights.items()), strict=True)
     if quantize:
         with contextlib.redirect_stdout(io.StringIO()):  # quantize_model prints bits/weight
