@@ -152,10 +152,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     line = summarize(results)
     print(line)
     if not args.modules or args.update:  # a partial run never overwrites the full table
-        payload = {"summary": line, "mlx_lm": _mlx_lm_version(), "modules": results}
-        atomic_write_text(args.out, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(args.out, _dump(line, results))
         print(f"wrote {args.out}")
     return 0
+
+
+def _dump(summary: str, results: dict[str, Any]) -> str:
+    """The results file: one line per module, so a rerun's diff shows what changed."""
+    rows = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+                       for k, v in sorted(results.items()))
+    head = json.dumps({"summary": summary, "mlx_lm": _mlx_lm_version()})[:-1]
+    return f"{head}, \"modules\": {{\n{rows}\n}}}}\n"
 
 
 def _mlx_lm_version() -> str:
