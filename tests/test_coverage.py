@@ -127,3 +127,20 @@ def test_info_names_the_mixers_and_the_features(tmp_path, capsys):
     assert "attention_i = linear_attn" in table and "batching       one masked batch" in table
     assert cli.main(["info", str(src), "--model", "other"]) == 2
     assert "two models given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_plain_mlx_lm_generation_unchanged_by_wrapping(family):
+    from mlx_lm.generate import generate_step
+
+    model = tiny_model(FAMILIES[family])[0]
+    prompt = mx.array([5, 9, 13, 7])
+
+    def run():
+        return [(t, lp) for t, lp in generate_step(prompt, model, max_tokens=6)]
+
+    before = run()
+    HookedModel(model, None)
+    after = run()
+    assert [t for t, _ in before] == [t for t, _ in after]
+    assert all(mx.array_equal(a, b).item() for (_, a), (_, b) in zip(before, after, strict=True))
