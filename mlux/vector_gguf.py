@@ -117,7 +117,7 @@ def import_gguf(path: PathLike, *, vector_cls: Any) -> SteeringVector:
     raw = _gguf_string(reader, _META_KEY, path)
     del reader
     if raw is not None:
-        return from_header(vector_cls, directions, raw, path)
+        return from_header(vector_cls, directions, raw, path)[0]
     model_id = None if hint in (None, "", UNKNOWN_MODEL_HINT) else hint
     return vector_cls(directions, model_id=model_id, method="unknown",
                       metadata={"source_format": "gguf", "model_hint": hint})
@@ -160,7 +160,11 @@ def _gguf_string(reader: Any, key: str, path: Path) -> str | None:
     fld = reader.get_field(key)
     if fld is None:
         return None
-    value = fld.contents()
-    if not isinstance(value, str):
-        raise ValueError(f"{path}: GGUF key {key} should be a string, got {value!r}")
-    return value
+    if fld.types != [_import_gguf().GGUFValueType.STRING]:
+        kinds = "/".join(t.name for t in fld.types) or "nothing"
+        raise ValueError(f"{path}: GGUF key {key} should be a string, got {kinds}")
+    try:  # decoded here, not by gguf, so that a bad byte names the file and the key
+        return bytes(fld.parts[-1]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: GGUF key {key} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
