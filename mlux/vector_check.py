@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_JSON_DEPTH", "check_header", "parse_json",
-           "short"]
+from mlux.untrusted import short
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_JSON_DEPTH", "check_header", "parse_json"]
 
 FORMAT = "mlux.steering_vector"
 FORMAT_VERSION = 1  # of the saved file format; this module reads versions up to this
@@ -31,12 +32,6 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "metadata": (dict, type(None)), "norms": (dict, type(None)), "hook_point": (str,),
     "created": (str,), "version": (str,),
 }
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: untrusted values never flood a message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_json(text: str | bytes, what: str) -> Any:

@@ -21,7 +21,8 @@ import mlx.core as mx
 import numpy as np
 
 from mlux.atomic import PathLike, atomic_write
-from mlux.vector_check import FORMAT, FORMAT_VERSION, check_header, parse_json, short
+from mlux.untrusted import short
+from mlux.vector_check import FORMAT, FORMAT_VERSION, check_header, parse_json
 
 __all__ = ["FORMAT_VERSION", "HOOK_POINT", "load_safetensors", "read_summary", "read_vector",
            "save_safetensors"]

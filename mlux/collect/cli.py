@@ -40,7 +40,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         config = config.replace("inference", batch_size=args.batch_size)
     if args.result_dir is not None:
         config = config.replace("output", result_dir=args.result_dir)
-    result = collect(config, progress=not args.no_progress, dry_run=args.dry_run)
+    result = collect(config, progress=not args.no_progress, dry_run=args.dry_run,
+                     force=args.force)
     if not args.dry_run and is_main_process():
         print(f"{result.chunks_written} chunks written, {result.chunks_skipped} already done; "
               f"manifest: {result.result_dir / 'manifest.json'}")
@@ -81,6 +82,8 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="override inference.batch_size")
     p.add_argument("--result-dir", default=None, help="override output.result_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="collect into a non-empty folder that holds no mlux manifest")
 
 
 def _train_sae_arguments(p: argparse.ArgumentParser) -> None:

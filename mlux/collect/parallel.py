@@ -29,7 +29,15 @@ from tqdm import tqdm
 from mlux.atomic import atomic_write_json
 from mlux.model import HookedModel
 
-from .chunks import CollectionResult, chunk_tensors, prepare_dir, run_chunk, run_header
+from .chunks import (
+    OWN_FILES,
+    SUBFOLDERS,
+    CollectionResult,
+    chunk_tensors,
+    prepare_dir,
+    run_chunk,
+    run_header,
+)
 from .lock import folder_lock, remove_orphans
 from .manifest import Manifest
 from .plan import CollectionPlan
@@ -109,7 +117,8 @@ def _all_ok(group: Any, ok: bool) -> bool:
 def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel,
                           hooks: list[str], dataset: Any, rows: dict[str, list[list[int]]],
                           lengths: dict[str, list[int]], plan: CollectionPlan, result_dir: Path,
-                          progress: bool, echo: Callable[[str], None]) -> CollectionResult:
+                          progress: bool, echo: Callable[[str], None], *, force: bool = False
+                          ) -> CollectionResult:
     me, size = group.rank(), group.size()
     header = run_header(config, hooked, hooks, dataset.prompts, lengths, dataset.source)
     mine = {"fingerprint": header["fingerprint"], "model": header["model"]["fingerprint"],
@@ -119,9 +128,9 @@ def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel
     with contextlib.ExitStack() as stack:
         if me == 0:
             try:
-                prepare_dir(result_dir)
+                prepare_dir(result_dir, force=force)
                 stack.enter_context(folder_lock(result_dir, "collect", echo=echo))
-                remove_orphans(result_dir, ("activations", "generations"))
+                remove_orphans(result_dir, SUBFOLDERS, targets=OWN_FILES)
                 manifest = Manifest.open(result_dir, header)
                 work = [(c, i, s, min(s + config.output.shard_size, len(rs)))
                         for c, rs in rows.items()
