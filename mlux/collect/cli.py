@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..distributed import is_main_process
-from ..entry import Verb, run_command
+from ..entry import Verb, int_in, run_command
 from .analysis import analyze_layers
 from .collector import collect
-from .run_config import SAESection, load_config
+from .manifest import Manifest
+from .run_config import POSITIONS, SAE_KINDS, SAESection, load_config
 from .sae_train import train_saes
 
 __all__ = ["VERBS", "cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "register"]
@@ -57,10 +58,13 @@ _SAE_FLAGS = {  # flag -> SAESection field
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
     config = _config(args)
-    settings = config.sae if config is not None else SAESection()
+    result_dir = _result_dir(args, config)
+    # the same settings as train_saes(result_dir): the config's sae section, else the one the
+    # collection was made with
+    settings = config.sae if config is not None else Manifest.load(result_dir).sae_settings()
     changes = {f: getattr(args, a) for a, f in _SAE_FLAGS.items() if getattr(args, a) is not None}
     settings = dataclasses.replace(settings, **changes)
-    train_saes(_result_dir(args, config), settings, out_dir=args.out_dir,
+    train_saes(result_dir, settings, out_dir=args.out_dir,
                allow_partial=args.allow_partial, fresh=args.fresh, progress=not args.no_progress)
     return 0
 
@@ -76,32 +80,58 @@ def cmd_analyze_layers(args: argparse.Namespace) -> int:
 
 
 def _collect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML config (see configs/models/)")
+    p.add_argument("--config", required=True, help="YAML config (see configs/models/); "
+                   "required")
     p.add_argument("--dry-run", action="store_true",
                    help="print hook points and storage/memory estimates, then stop")
-    p.add_argument("--batch-size", type=int, default=None, help="override inference.batch_size")
-    p.add_argument("--result-dir", default=None, help="override output.result_dir")
+    p.add_argument("--batch-size", type=int_in(1), default=None,
+                   help="override inference.batch_size (default: the config's, else 8)")
+    p.add_argument("--result-dir", default=None,
+                   help="override output.result_dir (default: the config's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="collect into a non-empty folder that holds no mlux manifest")
 
 
+def _sae_default(name: str) -> str:
+    """Help text's default for a `train-sae` flag: the config's `sae:` value, else the built-in."""
+    value = getattr(SAESection(), name)
+    shown = {"num_latents": "expansion x hidden size",
+             "hook_points": "every collected hook point"}.get(name, value)
+    return f"(default: the config's sae.{name}, else {shown})"
+
+
 def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config (its sae section and result_dir)")
-    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json)")
-    p.add_argument("--out-dir", default=None, help="default <result_dir>/sae/<position>")
-    p.add_argument("--hooks", nargs="+", default=None, help="layer specs (default: all collected)")
-    p.add_argument("--position", default=None, help="last | mean | all | generated")
-    p.add_argument("--kind", choices=("topk", "relu"), default=None)
-    p.add_argument("--latents", type=int, default=None, help="number of latents")
-    p.add_argument("--expansion", type=int, default=None, help="latents = expansion * hidden")
-    p.add_argument("--k", type=int, default=None, help="active latents per row (topk)")
-    p.add_argument("--l1", type=float, default=None, help="L1 coefficient (relu)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--config", default=None, help="YAML config: its sae section and "
+                   "output.result_dir (default: none; then --result-dir is needed)")
+    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json) "
+                   "(default: the config's output.result_dir)")
+    p.add_argument("--out-dir", default=None, help="where SAEs go (default: "
+                   "<result_dir>/sae/<position>)")
+    p.add_argument("--hooks", nargs="+", default=None,
+                   help=f"layer specs to train on {_sae_default('hook_points')}")
+    p.add_argument("--position", default=None, choices=POSITIONS,
+                   help=f"which collected position {_sae_default('position')}")
+    p.add_argument("--kind", choices=SAE_KINDS, default=None,
+                   help=f"topk or relu (+ L1) {_sae_default('kind')}")
+    p.add_argument("--latents", type=int_in(1), default=None,
+                   help=f"number of latents {_sae_default('num_latents')}")
+    p.add_argument("--expansion", type=int_in(1), default=None,
+                   help=f"latents = expansion x hidden size {_sae_default('expansion')}")
+    p.add_argument("--k", type=int_in(1), default=None,
+                   help=f"active latents per row, topk {_sae_default('k')}")
+    p.add_argument("--l1", type=float, default=None,
+                   help=f"L1 coefficient, relu {_sae_default('l1_coeff')}")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate {_sae_default('learning_rate')}")
+    p.add_argument("--batch-size", type=int_in(1), default=None,
+                   help=f"rows per optimizer step {_sae_default('batch_size')}")
+    p.add_argument("--epochs", type=int_in(1), default=None,
+                   help=f"passes over the data {_sae_default('epochs')}")
+    p.add_argument("--max-steps", type=int_in(1), default=None,
+                   help=f"stop after this many steps {_sae_default('max_steps')}")
+    p.add_argument("--seed", type=int_in(0), default=None,
+                   help=f"initialisation and shuffle seed {_sae_default('seed')}")
     p.add_argument("--allow-partial", action="store_true",
                    help="use an interrupted collection (the counts used are reported)")
     p.add_argument("--fresh", action="store_true",
@@ -110,13 +140,20 @@ def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze_layers_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config (its output.result_dir)")
-    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json)")
-    p.add_argument("--categories", nargs=2, default=None, metavar=("A", "B"))
-    p.add_argument("--position", default="last", choices=("last", "mean"))
-    p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default=None, help="default <result_dir>/analysis")
+    p.add_argument("--config", default=None, help="YAML config: its output.result_dir "
+                   "(default: none; then --result-dir is needed)")
+    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json) "
+                   "(default: the config's output.result_dir)")
+    p.add_argument("--categories", nargs=2, default=None, metavar=("A", "B"),
+                   help="the two categories to separate (default: the collection's two, when "
+                   "it has exactly two)")
+    p.add_argument("--position", default="last", choices=("last", "mean"),
+                   help="which collected position to probe")
+    p.add_argument("--test-fraction", type=float, default=0.3,
+                   help="share of each category held out to test the probe")
+    p.add_argument("--seed", type=int_in(0), default=0, help="train/test split seed")
+    p.add_argument("--out-dir", default=None, help="where the report goes (default: "
+                   "<result_dir>/analysis)")
     p.add_argument("--allow-partial", action="store_true",
                    help="use an interrupted collection (the counts used are written)")
 

@@ -31,6 +31,7 @@ __all__ = [
     "SAESection",
     "config_from_dict",
     "load_config",
+    "section",
 ]
 
 POSITIONS = ("last", "mean", "all", "generated")
@@ -224,7 +225,8 @@ def _unknown(where: str, keys: list[str], valid: list[str]) -> ValueError:
                       f"{', '.join(hints)}; valid keys: {', '.join(valid)}")
 
 
-def _section(name: str, raw: Any) -> Any:
+def section(name: str, raw: Any) -> Any:
+    """One validated section (`"sae"`, `"model"`, ...) from its parsed mapping."""
     cls = _SECTIONS[name]
     if not isinstance(raw, Mapping):
         raise _fail(name, f"must be a mapping of keys to values, got {short(raw)}")
@@ -252,7 +254,7 @@ def config_from_dict(raw: Any, *, source: Optional[PathLike] = None) -> CollectC
     if missing:
         raise ValueError(f"config is missing section{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(missing)} (required: {', '.join(_REQUIRED)})")
-    sections = {name: _section(name, raw[name]) for name in _SECTIONS if name in raw}
+    sections = {name: section(name, raw[name]) for name in _SECTIONS if name in raw}
     return CollectConfig(**sections, source=Path(source) if source else None)
 
 
