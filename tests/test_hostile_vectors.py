@@ -164,7 +164,7 @@ def test_gguf_non_utf8_string_names_file_and_key(tmp_path: Path) -> None:
     (json.dumps(_meta(layers=[1], norms={"1": 1.0}, model_id=7)), "'model_id' must be str"),
     (json.dumps(_meta(layers=[1], norms={"1": 1.0}, format_version=99)),
      "unsupported format_version 99"),
-])
+], ids=["deep JSON", "model_id an int", "format_version 99"])
 def test_gguf_metadata_goes_through_the_same_validator(blob: str, message: str,
                                                        tmp_path: Path) -> None:
     path = _gguf(tmp_path / "v.gguf", {"controlvector.model_hint": "toy", "mlux.metadata": blob})
