@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from mlux.collect import collect, config_from_dict, load_config
+from mlux.collect.chunks import prepare_dir
 from mlux.collect.cli import main as cli_main
 from mlux.collect.config_checks import MAX_EXPANDED_NODES
 from mlux.collect.data import read_prompts
@@ -107,10 +108,6 @@ def test_oversized_and_deeply_nested_configs_refused(tmp_path: Path) -> None:
 
 # -- output.result_dir ----------------------------------------------------------------------------
 
-def _make_root(tmp_path: Path) -> str:
-    return "/"
-
-
 def _make_file(tmp_path: Path) -> str:
     (tmp_path / "afile").write_text("mine")
     return str(tmp_path / "afile")
@@ -128,7 +125,6 @@ def _make_dangling(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (_make_root, "is the file-system root"),
     (_make_file, "is a file, not a folder"),
     (_make_loop, "symlink that leads nowhere"),
     (_make_dangling, "symlink that leads nowhere"),
@@ -140,7 +136,14 @@ def test_unfit_result_dir_refused(make: Callable[[Path], str], message: str, tin
                             "data": {"path": str(data_file)}, "output": {"result_dir": out}})
     with pytest.raises(ValueError, match=message):
         _run(cfg, tiny)
-    assert not Path("/manifest.json").exists()
+
+
+def test_root_result_dir_refused() -> None:
+    # prepare_dir alone: were the check ever lost, a full collection would write into "/"
+    with pytest.raises(ValueError, match="is the file-system root"):
+        prepare_dir(Path("/"), force=True)
+    with pytest.raises(ValueError, match="is the file-system root"):
+        prepare_dir(Path("/tmp/.."), force=True)
 
 
 @pytest.mark.parametrize("blank", ["", "  "])

@@ -4,12 +4,13 @@ single-process and the data-parallel collection."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -22,13 +23,13 @@ from mlux.untrusted import short
 from .capture import BatchActivations, capture_batch
 from .data import category_slug
 from .fingerprint import model_fingerprint, run_settings
-from .lock import LOCK_NAME
+from .lock import LOCK_NAME, folder_lock, remove_orphans
 from .manifest import MANIFEST_NAME, Manifest
 from .plan import CollectionPlan
 from .run_config import CollectConfig
 
-__all__ = ["OWN_FILES", "SUBFOLDERS", "CollectionResult", "chunk_tensors", "prepare_dir",
-           "run_chunk", "run_header"]
+__all__ = ["OWN_FILES", "SUBFOLDERS", "CollectionResult", "chunk_tensors", "claimed_dir",
+           "prepare_dir", "run_chunk", "run_header"]
 
 _PROBE = ".mlux-write-test"
 OWN_FILES = (MANIFEST_NAME, _PROBE)  # what mlux writes at a result folder's top level
@@ -42,6 +43,17 @@ class CollectionResult:
     manifest: Optional[Manifest]  # None for a dry run, and on ranks other than 0
     chunks_written: int
     chunks_skipped: int
+
+
+@contextlib.contextmanager
+def claimed_dir(result_dir: Path, *, force: bool, echo: Callable[[str], None]) -> Iterator[None]:
+    """The result folder checked (`prepare_dir`), locked for this run, and cleared of the temp
+    files mlux's own writes left there when a run was killed (never anyone else's; `sae/` has
+    its own lock, so it is not searched)."""
+    prepare_dir(result_dir, force=force)
+    with folder_lock(result_dir, "collect", echo=echo):
+        remove_orphans(result_dir, SUBFOLDERS, targets=OWN_FILES)
+        yield
 
 
 def prepare_dir(result_dir: Path, *, force: bool = False) -> None:

@@ -49,10 +49,19 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-_SAE_FLAGS = {  # flag -> SAESection field
-    "kind": "kind", "latents": "num_latents", "expansion": "expansion", "k": "k",
-    "l1": "l1_coeff", "lr": "learning_rate", "batch_size": "batch_size", "epochs": "epochs",
-    "max_steps": "max_steps", "position": "position", "hooks": "hook_points", "seed": "seed",
+_SAE_FLAGS: dict[str, tuple[str, dict[str, Any], str]] = {  # flag -> field, argparse, help
+    "hooks": ("hook_points", {"nargs": "+"}, "layer specs to train on"),
+    "position": ("position", {"choices": POSITIONS}, "which collected position"),
+    "kind": ("kind", {"choices": SAE_KINDS}, "topk or relu (+ L1)"),
+    "latents": ("num_latents", {"type": int_in(1)}, "number of latents"),
+    "expansion": ("expansion", {"type": int_in(1)}, "latents = expansion x hidden size"),
+    "k": ("k", {"type": int_in(1)}, "active latents per row, topk"),
+    "l1": ("l1_coeff", {"type": float}, "L1 coefficient, relu"),
+    "lr": ("learning_rate", {"type": float}, "Adam learning rate"),
+    "batch_size": ("batch_size", {"type": int_in(1)}, "rows per optimizer step"),
+    "epochs": ("epochs", {"type": int_in(1)}, "passes over the data"),
+    "max_steps": ("max_steps", {"type": int_in(1)}, "stop after this many steps"),
+    "seed": ("seed", {"type": int_in(0)}, "initialisation and shuffle seed"),
 }
 
 
@@ -62,7 +71,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     # the same settings as train_saes(result_dir): the config's sae section, else the one the
     # collection was made with
     settings = config.sae if config is not None else Manifest.load(result_dir).sae_settings()
-    changes = {f: getattr(args, a) for a, f in _SAE_FLAGS.items() if getattr(args, a) is not None}
+    changes = {f: getattr(args, a) for a, (f, _, _) in _SAE_FLAGS.items()
+               if getattr(args, a) is not None}
     settings = dataclasses.replace(settings, **changes)
     train_saes(result_dir, settings, out_dir=args.out_dir,
                allow_partial=args.allow_partial, fresh=args.fresh, progress=not args.no_progress)
@@ -93,45 +103,31 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
                    help="collect into a non-empty folder that holds no mlux manifest")
 
 
+def _source_arguments(p: argparse.ArgumentParser, config_use: str, out_use: str,
+                      out_default: str) -> None:
+    """`--config`, `--result-dir`, `--out-dir`: which collection a verb reads, where it writes."""
+    p.add_argument("--config", default=None, help=f"YAML config: {config_use} (default: none; "
+                   "then --result-dir is needed)")
+    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json) "
+                   "(default: the config's output.result_dir)")
+    p.add_argument("--out-dir", default=None, help=f"{out_use} (default: {out_default})")
+
+
 def _sae_default(name: str) -> str:
-    """Help text's default for a `train-sae` flag: the config's `sae:` value, else the built-in."""
+    """Help text's default for a `train-sae` flag: the `sae:` value of the config (or of the
+    collection's own config), else the built-in one."""
     value = getattr(SAESection(), name)
-    shown = {"num_latents": "expansion x hidden size",
+    shown = {"num_latents": "expansion x hidden size", "max_steps": "no limit",
              "hook_points": "every collected hook point"}.get(name, value)
-    return f"(default: the config's sae.{name}, else {shown})"
+    return f"(default: sae.{name} of the config, or of the collection, else {shown})"
 
 
 def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config: its sae section and "
-                   "output.result_dir (default: none; then --result-dir is needed)")
-    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json) "
-                   "(default: the config's output.result_dir)")
-    p.add_argument("--out-dir", default=None, help="where SAEs go (default: "
-                   "<result_dir>/sae/<position>)")
-    p.add_argument("--hooks", nargs="+", default=None,
-                   help=f"layer specs to train on {_sae_default('hook_points')}")
-    p.add_argument("--position", default=None, choices=POSITIONS,
-                   help=f"which collected position {_sae_default('position')}")
-    p.add_argument("--kind", choices=SAE_KINDS, default=None,
-                   help=f"topk or relu (+ L1) {_sae_default('kind')}")
-    p.add_argument("--latents", type=int_in(1), default=None,
-                   help=f"number of latents {_sae_default('num_latents')}")
-    p.add_argument("--expansion", type=int_in(1), default=None,
-                   help=f"latents = expansion x hidden size {_sae_default('expansion')}")
-    p.add_argument("--k", type=int_in(1), default=None,
-                   help=f"active latents per row, topk {_sae_default('k')}")
-    p.add_argument("--l1", type=float, default=None,
-                   help=f"L1 coefficient, relu {_sae_default('l1_coeff')}")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate {_sae_default('learning_rate')}")
-    p.add_argument("--batch-size", type=int_in(1), default=None,
-                   help=f"rows per optimizer step {_sae_default('batch_size')}")
-    p.add_argument("--epochs", type=int_in(1), default=None,
-                   help=f"passes over the data {_sae_default('epochs')}")
-    p.add_argument("--max-steps", type=int_in(1), default=None,
-                   help=f"stop after this many steps {_sae_default('max_steps')}")
-    p.add_argument("--seed", type=int_in(0), default=None,
-                   help=f"initialisation and shuffle seed {_sae_default('seed')}")
+    _source_arguments(p, "its sae section and output.result_dir", "where SAEs go",
+                      "<result_dir>/sae/<position>")
+    for flag, (name, kwargs, what) in _SAE_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", default=None, **kwargs,
+                       help=f"{what} {_sae_default(name)}")
     p.add_argument("--allow-partial", action="store_true",
                    help="use an interrupted collection (the counts used are reported)")
     p.add_argument("--fresh", action="store_true",
@@ -140,10 +136,8 @@ def _train_sae_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze_layers_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config: its output.result_dir "
-                   "(default: none; then --result-dir is needed)")
-    p.add_argument("--result-dir", default=None, help="a collection directory (manifest.json) "
-                   "(default: the config's output.result_dir)")
+    _source_arguments(p, "its output.result_dir", "where the report goes",
+                      "<result_dir>/analysis")
     p.add_argument("--categories", nargs=2, default=None, metavar=("A", "B"),
                    help="the two categories to separate (default: the collection's two, when "
                    "it has exactly two)")
@@ -152,8 +146,6 @@ def _analyze_layers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=0.3,
                    help="share of each category held out to test the probe")
     p.add_argument("--seed", type=int_in(0), default=0, help="train/test split seed")
-    p.add_argument("--out-dir", default=None, help="where the report goes (default: "
-                   "<result_dir>/analysis)")
     p.add_argument("--allow-partial", action="store_true",
                    help="use an interrupted collection (the counts used are written)")
 

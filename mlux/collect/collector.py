@@ -22,17 +22,8 @@ from mlux.model import HookedModel
 from mlux.untrusted import short
 
 from .capture import encode_prompts
-from .chunks import (
-    OWN_FILES,
-    SUBFOLDERS,
-    CollectionResult,
-    chunk_tensors,
-    prepare_dir,
-    run_chunk,
-    run_header,
-)
+from .chunks import CollectionResult, chunk_tensors, claimed_dir, run_chunk, run_header
 from .data import load_dataset
-from .lock import folder_lock, remove_orphans
 from .manifest import Manifest
 from .parallel import collect_data_parallel
 from .plan import CollectionPlan, make_plan
@@ -109,10 +100,7 @@ def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedMo
 
         return collect_data_parallel(group, config, hooked, hooks, dataset, rows, lengths, plan,
                                      result_dir, progress, echo, force=force)
-    prepare_dir(result_dir, force=force)
-    with folder_lock(result_dir, "collect", echo=echo):
-        # temp files of a killed run: ours now, and never complete (sae/ has its own lock)
-        remove_orphans(result_dir, SUBFOLDERS, targets=OWN_FILES)
+    with claimed_dir(result_dir, force=force, echo=echo):
         return _collect_chunks(config, hooked, hooks, dataset, rows, lengths, plan, result_dir,
                                progress)
 

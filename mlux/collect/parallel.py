@@ -29,16 +29,7 @@ from tqdm import tqdm
 from mlux.atomic import atomic_write_json
 from mlux.model import HookedModel
 
-from .chunks import (
-    OWN_FILES,
-    SUBFOLDERS,
-    CollectionResult,
-    chunk_tensors,
-    prepare_dir,
-    run_chunk,
-    run_header,
-)
-from .lock import folder_lock, remove_orphans
+from .chunks import CollectionResult, chunk_tensors, claimed_dir, run_chunk, run_header
 from .manifest import Manifest
 from .plan import CollectionPlan
 from .run_config import CollectConfig
@@ -128,9 +119,7 @@ def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel
     with contextlib.ExitStack() as stack:
         if me == 0:
             try:
-                prepare_dir(result_dir, force=force)
-                stack.enter_context(folder_lock(result_dir, "collect", echo=echo))
-                remove_orphans(result_dir, SUBFOLDERS, targets=OWN_FILES)
+                stack.enter_context(claimed_dir(result_dir, force=force, echo=echo))
                 manifest = Manifest.open(result_dir, header)
                 work = [(c, i, s, min(s + config.output.shard_size, len(rs)))
                         for c, rs in rows.items()
