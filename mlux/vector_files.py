@@ -31,7 +31,8 @@ _META_KEY = "mlux"  # safetensors metadata key holding the JSON blob
 # ASCII digits only: `\d` would take "residuals_\u0661" (Arabic-Indic one) for layer 1.
 _TENSOR_NAME = re.compile(r"(?:residuals_|direction\.)([0-9]+)")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-_MAX_WIDTH = 2**31 - 1  # no hidden size comes near; bigger shapes wrap in 32-bit readers
+_MAX_WIDTH = 1 << 20  # no hidden size comes near; 2**32 + 96 wraps to 96 in 32-bit readers
+_MAX_DATA_BYTES = 1 << 28  # 256 MiB: 128 layers x 65536 floats is 32 MiB
 _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # BF16 is widened by hand (_decode)
 HOOK_POINT = "residuals"  # the hook point whose output every direction is added to
 SteeringVector = Any  # mlux.vectors.SteeringVector, which passes its class in as vector_cls
@@ -86,6 +87,9 @@ def read_vector(path: PathLike, *, vector_cls: _VectorType
     with open(path, "rb") as fh:
         header, meta, data_start = _read_header(fh, path)
         size = os.fstat(fh.fileno()).st_size - data_start
+        if size > _MAX_DATA_BYTES:  # checked before reading it: a listing never loads gigabytes
+            raise ValueError(f"{path} holds {size} bytes of tensors; a steering vector file "
+                             f"holds at most {_MAX_DATA_BYTES}")
         spans = _check_table(header, size, path)
         data = fh.read(size)
     directions = {layer: _decode(data, header[name]["dtype"], span)

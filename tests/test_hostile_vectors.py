@@ -48,6 +48,12 @@ def _write(path: Path, header: dict[str, Any] | str, data: bytes) -> Path:
     return path
 
 
+def _sparse(path: Path, extra: int) -> Path:
+    """`path` grown by `extra` zero bytes without writing them (a sparse file)."""
+    os.truncate(path, path.stat().st_size + extra)
+    return path
+
+
 def _ones(n: int = 2, dtype: Any = np.float32) -> bytes:
     return np.ones(n * D, dtype).tobytes()
 
@@ -93,6 +99,8 @@ SAFETENSORS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "gap between tensors": (lambda p: _write(p, {
         "residuals_1": {"dtype": "F32", "shape": [D], "data_offsets": [4, 4 + 4 * D]}},
         _ones(1) + b"\0" * 4), "leave a gap"),
+    "huge data section": (lambda p: _sparse(_write(p, _table(), _ones()), 1 << 28),
+                          "a steering vector file holds at most 268435456"),
     "huge untrusted name": (lambda p: _write(p, {"x" * 100_000: {}}, b""),
                             "(100002 characters)"),
 }
