@@ -148,12 +148,9 @@ def run_verb(verb: Verb, args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _warning_line(verb.label)
-            code = verb.run(args)
-            sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
-            return code
-    except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
+            return verb.run(args)
+    except BrokenPipeError:  # an OSError, but not the user's: `_quiet_on_closed_stdout`'s
+        raise
     except KeyboardInterrupt:
         note = f"; {verb.on_interrupt}" if verb.on_interrupt else ""
         print(f"{verb.label}: interrupted{note}", file=sys.stderr)
@@ -178,12 +175,26 @@ def run_command(prog: str, verbs: Sequence[Verb], argv: Optional[Sequence[str]] 
         verb.register(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        parser.print_help()
-        return 0
+        return _quiet_on_closed_stdout(lambda: parser.print_help() or 0)
     return _parse_and_run(parser, argv)
 
 
+def _quiet_on_closed_stdout(run: Callable[[], int]) -> int:
+    """`run()`, ending quietly with `EXIT_BROKEN_PIPE` when stdout is closed under it."""
+    try:
+        code = run()
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
 def _parse_and_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+    return _quiet_on_closed_stdout(functools.partial(_parse_then_run, parser, argv))
+
+
+def _parse_then_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
     _Parser.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, extra = parser.parse_known_args(argv)
