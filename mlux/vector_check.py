@@ -19,7 +19,8 @@ import numpy as np
 
 from mlux.untrusted import short
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_JSON_DEPTH", "check_header", "parse_json"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_JSON_DEPTH", "check_header", "json_depth",
+           "parse_json"]
 
 FORMAT = "mlux.steering_vector"
 FORMAT_VERSION = 1  # of the saved file format; this module reads versions up to this
@@ -42,7 +43,7 @@ def parse_json(text: str | bytes, what: str) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"{what} is not UTF-8 text ({exc.reason})") from None
-    depth = _depth(text)
+    depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"{what} is nested {depth} levels deep (at most {MAX_JSON_DEPTH} "
                          "allowed): not a steering-vector file")
@@ -104,7 +105,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _depth(text: str) -> int:
+def json_depth(text: str) -> int:
     """Deepest bracket nesting outside strings, in vectorised passes (headers can be large)."""
     raw = np.frombuffer(_STRING.sub("", text).encode("utf-8"), np.uint8)
     steps = np.isin(raw, _OPEN).astype(np.int64) - np.isin(raw, _CLOSE).astype(np.int64)

@@ -22,7 +22,14 @@ import numpy as np
 
 from mlux.atomic import PathLike, atomic_write
 from mlux.untrusted import short
-from mlux.vector_check import FORMAT, FORMAT_VERSION, check_header, parse_json
+from mlux.vector_check import (
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_JSON_DEPTH,
+    check_header,
+    json_depth,
+    parse_json,
+)
 
 __all__ = ["FORMAT_VERSION", "HOOK_POINT", "load_safetensors", "read_summary", "read_vector",
            "save_safetensors"]
@@ -190,9 +197,13 @@ def header_json(vector: SteeringVector) -> str:
         "metadata": vector.metadata,
     }
     try:
-        return json.dumps(header, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(header, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"steering vector metadata is not JSON-serialisable: {exc}") from exc
+    if json_depth(text) > MAX_JSON_DEPTH:  # what loading would refuse is never written
+        raise ValueError(f"steering vector metadata is nested {json_depth(text)} levels deep; "
+                         f"vector files hold at most {MAX_JSON_DEPTH}")
+    return text
 
 
 def existing_file(path: PathLike) -> Path:

@@ -140,6 +140,16 @@ def test_valid_crafted_files_still_load(tmp_path: Path) -> None:
     assert half[2].tolist() == brain[2].tolist() == [1.0] * D
 
 
+def test_what_loading_refuses_is_never_written(tmp_path: Path) -> None:
+    deep: Any = "leaf"
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    vector = SteeringVector({1: np.ones(D, np.float32)}, metadata={"x": deep})
+    with pytest.raises(ValueError, match="nested 66 levels deep; vector files hold at most 64"):
+        vector.save(tmp_path / "v.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_json_depth_bound_is_exact() -> None:
     assert parse_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
     assert parse_json('{"a": "[[[[[[" }', "x") == {"a": "[[[[[["}  # brackets in strings count 0
