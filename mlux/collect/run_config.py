@@ -275,7 +275,8 @@ def load_config(path: PathLike) -> CollectConfig:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"config {p}: malformed YAML{where}: {problem}") from None
+        kind = "refused" if isinstance(e, yaml.constructor.ConstructorError) else "malformed YAML"
+        raise ValueError(f"config {p}: {kind}{where}: {problem}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"config {p}: not UTF-8 text ({e.reason})") from None
     if raw is None:
