@@ -4,7 +4,9 @@ Tensors ``residuals_{i}`` (float32, shape ``(D,)``) plus one metadata entry ``"m
 JSON object with everything else. Never pickle. Writes go through ``mlux.atomic``.
 ``SteeringVector`` passes its own class in (``vector_cls``), so this module needs no import of
 ``mlux.vectors``, which imports it. ``header_json``, ``from_header`` and ``existing_file`` are
-shared with ``mlux.vector_gguf``.
+shared with ``mlux.vector_gguf``. Files are parsed here (never by ``mx.load``, which trusts the
+header) and judged by ``mlux.vector_check``: loading and the library's listing read a file the
+same way, so what is listed as fine loads.
 """
 
 from __future__ import annotations
