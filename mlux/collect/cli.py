@@ -14,10 +14,10 @@ from typing import Any, Optional, Sequence
 
 from ..distributed import is_main_process
 from ..entry import Verb, run_command
+from ..sae.runs import train_saes
 from .analysis import analyze_layers
 from .collector import collect
 from .run_config import SAESection, load_config
-from .sae_train import train_saes
 
 __all__ = ["VERBS", "cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "register"]
 
