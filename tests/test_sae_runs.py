@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import mlux.collect.sae_fit as fit_mod
-import mlux.collect.sae_train as runs_mod
+import mlux.sae.fit as fit_mod
+import mlux.sae.runs as runs_mod
 from mlux.atomic import atomic_write_dir
-from mlux.collect import (
-    ActivationStore,
-    FewStepsWarning,
-    SAESection,
-    collect,
-    config_from_dict,
-    load_config,
-    train_sae,
-    train_saes,
-)
-from mlux.collect.sae_fit import few_steps_message
+from mlux.collect import ActivationStore, SAESection, collect, config_from_dict, load_config
+from mlux.sae import FewStepsWarning, train_sae, train_saes
+from mlux.sae.fit import few_steps_message
 from mlux.model import HookedModel
 from mlux.testing import save_tiny_model
 
@@ -47,7 +39,7 @@ def collection(tmp_path_factory):
 
 
 def _stamp(folder: Path) -> tuple[int, int]:
-    st = (folder / "sae.safetensors").stat()
+    st = (folder / "sae_weights.safetensors").stat()
     return st.st_ino, st.st_mtime_ns
 
 
@@ -86,16 +78,16 @@ def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["layers"]) == ["residuals_0", "residuals_1", "residuals_2"]
     for h in summary["layers"]:
-        assert json.loads((out / h / "sae.json").read_text())["config"]["k"] == 8
+        assert json.loads((out / h / "cfg.json").read_text())["k"] == 8
 
 
-@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")
+@pytest.mark.filterwarnings("ignore::mlux.sae.FewStepsWarning")
 def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection, tmp_path,
                                                                      monkeypatch):
     out = tmp_path / "sae"
     one = SAESection(expansion=1, k=4, batch_size=8, epochs=2, hook_points="residuals_1")
     train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
-    before = (out / "residuals_1" / "sae.safetensors").read_bytes()
+    before = (out / "residuals_1" / "sae_weights.safetensors").read_bytes()
 
     def fails_late(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -105,11 +97,11 @@ def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection,
         train_sae(ActivationStore(list((collection / "activations").rglob(
             "residuals_1/*.safetensors"))), one, hook="residuals_1", out_dir=out / "residuals_1",
             progress=False)
-    assert (out / "residuals_1" / "sae.safetensors").read_bytes() == before
+    assert (out / "residuals_1" / "sae_weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["residuals_1", "summary.json"]
     orphan = out / ".residuals_2.0123456789ab.tmp"
     orphan.mkdir()
-    (orphan / "sae.safetensors").write_bytes(b"half")
+    (orphan / "sae_weights.safetensors").write_bytes(b"half")
     train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
     assert not orphan.exists()
 
