@@ -189,8 +189,8 @@ def test_train_saes_on_a_collection_writes_weights_json_and_plot(tmp_path):
     out = tmp_path / "out" / "sae" / "all" / "residuals_2"
     saved = json.loads((out / "mlux.json").read_text())
     cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["meta"]["hook_name"] == "blocks.2.hook_resid_post" and cfg["architecture"] == "topk"
-    assert cfg["meta"]["model_name"] == str(path) and saved["metrics"]["rows"] == 40 * 7
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post" and cfg["architecture"] == "topk"
+    assert cfg["metadata"]["model_name"] == str(path) and saved["metrics"]["rows"] == 40 * 7
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert SparseAutoencoder.load(out).config.d_sae == 128
     # CE loss and KL with the SAE spliced in, on the collected prompts

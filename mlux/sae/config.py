@@ -44,6 +44,7 @@ class SAEConfig:
     architecture: str = "topk"
     k: int = 32  # active latents per row (topk) or per row on average (batchtopk)
     apply_b_dec_to_input: bool = True
+    rescale_acts_by_decoder_norm: bool = False  # topk: rank pre * ||W_dec row||, decode f / it
     normalize_activations: str = "none"
     norm_scaling_factor: float = 1.0  # expected_average_only_in: inputs x this, outputs / this
     hook_name: Optional[str] = None  # SAELens name, e.g. blocks.12.hook_resid_post

@@ -1,7 +1,8 @@
 """SAE files: SAELens folders (`cfg.json` + `sae_weights.safetensors`) both ways, and Gemma
 Scope's `params.npz` read. Every problem is one ValueError naming the file and the field.
 
-Reads both SAELens layouts: v6 (`meta: {model_name, hook_name, ...}`, `k` at the top) and the
+Reads both SAELens layouts: v6 (`metadata: {model_name, hook_name, ...}`, `k` and TopK's
+`rescale_acts_by_decoder_norm` at the top) and the
 older flat one (`hook_name` at the top, TopK as `activation_fn: "topk"` with
 `activation_fn_kwargs: {"k": ...}`). A `norm_scaling_factor` in cfg.json is applied to the
 inputs of an `expected_average_only_in` SAE; a per-feature `scaling_factor` weight that is not
@@ -31,6 +32,7 @@ CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
 GEMMA_SCOPE_NAME = "params.npz"
 EXTRA_NAME = "mlux.json"  # mlux's own record next to a SAELens folder (metrics, settings)
+_LAYOUT_VERSION = "6.0.0"  # the cfg.json layout written (SAELens reads it as its own v6)
 _MLUX_KEY = "mlux"  # cfg.json entry for mlux's fields; SAELens ignores unknown top-level keys
 
 
@@ -68,7 +70,7 @@ def _check_weights(where: str, cfg: SAEConfig, weights: dict[str, np.ndarray]
 
 
 def _field(where: str, cfg: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:
-    meta = cfg.get("meta") if isinstance(cfg.get("meta"), dict) else {}
+    meta = next((cfg[k] for k in ("metadata", "meta") if isinstance(cfg.get(k), dict)), {})
     value = cfg.get(key, meta.get(key, default))
     if value is ...:
         raise ValueError(f"{where}: missing field {key!r}")
@@ -100,6 +102,8 @@ def _saelens_config(where: str, raw: Any, hook_name: Optional[str]) -> SAEConfig
             d_in=_field(where, raw, "d_in", int), d_sae=_field(where, raw, "d_sae", int),
             architecture=arch, k=int(k),
             apply_b_dec_to_input=_field(where, raw, "apply_b_dec_to_input", bool, True),
+            rescale_acts_by_decoder_norm=_field(where, raw, "rescale_acts_by_decoder_norm",
+                                                bool, False),
             normalize_activations=norm,
             norm_scaling_factor=float(raw.get("norm_scaling_factor") or 1.0),
             hook_name=hook_name or _field(where, raw, "hook_name", str, None),
@@ -180,10 +184,13 @@ def _cfg_json(cfg: SAEConfig) -> dict[str, Any]:
                            "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
                            "normalize_activations": cfg.normalize_activations,
                            "reshape_activations": "none",
-                           "meta": {"model_name": cfg.model_name, "hook_name": cfg.hook_name,
-                                    "neuronpedia_id": cfg.neuronpedia_id}}
+                           "metadata": {"model_name": cfg.model_name, "hook_name": cfg.hook_name,
+                                        "neuronpedia_id": cfg.neuronpedia_id,
+                                        "sae_lens_version": _LAYOUT_VERSION,
+                                        "sae_lens_training_version": _LAYOUT_VERSION}}
     if arch in ("topk", "batchtopk"):
         out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
     out[_MLUX_KEY] = {"position": cfg.position, "activation_norm": cfg.activation_norm}
     return out
 

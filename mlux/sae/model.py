@@ -54,11 +54,13 @@ class SparseAutoencoder(nn.Module):
         """Features of already-normalised inputs `(..., d_in)` -> `(..., d_sae)`."""
         bias = self.b_dec if self.config.apply_b_dec_to_input else 0.0
         pre = (x - bias) @ self.W_enc + self.b_enc
+        if self.config.rescale_acts_by_decoder_norm:
+            pre = pre * mx.linalg.norm(self.W_dec, axis=-1)
         arch = self.config.architecture
         if arch == "standard":
             return mx.maximum(pre, 0.0)
         if arch == "jumprelu" or (arch == "batchtopk" and "threshold" in self):
-            return mx.where(pre > self.threshold, pre, 0.0)
+            return mx.where(pre > self.threshold, mx.maximum(pre, 0.0), 0.0)
         if arch == "topk":
             kth = mx.topk(pre, self.config.k, axis=-1).min(axis=-1, keepdims=True)
             return mx.where(pre >= kth, mx.maximum(pre, 0.0), 0.0)
@@ -69,8 +71,17 @@ class SparseAutoencoder(nn.Module):
         kth = mx.topk(flat, keep).min()
         return mx.where(acts >= kth, acts, 0.0)
 
-    def decode_normalized(self, f: mx.array) -> mx.array:
+    def _feature_scale(self) -> Optional[mx.array]:
+        """What features are multiplied by before the decoder: SAELens's finetuning
+        `scaling_factor`, and 1 / ||W_dec row|| when TopK acts were rescaled by it."""
         sf = self.get("scaling_factor")
+        if self.config.rescale_acts_by_decoder_norm:
+            inv = 1.0 / mx.linalg.norm(self.W_dec, axis=-1)
+            sf = inv if sf is None else sf * inv
+        return sf
+
+    def decode_normalized(self, f: mx.array) -> mx.array:
+        sf = self._feature_scale()
         return (f if sf is None else f * sf) @ self.W_dec + self.b_dec
 
     def forward_normalized(self, x: mx.array) -> tuple[mx.array, mx.array]:
@@ -143,7 +154,7 @@ class SparseAutoencoder(nn.Module):
 
     def decoder_delta(self, df: mx.array, x: mx.array) -> mx.array:
         """`decode(f + df, x) - decode(f, x)`: the decoder is affine, so only `df` matters."""
-        sf = self.get("scaling_factor")
+        sf = self._feature_scale()
         return self.output_delta((df if sf is None else df * sf) @ self.W_dec, x)
 
     def output_delta(self, y: mx.array, x: mx.array) -> mx.array:
@@ -153,7 +164,7 @@ class SparseAutoencoder(nn.Module):
 
     def decoder_row(self, feature: int) -> mx.array:
         """Feature `feature`'s contribution per unit activation, in the normalised space."""
-        sf = self.get("scaling_factor")
+        sf = self._feature_scale()
         return self.W_dec[feature] * (1.0 if sf is None else sf[feature])
 
     def features(self, acts: Any, k: int) -> tuple[mx.array, mx.array]:
