@@ -18,6 +18,7 @@ from .experiments import alpha_calibration, layer_sweep, strength_sweep
 from .explorer import launch
 from .info import model_info
 from .model import HookedModel
+from .sae import cli as sae_cli
 from .verbs import bake, extract, generate
 
 __all__ = ["VERBS", "main"]
@@ -76,6 +77,7 @@ VERBS: tuple[Verb, ...] = (
     serve.VERB,
     launch.VERB,
     *collect_cli.VERBS,
+    *sae_cli.VERBS,
 )
 
 
