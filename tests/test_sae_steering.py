@@ -17,7 +17,7 @@ from mlux.sae import SAEConfig, SparseAutoencoder, clamp_hook, spliced_metrics
 from mlux.serve import create_server_app
 from mlux.steering import Steering, create_additive_hook
 
-HOOK, PROMPTS = "residuals_2", ["mood: happy the", "the cat", "once upon a"]
+HOOK, PROMPTS = "residuals_2", ["mood: happy the", "the cat", "yesterday the"]
 
 
 @pytest.fixture(scope="module")
