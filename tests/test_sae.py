@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from mlux import SteeringVector
 from mlux.collect import ActivationStore, SAESection, collect, config_from_dict
+from mlux.model import HookedModel
 from mlux.sae import (
     SAEConfig,
     SparseAutoencoder,
@@ -22,7 +23,6 @@ from mlux.sae import (
     train_sae,
     train_saes,
 )
-from mlux.model import HookedModel
 from mlux.testing import save_tiny_model
 
 D, TRUE_K = 32, 3
@@ -189,7 +189,8 @@ def test_train_saes_on_a_collection_writes_weights_json_and_plot(tmp_path):
     out = tmp_path / "out" / "sae" / "all" / "residuals_2"
     saved = json.loads((out / "mlux.json").read_text())
     cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post" and cfg["architecture"] == "topk"
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert cfg["architecture"] == "topk"
     assert cfg["metadata"]["model_name"] == str(path) and saved["metrics"]["rows"] == 40 * 7
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert SparseAutoencoder.load(out).config.d_sae == 128

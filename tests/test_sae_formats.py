@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file

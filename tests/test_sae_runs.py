@@ -15,9 +15,9 @@ import mlux.sae.fit as fit_mod
 import mlux.sae.runs as runs_mod
 from mlux.atomic import atomic_write_dir
 from mlux.collect import ActivationStore, SAESection, collect, config_from_dict, load_config
+from mlux.model import HookedModel
 from mlux.sae import FewStepsWarning, train_sae, train_saes
 from mlux.sae.fit import few_steps_message
-from mlux.model import HookedModel
 from mlux.testing import save_tiny_model
 
 SETTINGS = SAESection(expansion=1, k=4, batch_size=8, epochs=2)

@@ -186,8 +186,8 @@ def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
 
         def write(tmp: Path) -> None:
             sae.save(tmp, extra=record)
-            plot_training_curve(history, tmp / "training_curve.png",
-                                title=f"SAE {hook or ''} ({cfg.architecture}, {num_latents} latents)")
+            plot_training_curve(history, tmp / "training_curve.png", title=(
+                f"SAE {hook or ''} ({cfg.architecture}, {num_latents} latents)"))
 
         atomic_write_dir(out, write)
     return SAETrainResult(hook, sae, metrics, history, out)
