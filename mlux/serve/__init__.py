@@ -30,7 +30,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int_in(1), default=512,
                    help="cap on max_tokens per request")
     p.add_argument("--sae", default=None, metavar="DIR", help="an SAE (SAELens folder or Gemma "
-                   "Scope params.npz) whose features requests may clamp with \"sae_clamp\"")
+                   "Scope params.npz) whose features requests may clamp with \"sae_clamp\" "
+                   "(default: none)")
 
 
 def serve(args: argparse.Namespace) -> int:
