@@ -93,6 +93,9 @@ def test_sae_clamp_on_the_decoder_batched_cached_and_alone(hooked):
     alone = [generate_batch(hooked, [p], max_tokens=6, steering=[r])[0]
              for p, r in zip(PROMPTS, rows, strict=True)]
     assert batched == alone
+    # Rows that end early leave the batch; the others keep their own clamps.
+    ragged = generate_batch(hooked, PROMPTS, max_tokens=[2, 6, 4], steering=rows)
+    assert ragged == [alone[0][:2], alone[1], alone[2][:4]]
     assert batched[0] != generate_batch(hooked, PROMPTS[:1], max_tokens=6)[0]
     # Uncached reference: the whole sequence re-run each step with the clamp hook.
     ids = hooked.tokenize(PROMPTS[:1]).tokens[0].tolist()
