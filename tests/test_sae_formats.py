@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from mlux.collect import ActivationStore, SAESection
-from mlux.sae import SparseAutoencoder, to_mlux_hook, to_saelens_hook, train_sae
+from mlux.sae import SAEConfig, SparseAutoencoder, to_mlux_hook, to_saelens_hook, train_sae
 
 D, S = 12, 20
 RNG = np.random.default_rng(7)
@@ -109,6 +109,16 @@ def test_saelens_folders_encode_as_the_formulas_say(tmp_path, fields, ref, layou
     # Written back (an expected_average factor folded in) and read again: the same encodings.
     again = SparseAutoencoder.load(sae.save(tmp_path / "again"))
     np.testing.assert_allclose(np.asarray(again.encode(X)), got, rtol=1e-5, atol=1e-5)
+
+
+def test_a_scaling_factor_that_cannot_be_folded_is_refused(tmp_path):
+    cfg = SAEConfig(d_in=D, d_sae=S, architecture="topk", k=4, rescale_acts_by_decoder_norm=True,
+                    normalize_activations="expected_average_only_in", norm_scaling_factor=0.4)
+    sae = SparseAutoencoder.from_weights(cfg, {k: v for k, v in W.items() if k != "threshold"})
+    with pytest.raises(ValueError, match=r"cannot fold norm_scaling_factor .* "
+                                         r"rescale_acts_by_decoder_norm"):
+        sae.save(tmp_path / "f")
+    assert not (tmp_path / "f").exists()
 
 
 def test_saelens_scaling_factor_scales_features_before_decoding(tmp_path):

@@ -181,6 +181,9 @@ class SparseAutoencoder(nn.Module):
         b_dec / s), as SAELens does: the same encodings, and normalisation "none"."""
         if self.config.normalize_activations != "expected_average_only_in":
             return self
+        if self.config.rescale_acts_by_decoder_norm:  # decoder norms cannot carry 1 / s
+            raise ValueError("cannot fold norm_scaling_factor into an SAE with "
+                             "rescale_acts_by_decoder_norm: its features would change")
         s = self.config.norm_scaling_factor
         self.W_enc, self.W_dec, self.b_dec = self.W_enc * s, self.W_dec / s, self.b_dec / s
         self.config = replace(self.config, normalize_activations="none", norm_scaling_factor=1.0)
