@@ -2,7 +2,7 @@
 BatchTopK, with SAELens's input handling (`apply_b_dec_to_input`, `normalize_activations`).
 
     pre = (norm_in(x) - b_dec * apply_b_dec_to_input) @ W_enc + b_enc         # (..., d_sae)
-    f   = act(pre)          # relu | pre * (pre > threshold) | top-k of pre, relu'd | batch top-k
+    f   = act(pre)      # relu | relu(pre) * (pre > threshold) | top-k of pre, relu'd | batch top-k
     x^  = norm_out((f * scaling_factor) @ W_dec + b_dec, x)                      # (..., d_in)
 
 `encode`/`decode` take and return raw activations; `encode_normalized`/`forward_normalized` work
