@@ -170,6 +170,28 @@ def test_an_mlux_trained_sae_round_trips_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded.forward(x)), np.asarray(sae.forward(x)))
 
 
+def test_sae_folders_of_older_mlux_versions_load(tmp_path):
+    """The format before SAELens folders: sae.safetensors, config in its metadata."""
+    from safetensors.numpy import save as save_bytes
+
+    config = {"d_model": D, "num_latents": S, "kind": "topk", "k": 4, "l1_coeff": 0.001,
+              "input_scale": 0.7, "hook": "residuals_3", "position": "last",
+              "model_id": "m", "extra": {}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sae.safetensors").write_bytes(save_bytes(
+        {k: W[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")},
+        metadata={"mlux_sae_config": json.dumps(config)}))
+    sae = SparseAutoencoder.load(tmp_path / "old")
+    assert sae.config.hook == "residuals_3" and sae.config.activation_norm == pytest.approx(
+        np.sqrt(D) / 0.7)
+    pre = (X * 0.7 - W["b_dec"]) @ W["W_enc"] + W["b_enc"]  # the old formula
+    kth = np.sort(pre, axis=1)[:, -4][:, None]
+    want = np.where(pre >= kth, np.maximum(pre, 0), 0)
+    np.testing.assert_allclose(np.asarray(sae.encode(X)), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sae.forward(X)),
+                               (want @ W["W_dec"] + W["b_dec"]) / 0.7, rtol=1e-5, atol=1e-4)
+
+
 def _bad(tmp_path: Path, name: str, cfg: dict, weights: dict) -> Path:
     return saelens_folder(tmp_path / name, {"d_in": D, "d_sae": S, **cfg}, weights)
 

@@ -1,6 +1,7 @@
 """SAE files: SAELens folders (`cfg.json` + `sae_weights.safetensors`) both ways, and Gemma
 Scope's `params.npz` read. Every problem is one ValueError naming the file and the field.
 
+Also reads the folders older mlux versions wrote (`sae.safetensors`, config in its metadata).
 Reads both SAELens layouts: v6 (`metadata: {model_name, hook_name, ...}`, `k` and TopK's
 `rescale_acts_by_decoder_norm` at the top) and the
 older flat one (`hook_name` at the top, TopK as `activation_fn: "topk"` with
@@ -19,11 +20,12 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from mlux.atomic import PathLike, atomic_write_bytes, atomic_write_json
 
-from .config import ARCHITECTURES, SAEConfig
+from .config import ARCHITECTURES, SAEConfig, to_saelens_hook
 
 __all__ = ["CFG_NAME", "EXTRA_NAME", "GEMMA_SCOPE_NAME", "WEIGHTS_NAME", "read_sae",
            "write_sae"]
@@ -31,6 +33,7 @@ __all__ = ["CFG_NAME", "EXTRA_NAME", "GEMMA_SCOPE_NAME", "WEIGHTS_NAME", "read_s
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
 GEMMA_SCOPE_NAME = "params.npz"
+LEGACY_WEIGHTS_NAME = "sae.safetensors"  # older mlux SAEs: config in the file's metadata
 EXTRA_NAME = "mlux.json"  # mlux's own record next to a SAELens folder (metrics, settings)
 _LAYOUT_VERSION = "6.0.0"  # the cfg.json layout written (SAELens reads it as its own v6)
 _MLUX_KEY = "mlux"  # cfg.json entry for mlux's fields; SAELens ignores unknown top-level keys
@@ -162,10 +165,34 @@ def _read_gemma_scope(path: Path, hook_name: Optional[str]) -> tuple[SAEConfig, 
     return cfg, _check_weights(str(path), cfg, weights)
 
 
+def _read_legacy(folder: Path) -> tuple[SAEConfig, dict]:
+    """An SAE saved by mlux before SAELens folders (`sae.safetensors` whose metadata holds the
+    config): TopK or ReLU on inputs scaled by `input_scale`."""
+    path = folder / LEGACY_WEIGHTS_NAME
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = json.loads((f.metadata() or {})["mlux_sae_config"])
+            weights = {k: f.get_tensor(k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        d, scale = int(raw["d_model"]), float(raw["input_scale"])
+        cfg = SAEConfig(d_in=d, d_sae=int(raw["num_latents"]),
+                        architecture="topk" if raw["kind"] == "topk" else "standard",
+                        k=int(raw["k"]), normalize_activations="expected_average_only_in",
+                        norm_scaling_factor=scale,
+                        hook_name=to_saelens_hook(raw["hook"]) if raw.get("hook") else None,
+                        model_name=raw.get("model_id"), position=raw.get("position", "last"),
+                        activation_norm=d**0.5 / scale)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not an mlux SAE ({e})") from None
+    return cfg, _check_weights(str(path), cfg, weights)
+
+
 def read_sae(path: PathLike, *, hook_name: Optional[str] = None
              ) -> tuple[SAEConfig, dict[str, np.ndarray]]:
-    """(config, float32 weights by SAELens key) of a SAELens folder or a Gemma Scope npz."""
+    """(config, float32 weights by SAELens key) of a SAELens folder, a Gemma Scope npz, or a
+    folder saved by an older mlux (`sae.safetensors`)."""
     p = Path(path)
+    if p.is_dir() and (p / LEGACY_WEIGHTS_NAME).is_file() and not (p / CFG_NAME).is_file():
+        return _read_legacy(p)
     if p.is_dir() and (p / GEMMA_SCOPE_NAME).is_file() and not (p / CFG_NAME).is_file():
         p = p / GEMMA_SCOPE_NAME
     if p.is_file() and p.suffix == ".npz":
