@@ -75,6 +75,8 @@ CASES = [  # (id, cfg.json fields, reference kwargs)
      {"arch": "jumprelu", "apply_b_dec": False}),
     ("topk", {"architecture": "topk", "k": 4}, {"arch": "topk", "k": 4}),
     ("batchtopk", {"architecture": "batchtopk", "k": 3}, {"arch": "batchtopk", "k": 3}),
+    ("batchtopk-threshold", {"architecture": "batchtopk", "k": 3},  # = JumpReLU at inference
+     {"arch": "jumprelu"}),
     ("constant-norm", {"architecture": "standard", "normalize_activations":
                        "constant_norm_rescale"}, {"arch": "standard",
                                                   "norm": "constant_norm_rescale"}),
