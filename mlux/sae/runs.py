@@ -69,7 +69,7 @@ def _data_identity(manifest: Manifest, hook: str, position: str, rows: int) -> d
 
 
 def _on_disk(out: Path) -> dict[str, dict[str, Any]]:
-    """hook -> sae.json of every finished layer directory under `out`."""
+    """hook -> mlux.json (metrics, settings, data) of every finished layer directory."""
     found = {}
     for d in sorted(out.iterdir()) if out.is_dir() else []:
         if d.is_dir() and not d.name.startswith(".") and (d / WEIGHTS_NAME).is_file():
