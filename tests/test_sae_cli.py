@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from test_sae_steering import PROMPTS, make_sae
+from safetensors.numpy import save_file
+from test_sae_steering import HOOK, PROMPTS, make_sae
 
 from mlux.cli import main
+from mlux.collect import ActivationStore
 from mlux.model import HookedModel
-from mlux.sae import spliced_metrics
+from mlux.sae import evaluate_sae, spliced_metrics
 from mlux.sae.reading import read_features
 
 
@@ -45,5 +48,12 @@ def test_sae_eval_verb(saved, capsys, tmp_path):
     got = json.loads(capsys.readouterr().out)
     want = spliced_metrics(hooked, sae, PROMPTS)
     assert got == pytest.approx(want, rel=1e-5)
+    acts = np.asarray(hooked.capture(PROMPTS, [HOOK])[HOOK]).reshape(-1, hooked.hidden_size)
+    save_file({"last": acts}, str(tmp_path / "s.safetensors"))
+    assert main(["sae-eval", "--sae", str(folder), "--model", "mlux-toy", "--prompts",
+                 str(data), "--shards", str(tmp_path / "s.safetensors"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    stored = evaluate_sae(sae, ActivationStore([tmp_path / "s.safetensors"]))
+    assert got == pytest.approx({**stored, **want}, rel=1e-5) and got["rows"] == len(acts)
     assert main(["sae-eval", "--sae", str(tmp_path), "--prompts", str(data)]) == 2
     assert "cfg.json is missing" in capsys.readouterr().err
