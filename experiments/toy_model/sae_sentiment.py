@@ -6,8 +6,9 @@ prompts, the feature whose mean activation over the prompt separates them best a
 held-out probe accuracy (a threshold at the midpoint of the class means). At the best layer it
 clamps that feature (error term kept, `Steering(sae_clamp=...)` on the one decoder):
 high on the neutral test prompts and on "mood: sad" (does the happy rate rise?) and to 0 on
-"mood: happy" (does it fall?). Rates over seeded samples with n and Wilson 95% intervals; writes
-experiments/results/sae_toy.json.
+"mood: happy" (does it fall?). Then the same per layer for coarse SAEs (expansion 1, k 2: 96
+features, 2 active) trained the same way, every layer reported. Rates over seeded samples with n
+and Wilson 95% intervals; writes experiments/results/sae_toy.json.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
         python experiments/toy_model/sae_sentiment.py
@@ -15,6 +16,7 @@ experiments/results/sae_toy.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,6 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "models" / "mlux-toy.yaml"
 OUT = REPO / "experiments" / "results" / "sae_toy.json"
 SAMPLES, MAX_TOKENS, SEED = 256, 24, 11  # samples per condition
+COARSE = {"expansion": 1, "k": 2, "hook_points": ["residuals_0", "residuals_1", "residuals_2",
+                                                  "residuals_3"]}
 
 
 def best_feature(sae: SparseAutoencoder, happy: np.ndarray, sad: np.ndarray, seed: int = 0
@@ -75,13 +79,8 @@ def happy_rate(hooked: HookedModel, prompts: list[str], clamp: Optional[tuple] =
             "wilson95": [lo, hi]}
 
 
-def main() -> int:
-    config = load_config(CONFIG)
-    result_dir = REPO / config.output.result_dir
-    config = config.replace("output", result_dir=str(result_dir))
-    collect(config, progress=False)
-    hooked = HookedModel.from_pretrained("mlux-toy")
-    saes = train_saes(result_dir, config.sae, progress=False, hooked=hooked)
+def probe_layers(result_dir: Path, saes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per residual layer: the best sentiment feature, its probe accuracy, and SAE metrics."""
     layers = {}
     for hook, r in saes.items():
         if not hook.startswith("residuals_"):
@@ -91,6 +90,17 @@ def main() -> int:
         layers[hook] = {**best_feature(r.sae, happy, sad),
                         **{k: r.metrics[k] for k in ("fve", "l0", "ce_loss_recovered",
                                                      "kl_div_with_sae")}}
+    return layers
+
+
+def main() -> int:
+    config = load_config(CONFIG)
+    result_dir = REPO / config.output.result_dir
+    config = config.replace("output", result_dir=str(result_dir))
+    collect(config, progress=False)
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    saes = train_saes(result_dir, config.sae, progress=False, hooked=hooked)
+    layers = probe_layers(result_dir, saes)
     hook = max(layers, key=lambda h: (layers[h]["probe_accuracy"], layers[h]["separation"]))
     sae, best = saes[hook].sae, layers[hook]
     j = best["feature"]
@@ -107,6 +117,14 @@ def main() -> int:
               "mood_sad_prompt": {"unclamped": happy_rate(hooked, sad),
                                   **{f"clamped to {v}": happy_rate(hooked, sad, (sae, j, v))
                                      for v in highs}}}
+    coarse = train_saes(result_dir, dataclasses.replace(config.sae, **COARSE),
+                        out_dir=result_dir / "sae_coarse", progress=False, hooked=hooked)
+    report["coarse"] = {"settings": COARSE, "layers": probe_layers(result_dir, coarse)}
+    for hook, v in report["coarse"]["layers"].items():
+        c = (coarse[hook].sae, v["feature"])
+        v["mood_happy_clamped_to_0"] = happy_rate(hooked, marker, (*c, 0.0))
+        v["neutral_clamped_high"] = {"value": 4 * v["max_happy"],
+                                     **happy_rate(hooked, neutral, (*c, 4 * v["max_happy"]))}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT, report)
     for h, v in layers.items():
@@ -119,6 +137,13 @@ def main() -> int:
             lo, hi = c["wilson95"]
             print(f"{part:<18} {name:<16} happy {c['happy']}/{c['labelled']} = {c['rate']:.3f} "
                   f"[{lo:.3f}, {hi:.3f}]")
+    for h, v in report["coarse"]["layers"].items():
+        m, n = v["mood_happy_clamped_to_0"], v["neutral_clamped_high"]
+        print(f"coarse {h:<12} feature {v['feature']:>3}  probe {v['probe_accuracy']:.3f}  "
+              f"'mood: happy' clamped 0: {m['happy']}/{m['labelled']} = {m['rate']:.3f} "
+              f"[{m['wilson95'][0]:.3f}, {m['wilson95'][1]:.3f}]  neutral clamped "
+              f"{n['value']:.2f}: {n['rate']:.3f} [{n['wilson95'][0]:.3f}, "
+              f"{n['wilson95'][1]:.3f}]")
     print(json.dumps({"wrote": str(OUT)}))
     return 0
 
