@@ -107,7 +107,7 @@ def parse_steering(
                            load_vector=load_vector, limits=limits) for t in terms]
 
 
-def parse_sae_clamp(f: Fields, sae: Any, limits: Limits) -> list[Steering]:
+def parse_sae_clamp(f: Fields, sae: Any) -> list[Steering]:
     """The body's `sae_clamp`: `{"feature": int, "value": float, "positions": ...}` -> one
     `Steering(sae_clamp=...)` term on the server's SAE (`mlux serve --sae DIR`)."""
     raw = f.get("sae_clamp")
@@ -144,5 +144,5 @@ def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, sae: A
         top_p=f.number("top_p", 1e-6, 1.0, 1.0),
         seed=f.integer("seed", 0, 2**31 - 1),
         stream=f.boolean("stream", False),
-        steering=parse_steering(f, limits=limits, **steer) + parse_sae_clamp(f, sae, limits),
+        steering=parse_steering(f, limits=limits, **steer) + parse_sae_clamp(f, sae),
     )
