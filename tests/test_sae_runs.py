@@ -21,6 +21,7 @@ from mlux.sae.fit import few_steps_message
 from mlux.testing import save_tiny_model
 
 SETTINGS = SAESection(expansion=1, k=4, batch_size=8, epochs=2)
+QUIET = {"progress": False, "splice_prompts": 0}  # resume logic only: no spliced metrics
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +47,12 @@ def _stamp(folder: Path) -> tuple[int, int]:
 def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_path,
                                                                 monkeypatch):
     out, lines = tmp_path / "sae", []
-    train_saes(collection, SETTINGS, out_dir=out, progress=False, echo=lines.append)
+    train_saes(collection, SETTINGS, out_dir=out, **QUIET, echo=lines.append)
     assert any("warning: only 6 optimizer steps" in s and "sae.epochs" in s for s in lines)
     k8 = SAESection(expansion=1, k=8, batch_size=8, epochs=2)
     with pytest.raises(ValueError, match=r"trained differently: k: 4 before, 8 now "
                                          r"\(residuals_0, residuals_1, residuals_2\).*fresh"):
-        train_saes(collection, k8, out_dir=out, progress=False, echo=lines.append)
+        train_saes(collection, k8, out_dir=out, **QUIET, echo=lines.append)
 
     real, calls = runs_mod.train_sae, []
 
@@ -63,7 +64,7 @@ def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_
 
     monkeypatch.setattr(runs_mod, "train_sae", dies_on_the_second_layer)
     with pytest.raises(KeyboardInterrupt):
-        train_saes(collection, k8, out_dir=out, fresh=True, progress=False, echo=lines.append)
+        train_saes(collection, k8, out_dir=out, fresh=True, **QUIET, echo=lines.append)
     monkeypatch.setattr(runs_mod, "train_sae", real)
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["layers"]) == ["residuals_0"] and summary["settings"]["k"] == 8
@@ -71,7 +72,7 @@ def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_
     before = _stamp(out / "residuals_0")
 
     lines.clear()
-    results = train_saes(collection, k8, out_dir=out, progress=False, echo=lines.append)
+    results = train_saes(collection, k8, out_dir=out, **QUIET, echo=lines.append)
     assert any(s.startswith("residuals_0") and "resumed" in s for s in lines)
     assert _stamp(out / "residuals_0") == before  # finished layer kept, not retrained
     assert all(r.sae.config.k == 8 for r in results.values())
@@ -86,7 +87,7 @@ def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection,
                                                                      monkeypatch):
     out = tmp_path / "sae"
     one = SAESection(expansion=1, k=4, batch_size=8, epochs=2, hook_points="residuals_1")
-    train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
+    train_saes(collection, one, out_dir=out, **QUIET, echo=lambda s: None)
     before = (out / "residuals_1" / "sae_weights.safetensors").read_bytes()
 
     def fails_late(*args, **kwargs):
@@ -102,7 +103,7 @@ def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection,
     orphan = out / ".residuals_2.0123456789ab.tmp"
     orphan.mkdir()
     (orphan / "sae_weights.safetensors").write_bytes(b"half")
-    train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
+    train_saes(collection, one, out_dir=out, **QUIET, echo=lambda s: None)
     assert not orphan.exists()
 
 
@@ -163,7 +164,7 @@ def test_shipped_sae_settings_train_on_the_shipped_data(tmp_path):
             echo=lambda s: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FewStepsWarning)
-        results = train_saes(tmp_path / "out", cfg.sae, progress=False, echo=lambda s: None)
+        results = train_saes(tmp_path / "out", cfg.sae, **QUIET, echo=lambda s: None)
     assert {h: r.metrics["rows"] for h, r in results.items()} == {"residuals_0": 64,
                                                                   "residuals_31": 64}
     assert all(r.metrics["fve"] > 0.8 for r in results.values()), {
