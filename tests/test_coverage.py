@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 
 from mlux import HookedModel, cli
 from mlux.testing import model_modules, save_tiny_model, tiny_model, unsupported_reason
-from mlux.testing.checks import check_cache_windows, run_checks
+from mlux.testing.checks import check_cache_windows, check_padded_batch, run_checks
 from mlux.testing.checks_io import check_loaders
 from mlux.testing.coverage import DEFAULT_OUT, module_status
 
@@ -144,3 +144,21 @@ def test_plain_mlx_lm_generation_unchanged_by_wrapping(family):
     after = run()
     assert [t for t, _ in before] == [t for t, _ in after]
     assert all(mx.array_equal(a, b).item() for (_, a), (_, b) in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "qwen3_next", "falcon_h1"])
+def test_state_space_layers_run_padded_batches(model_type):
+    """SSM / conv state (ArraysCache) and combined (CacheList) layers batch through mlx-lm's
+    batch forms; the probe then finds the padded batch equal to its rows alone."""
+    hooked = HookedModel(tiny_model(model_type)[0], None)
+    assert hooked.supports_padded_batch()
+    outcome = check_padded_batch(hooked)
+    assert outcome.status == "ok", outcome.detail
+
+
+@pytest.mark.parametrize("window", ["generated", (2, 9)])
+def test_blocks_called_with_keyword_inputs_see_their_positions(window):
+    """gptj calls `block(inputs=h, mask=..., cache=...)`: the hooks still see T tokens."""
+    hooked = HookedModel(tiny_model("gptj")[0], None)
+    outcome = check_cache_windows(hooked, window)
+    assert outcome.status == "ok", outcome.detail
