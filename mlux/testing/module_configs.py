@@ -179,8 +179,8 @@ MODULE_OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 # model_type -> why no tiny instance can run a text forward (listed in the table, never hidden).
 UNSUPPORTED_MODULES: Mapping[str, str] = MappingProxyType({
     "bitnet": "its BitLinear layers run a Metal kernel; the CPU build of MLX has none",
-    "phi3small": "segfaults inside MLX's RoPE once a KV cache is passed (mlx 0.32.4 CPU build); "
-                 "its uncached forward runs",
+    "phi3small": "the interpreter segfaults (a native crash inside MLX) on its first forward "
+                 "with a KV cache (mlx 0.32.4 CPU build); its uncached forward runs",
     "prism_hadamard_qwen35": "a Hadamard-rotated 2-bit weight pack of qwen3_5: its ModelArgs "
                              "refuse anything but the packed checkpoint's quantization",
     "muse_spark": "its attention runs a fused qk-norm + RoPE Metal kernel; the CPU build of MLX "
