@@ -180,25 +180,72 @@ def _recording(hooked: HookedModel, out: list[mx.array]) -> Iterator[None]:
         hooked.model = model
 
 
-def _window_hook(hooked: HookedModel, window: Any, n: int) -> Callable[[mx.array, HookContext],
-                                                                        Optional[mx.array]]:
+def _window(hooked: HookedModel, window: Any, n: int) -> tuple[Any, mx.array]:
+    """The mlux hook for `window`, and by hand the `(T_max, D)` table of what it must add at
+    each absolute position of the prompt and the decoded tokens."""
+    total = n + STEPS
+    t = mx.arange(total)[:, None]
     key = mx.random.key(7)
     if window == "additive":  # a different delta at every absolute position
-        return create_additive_hook(2.0 * mx.random.normal((n + STEPS, hooked.hidden_size),
-                                                           key=key))
+        table = 2.0 * mx.random.normal((total, hooked.hidden_size), key=key)
+        return create_additive_hook(table), table
     vec = 2.0 * mx.random.normal((hooked.hidden_size,), key=key)
-    return create_steering_hook(vec, 1.0, positions=window, prompt_length=n)
+    inside = {"all": t >= 0, "prompt": t < n - 1, "generated": t >= n - 1}.get(window)
+    if inside is None:
+        inside = (t >= window) if isinstance(window, int) else (t >= window[0]) & (t < window[1])
+    hook = create_steering_hook(vec, 1.0, positions=window, prompt_length=n)
+    return hook, mx.where(inside, vec, 0.0)
+
+
+class _Adder:
+    """Stands in a block slot: the block's output plus `table[t]` at position t (every stream of
+    a multi-stream block), with no mlux code involved."""
+
+    def __init__(self, block: nn.Module, table: mx.array, stream_axis: Optional[int]) -> None:
+        self.block, self.table, self.axis = block, table, stream_axis
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        y = self.block(*args, **kwargs)
+        out = y[0] if isinstance(y, tuple) else y
+        length = out.shape[1] if self.axis is None else mx.moveaxis(out, self.axis, 2).shape[1]
+        delta = self.table[:length]  # (T, D): a whole sequence from position 0
+        if self.axis is not None:
+            delta = mx.expand_dims(delta, self.axis - 1 if self.axis > 1 else 0)
+        out = out + delta.astype(out.dtype)
+        return (out, *y[1:]) if isinstance(y, tuple) else out
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self.block, key)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        return type(self.block)
+
+
+def _naive(hooked: HookedModel, seq: list[int], layer: int, table: mx.array) -> mx.array:
+    """Last-position logits of the whole sequence in one forward, into a fresh cache (mlx-lm's
+    gemma3n shares KV between layers only through the cache), steered by hand at `layer`."""
+    blocks = hooked.arch.blocks
+    blocks[layer] = _Adder(blocks[layer].wrapped, table, hooked.arch.stream_axis)
+    try:
+        logits = hooked.model(mx.array([seq]), cache=make_prompt_cache(hooked.model))[0, -1]
+        mx.eval(logits)
+    finally:
+        blocks[layer] = hooked._points[f"residuals_{layer}"]
+    return logits
 
 
 def check_cache_windows(hooked: HookedModel, window: Any, *, chunk: Optional[int] = None,
                         hook: Optional[Callable[[mx.array, HookContext], Any]] = None,
                         layer: Optional[int] = None) -> Outcome:
     """Steered greedy decoding through mlux's decoder (KV-cached, optionally chunked prefill)
-    equals a naive loop recomputing the whole sequence each step: tokens and logits per step.
-    `hook` replaces the window's steering hook (at `layer`, default the middle block)."""
+    equals a naive loop that recomputes the whole sequence each step and adds the window's
+    deltas by hand: tokens and logits per step. `hook` replaces mlux's hook for the window
+    (the reference stays the window's); `layer` defaults to the middle block."""
     n = len(PROMPT)
     layer = hooked.num_layers // 2 if layer is None else layer
-    hooks = {f"residuals_{layer}": hook or _window_hook(hooked, window, n)}
+    window_hook, table = _window(hooked, window, n)
+    hooks = {f"residuals_{layer}": hook or window_hook}
     kwargs = {} if chunk is None else {"chunk_size": chunk}
     cache, first = prefill_with_cache(hooked, [PROMPT], hooks=hooks, **kwargs)
     seen: list[mx.array] = []
@@ -207,9 +254,7 @@ def check_cache_windows(hooked: HookedModel, window: Any, *, chunk: Optional[int
     cached = [first, *(s[0] for s in seen)]
     seq = list(PROMPT)
     for step in range(STEPS):
-        # The whole sequence in one forward, into a fresh cache: mlx-lm's gemma3n shares KV
-        # between layers only through the cache (its cache=None path does not).
-        naive = hooked.run_with_hooks([seq], hooks, cache=make_prompt_cache(hooked.model))[0, -1]
+        naive = _naive(hooked, seq, layer, table)
         if not close(cached[step], naive):
             diff = float(mx.abs(cached[step] - naive).max().item())
             return Outcome("fail", f"logits differ from the naive loop at step {step} "
