@@ -1,4 +1,7 @@
-"""Tiny random mlx-lm models of every architecture mlux supports, for tests and benchmarks.
+"""Tiny random mlx-lm models, for tests and benchmarks: `tiny_model(model_type)` builds any
+module of the installed `mlx_lm.models` from its own `ModelArgs` (`modules.py`, sizes in
+`module_configs.py`); the 14 hand-tuned architectures below (`make_tiny_model`) keep their
+tuned configs and init. `python -m mlux.testing.coverage` checks mlux on every module.
 
 Nothing here downloads anything: configs are written by hand with the field names each
 `mlx_lm/models/<type>.py` ModelArgs reads, models are built through mlx-lm's own class lookup,
