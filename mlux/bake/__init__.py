@@ -171,6 +171,12 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
     """The writers to edit and the config to write; raises the refusal if not exact."""
     try:
         writers = find_writers(hooked)
+        if unit is None:  # any direction shows a post-norm block; a fixed one, reproducibly
+            unit = mx.random.normal((hooked.hidden_size,), key=mx.random.key(7))
+            unit = unit / mx.linalg.norm(unit)
+        why = stream_check(hooked, unit)
+        if why is not None:
+            raise ValueError(why)
         if kind == "ablation" and writers.head is None:
             untied_head(config, weights, writers)
         if kind == "additive":
@@ -179,12 +185,6 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
                 raise ValueError(f"block {moe[0]}'s MLP is a mixture of experts (or absent): a "
                                  "bias on an expert is scaled by its routing weight")
             config = bias_config(config, weights, [writers.mlp_outputs[i] for i in layers])
-        if unit is None:  # any direction shows a post-norm block; a fixed one, reproducibly
-            unit = mx.random.normal((hooked.hidden_size,), key=mx.random.key(7))
-            unit = unit / mx.linalg.norm(unit)
-        why = stream_check(hooked, unit)
-        if why is not None:
-            raise ValueError(why)
     except ValueError as e:
         raise _refusal(hooked, kind, str(e)) from e
     return writers, config

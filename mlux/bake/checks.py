@@ -17,7 +17,7 @@ from typing import Any, Optional
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.utils import _get_classes
+from mlx_lm.utils import _get_classes, infer_quant_config
 
 from ..steering import create_ablation_hook, steering_hooks
 from .writers import Writers
@@ -79,10 +79,11 @@ def untied_head(config: dict[str, Any], weights: dict[str, mx.array],
     `tie_word_embeddings` is off, and the embedding it copies; raises if it cannot."""
     fresh = class_parameters({**config, "tie_word_embeddings": False})
     new = [k[:-len(".weight")] for k in fresh if k.endswith(".weight") and k not in weights]
-    rows = {e: int(weights[f"{e}.weight"].shape[0]) for e in writers.embeddings}
-    token = max(rows, key=lambda e: rows[e])
-    if len(new) == 1 and int(fresh[f"{new[0]}.weight"].shape[0]) == rows[token]:
-        return new[0], token
+    if len(new) == 1:
+        rows = int(fresh[f"{new[0]}.weight"].shape[0])  # the vocabulary
+        token = [e for e in writers.embeddings if int(weights[f"{e}.weight"].shape[0]) == rows]
+        if len(token) == 1:
+            return new[0], token[0]
     raise ValueError("its mlx-lm class always unembeds with the input embedding (it has no "
                      "separate LM head even with tie_word_embeddings off), so the embedding "
                      "cannot be edited without changing the LM head")
@@ -113,10 +114,15 @@ def build(config: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
     if hasattr(model, "sanitize"):
         weights = model.sanitize(dict(weights))
     if (q := config.get("quantization")) is not None:
+        def predicate(p: str, m: nn.Module) -> Any:  # mlx_lm.utils.load_model's own rule
+            if p in q:
+                return q[p]
+            if not hasattr(m, "to_quantized") or f"{p}.scales" not in weights:
+                return False
+            return infer_quant_config(p, m, weights)
+
         nn.quantize(model, group_size=q["group_size"], bits=q["bits"],
-                    mode=q.get("mode", "affine"),
-                    class_predicate=lambda p, m: hasattr(m, "to_quantized")
-                    and f"{p}.scales" in weights)
+                    mode=q.get("mode", "affine"), class_predicate=predicate)
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
     return model

@@ -1,8 +1,7 @@
 """The weight edits behind `mlux.bake`: a direction projected out of the matrices that write into
 the residual stream (`writers.find_writers` says which), and how a quantized matrix is edited
-(dequantize, edit in float32, requantize with its own bits and group size, then re-project: the
-rounding of 4-bit requantisation puts part of the direction back, so the edit is corrected
-against what the quantized weight actually computes, a few rounds, keeping the best).
+(dequantize, edit in float32, requantize with its own bits and group size, choosing each
+element's rounding so the requantized matrix keeps the direction out: `rounding`).
 
 Everything here works on a flat `{name: array}` dict of one model's parameters (the names
 `mlx_lm.load` reads back) and a raw config dict; nothing is loaded or written.
@@ -11,15 +10,13 @@ Everything here works on a flat `{name: array}` dict of one model's parameters (
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import mlx.core as mx
 
-__all__ = ["REPROJECT_ROUNDS", "MatrixEdit", "ablate_weights"]
+from .rounding import PACKED_BITS, expand, pack, round_out, unpack
 
-# Measured on the tiny 4-bit models (experiments/bake_requant.py): the component left falls
-# for about 4-6 rounds and then oscillates, so 8 rounds keeping the best is enough.
-REPROJECT_ROUNDS = 8
+__all__ = ["MatrixEdit", "ablate_weights"]
 
 
 @dataclass
@@ -31,7 +28,6 @@ class MatrixEdit:
     relative: float
     max_abs: float
     remaining: float
-    rounds: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,46 +44,55 @@ def _norm(x: mx.array) -> float:
     return float(mx.linalg.norm(x.reshape(-1).astype(mx.float32)).item())
 
 
+def _quantized_edit(scales: mx.array, biases: mx.array, edited: mx.array,
+                    unit: mx.array, rows: bool, group_size: int, bits: int
+                    ) -> tuple[mx.array, mx.array, mx.array]:
+    """Requantize `edited` with the scales mx.quantize picks and the rounding
+    `rounding.round_out` picks (`rows`: the direction lies along the quantized axis)."""
+    qw, qs, qb = mx.quantize(edited, group_size=group_size, bits=bits)
+    qs, qb = qs.astype(scales.dtype), qb.astype(biases.dtype)
+    if bits not in PACKED_BITS:
+        return qw, qs, qb
+    levels, step, offset = unpack(qw, bits), expand(qs, group_size), expand(qb, group_size)
+    if rows:  # (V, D) quantized along D, the direction's axis: turned to (D, V) and back
+        levels = round_out(levels.T, step.T, offset.T, edited.T, unit, bits).T
+    else:
+        levels = round_out(levels, step, offset, edited, unit, bits)
+    return pack(levels, bits), qs, qb
+
+
 def _edit_matrix(weights: dict[str, mx.array], prefix: str, config: dict[str, Any],
-                 edit: Callable[[mx.array], mx.array],
-                 component: Callable[[mx.array], mx.array]) -> Optional[MatrixEdit]:
-    """Replace `prefix.weight` by `edit(weight)` computed in float32. A quantized weight is
-    dequantized first, requantized after with its own group size and bits, and re-projected:
-    `component(w)` is the direction's part of `w`; each round subtracts what the last
-    requantisation left of it from the float target. Returns the cost (None: not quantized)."""
+                 unit: mx.array, rows: bool) -> Optional[MatrixEdit]:
+    """Project `unit` out of `prefix.weight` in float32 (`rows`: each row is a vector in the
+    stream, else its second-to-last axis is the stream). A quantized weight is dequantized,
+    edited, and requantized with its own group size and bits and a rounding chosen to keep the
+    direction out; returns the cost then (None: not quantized)."""
+
+    def part(m: mx.array) -> mx.array:  # the direction's share of m
+        if rows:
+            return (m @ unit)[..., None] * unit
+        return unit[:, None] * mx.einsum("d,...di->...i", unit, m)[..., None, :]
+
     w = weights[f"{prefix}.weight"]
     scales = weights.get(f"{prefix}.scales")
     if scales is None:
-        weights[f"{prefix}.weight"] = edit(w.astype(mx.float32)).astype(w.dtype)
+        wf = w.astype(mx.float32)
+        weights[f"{prefix}.weight"] = (wf - part(wf)).astype(w.dtype)
         return None
     group_size, bits, mode = _quant_params(config, prefix)
     if mode != "affine":
         raise ValueError(f"{prefix} is quantized in mode {mode!r}; bake edits affine only")
     biases = weights[f"{prefix}.biases"]
-
-    def quantize(x: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        qw, qs, qb = mx.quantize(x, group_size=group_size, bits=bits)
-        qs, qb = qs.astype(scales.dtype), qb.astype(biases.dtype)
-        back = mx.dequantize(qw, qs, qb, group_size=group_size, bits=bits).astype(mx.float32)
-        return qw, qs, qb, back
-
-    dense = mx.dequantize(w, scales, biases, group_size=group_size, bits=bits)
-    edited = edit(dense.astype(mx.float32))
-    before = max(_norm(component(dense.astype(mx.float32))), 1e-30)
-    target, best, best_left, rounds = edited, None, float("inf"), 0
-    for r in range(REPROJECT_ROUNDS):
-        qw, qs, qb, back = quantize(target)
-        left = _norm(component(back))
-        if left < best_left:
-            best, best_left, rounds = (qw, qs, qb, back), left, r
-        target = target - component(back)  # push the rounding's share of u back out
-    qw, qs, qb, back = best  # type: ignore[misc]
+    dense = mx.dequantize(w, scales, biases, group_size=group_size, bits=bits).astype(mx.float32)
+    edited = dense - part(dense)
+    qw, qs, qb = _quantized_edit(scales, biases, edited, unit, rows, group_size, bits)
     weights[f"{prefix}.weight"], weights[f"{prefix}.scales"] = qw, qs
     weights[f"{prefix}.biases"] = qb
+    back = mx.dequantize(qw, qs, qb, group_size=group_size, bits=bits).astype(mx.float32)
     diff = back - edited
     return MatrixEdit(relative=_norm(diff) / max(_norm(edited), 1e-30),
-                      max_abs=float(mx.abs(diff).max().item()), remaining=best_left / before,
-                      rounds=rounds)
+                      max_abs=float(mx.abs(diff).max().item()),
+                      remaining=_norm(part(back)) / max(_norm(part(dense)), 1e-30))
 
 
 def ablate_weights(weights: dict[str, mx.array], config: dict[str, Any], unit: mx.array,
@@ -97,17 +102,10 @@ def ablate_weights(weights: dict[str, mx.array], config: dict[str, Any], unit: m
     `(E, D, I)` edits every expert), with their biases (b - (b.u) u). Returns {module path:
     requantisation cost or None (not quantized)}."""
     u = unit.astype(mx.float32)
-
-    def row_part(e: mx.array) -> mx.array:  # (V, D): each row is a vector in the stream
-        return (e @ u)[:, None] * u[None, :]
-
-    def col_part(w: mx.array) -> mx.array:  # (..., D, I): output dimension second to last
-        return u[:, None] * mx.einsum("d,...di->...i", u, w)[..., None, :]
-
     report: dict[str, Optional[MatrixEdit]] = {}
-    for prefixes, part in ((embeddings, row_part), (outputs, col_part)):
+    for prefixes, rows in ((embeddings, True), (outputs, False)):
         for p in prefixes:
-            report[p] = _edit_matrix(weights, p, config, lambda w, f=part: w - f(w), part)
+            report[p] = _edit_matrix(weights, p, config, u, rows)
             mx.eval(weights[f"{p}.weight"])
     for p in outputs:
         if (b := weights.get(f"{p}.bias")) is not None:  # (..., D), per expert if fused
