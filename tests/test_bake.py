@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlux import HookedModel, SteeringVector, cli, generate_batch
-from mlux.bake import bake_ablation, bake_steering
+from mlux.bake import bake_ablation, bake_steering, bake_support
 from mlux.hooks import HookContext
 from mlux.steering import create_ablation_hook, steering_hooks
 from mlux.testing import save_tiny_model
@@ -60,7 +60,7 @@ class _ProjectedEmbedding(nn.Module):
         return self.inner.as_linear(x)
 
 
-def _ablated_reference(src: Path, direction: mx.array) -> mx.array:
+def _ablated_reference(src: Path, direction: mx.array, tokens: mx.array = TOKENS) -> mx.array:
     hooked = HookedModel.from_pretrained(str(src))
     for path, module in list(hooked.model.named_modules()):
         if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
@@ -69,7 +69,7 @@ def _ablated_reference(src: Path, direction: mx.array) -> mx.array:
             setattr(owner, name, _ProjectedEmbedding(module, direction))
     hooks = [(f"{kind}_{i}", create_ablation_hook(direction))
              for i in range(hooked.num_layers) for kind in ("attention", "mlp")]
-    return hooked.run_with_hooks(TOKENS, hooks).astype(mx.float32)
+    return hooked.run_with_hooks(tokens, hooks).astype(mx.float32)
 
 
 def _rel(a: mx.array, b: mx.array) -> float:
@@ -82,7 +82,7 @@ def test_ablation_equals_the_hooked_original(tiny, tmp_path, arch):
     hooked = HookedModel.from_pretrained(str(src))
     vec = _vector(hooked.hidden_size)
     summary = bake_ablation(hooked, vec, out=tmp_path / "out")
-    assert summary["requantization_error"] is None and summary["direction_layer"] == 1
+    assert summary["requantization"] is None and summary["direction_layer"] == 1
     baked = HookedModel(*mlx_lm.load(str(tmp_path / "out")))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False
@@ -96,31 +96,37 @@ def test_ablation_equals_the_hooked_original(tiny, tmp_path, arch):
     assert "ablation" in card and "layer 1" in card
 
 
-def test_ablation_4bit_requantizes_with_bounded_error(tiny, tmp_path):
-    src = tiny("llama", 4)
+def _component_rms(acts: dict, u: mx.array) -> dict:
+    return {k: float(mx.sqrt(mx.mean((a.astype(mx.float32) @ u) ** 2))) for k, a in acts.items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_ablation_4bit_keeps_the_direction_out_after_requantizing(tiny, tmp_path, arch):
+    """Issue 25.5: plain requantisation left 0.09-0.24x of the component; the chosen rounding
+    leaves < 1% at every layer, and the baked logits are closer to the hooked reference than
+    the unedited model's (on qwen3_moe they were not)."""
+    src = tiny(arch, 4)
     hooked = HookedModel.from_pretrained(str(src))
     vec = _vector(hooked.hidden_size)
     summary = bake_ablation(hooked, vec, out=tmp_path / "out")
-    q = summary["requantization_error"]
-    # 4-bit, group size 32: ~7% relative per edited matrix, the size of 4-bit noise itself.
-    assert 0 < q["max_relative"] < 0.1
+    q = summary["requantization"]
+    # 4-bit, group size 32: ~7% relative error from rounding alone, ~9% with the chosen rounding
+    assert 0 < q["max_relative"] < 0.12
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization"]["group_size"] == 32 and config["quantization"]["bits"] == 4
     baked = HookedModel(*mlx_lm.load(str(tmp_path / "out")))
     u = vec[1] / mx.linalg.norm(vec[1])
-    before = hooked.capture(TOKENS, "all")
-    after = baked.capture(TOKENS, "all")
-    for name in before:  # requantisation noise leaves part of the direction, well under before
-        b, a = (float(mx.sqrt(mx.mean((x @ u) ** 2))) for x in (before[name], after[name]))
-        assert a < 0.5 * b, (name, a, b)
-    reference = _ablated_reference(src, vec[1])
-    logits = baked.run_with_hooks(TOKENS, []).astype(mx.float32)
-    rel = _rel(logits, reference)
-    same = float(mx.mean(logits.argmax(-1) == reference.argmax(-1)).item())
-    print(f"4-bit ablation: logit rel err {rel:.3g}, argmax agreement {same:.2f}")
-    # Measured 0.28 and 5/8; quantizing this fp32 model to 4-bit at all costs more (0.47, 5/8):
-    # requantizing after the edit adds about one round of 4-bit noise.
-    assert rel < 0.4 and same >= 0.5, (rel, same)
+    held_out = mx.array([[40, 41, 50, 17, 9, 33, 12, 8, 61, 25], [7, 7, 19, 52, 30, 44, 5, 60, 14, 21]])
+    before = _component_rms(hooked.capture(held_out, "all"), u)
+    after = _component_rms(baked.capture(held_out, "all"), u)
+    for name in before:
+        assert after[name] < 0.01 * before[name], (name, after[name], before[name])
+    reference = _ablated_reference(src, vec[1], held_out)
+    logits = baked.run_with_hooks(held_out, []).astype(mx.float32)
+    unedited = hooked.run_with_hooks(held_out, []).astype(mx.float32)
+    print(f"{arch} 4-bit: logit error {_rel(logits, reference):.3g}, unedited "
+          f"{_rel(unedited, reference):.3g}")
+    assert _rel(logits, reference) < 0.8 * _rel(unedited, reference)
 
 
 @pytest.mark.parametrize(("arch", "bits"), [("llama", None), ("gpt2", None), ("llama", 4)])
@@ -169,20 +175,122 @@ def test_the_folder_runs_without_mlux(tiny, tmp_path):
 
 
 @pytest.mark.parametrize(("arch", "mode", "message"), [
-    ("gemma2", "ablate", "post-norm"),
-    ("olmo2", "ablate", "post-norm"),
-    ("gemma", "ablate", "cannot be edited without changing the LM head"),
-    ("qwen2", "add", "additive baking works for llama"),
+    ("gemma2", "ablation", "post-norm"),
+    ("olmo2", "ablation", "post-norm"),
+    ("olmo2", "additive", "post-norm"),
+    ("gemma", "ablation", "cannot be edited without changing the LM head"),
+    ("gpt2", "ablation", "cannot be edited without changing the LM head"),
+    ("qwen2", "additive", "no bias on the MLP output projection"),
+    ("qwen3_moe", "additive", "mixture of experts"),
 ])
 def test_refused_architectures(tiny, tmp_path, arch, mode, message):
     hooked = HookedModel.from_pretrained(str(tiny(arch)))
     vec = _vector(hooked.hidden_size)
+    assert message in bake_support(hooked, mode)
     with pytest.raises(ValueError, match=message):
-        if mode == "ablate":
+        if mode == "ablation":
             bake_ablation(hooked, vec, out=tmp_path / "out")
         else:
             bake_steering(hooked, vec, 1.0, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("arch", "mode"), [("llama", "ablation"), ("llama", "additive"),
+                                            ("qwen3_moe", "ablation"), ("gpt2", "additive")])
+def test_bake_support_says_yes_where_the_bake_is_exact(tiny, arch, mode):
+    assert bake_support(HookedModel.from_pretrained(str(tiny(arch))), mode) is None
+
+
+def test_a_module_mlux_cannot_place_is_refused(tiny, tmp_path):
+    hooked = HookedModel.from_pretrained(str(tiny("llama")))
+    block = hooked.arch.blocks[1].wrapped
+    block.adapter = nn.Linear(hooked.hidden_size, hooked.hidden_size)  # unknown: may write
+    reason = bake_support(hooked, "ablation")
+    assert "model.layers.1.adapter" in reason and "cannot place" in reason
+    del block["adapter"]
+    assert bake_support(hooked, "ablation") is None
+    hooked.model.model.proj_in = nn.Linear(hooked.hidden_size, hooked.hidden_size)
+    assert "model.proj_in outside the blocks" in bake_support(hooked, "additive")
+
+
+def test_a_missed_writer_is_caught_before_writing(tiny, tmp_path, monkeypatch):
+    """The probe after the edit is the safety net: drop one writer from the list and the bake
+    is refused (the stream still carries the direction), nothing written."""
+    import mlux.bake as bake
+    hooked = HookedModel.from_pretrained(str(tiny("llama")))
+    real = bake.find_writers
+
+    def missing_one(h):
+        w = real(h)
+        w.outputs = [p for p in w.outputs if p != "model.layers.1.mlp.down_proj"]
+        return w
+
+    monkeypatch.setattr(bake, "find_writers", missing_one)
+    with pytest.raises(ValueError, match="has not found every residual writer"):
+        bake_ablation(hooked, _vector(hooked.hidden_size), out=tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+_MOE = {
+    "mixtral": dict(intermediate_size=96, num_local_experts=4, num_experts_per_tok=2,
+                    num_key_value_heads=2),
+    "gpt_oss": dict(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+                    head_dim=16, num_key_value_heads=2, sliding_window=8,
+                    layer_types=["sliding_attention", "full_attention"]),
+    "deepseek_v3": dict(num_hidden_layers=3, intermediate_size=96, moe_intermediate_size=32,
+                        n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2,
+                        kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=16,
+                        qk_nope_head_dim=16, first_k_dense_replace=1, num_key_value_heads=4),
+}
+
+
+def _save_moe(root: Path, arch: str) -> Path:
+    """A tiny random `arch` built from mlx-lm's own ModelArgs (not in mlux.testing yet)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes, save_config, save_model
+
+    from mlux.testing import tiny_tokenizer_words
+    from mlux.tokenizer_files import write_word_tokenizer
+
+    config = {"model_type": arch, "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "tie_word_embeddings": False, **_MOE[arch]}
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(config))
+    params = tree_flatten(model.parameters())
+    weights = []
+    for (k, p), key in zip(params, mx.random.split(mx.random.key(0), len(params)), strict=True):
+        noise = mx.random.normal(p.shape, key=key)
+        if "norm" in k:
+            v = mx.ones(p.shape)
+        elif k.endswith(("sinks", "correction_bias")):
+            v = mx.zeros(p.shape)
+        elif k.endswith("bias"):  # gpt_oss's experts have biases: (E, D) edited per expert
+            v = 0.05 * noise
+        else:
+            v = noise if "embed" in k else noise / p.shape[-1] ** 0.5
+        weights.append((k, v))
+    model.load_weights(weights, strict=True)
+    path = root / arch
+    save_model(path, model)
+    save_config(config, config_path=path / "config.json")
+    write_word_tokenizer(tiny_tokenizer_words(128), path)
+    return path
+
+
+@pytest.mark.parametrize("arch", sorted(_MOE))
+def test_ablation_edits_every_expert_exactly(tmp_path, arch):
+    """Fused SwitchLinear experts (their biases too) and shared experts: the baked model,
+    loaded by plain mlx-lm, equals the original with the ablation hooks, in float32."""
+    src = _save_moe(tmp_path, arch)
+    hooked = HookedModel.from_pretrained(str(src))
+    vec = _vector(hooked.hidden_size)
+    summary = bake_ablation(hooked, vec, out=tmp_path / "out")
+    experts = [p for p in summary["edited"] if "switch_mlp" in p or "experts" in p]
+    assert len(experts) >= hooked.num_layers - _MOE[arch].get("first_k_dense_replace", 0)
+    model, _ = mlx_lm.load(str(tmp_path / "out"))
+    logits = model(TOKENS).astype(mx.float32)
+    assert _rel(logits, _ablated_reference(src, vec[1])) < 1e-4
+    assert _rel(logits, hooked.run_with_hooks(TOKENS, []).astype(mx.float32)) > 1e-3
 
 
 def test_bad_vectors_and_layers(tiny, tmp_path):
