@@ -334,3 +334,103 @@ def test_cli(tiny, tmp_path, capsys):
         assert cli.main([*args, "--overwrite", *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mlux bake: error: ") and message in err, err
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(name: str):
+        raise AssertionError(f"{path} holds {name}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize(("alpha", "scale"), [("inf", 1.0), ("-inf", 1.0), ("1e39", 1.0),
+                                              ("nan", 1.0), ("1e21", 1e18)])
+def test_non_finite_alpha_or_alpha_times_vector_is_refused(tiny, tmp_path, capsys, alpha, scale):
+    """Issue 25.1: one line, exit 2, nothing written (1e39 overflows float32, as 1e21 x 1e18)."""
+    src = tiny("llama")
+    vec = SteeringVector({1: mx.ones((64,)) * scale}, model_id="tiny")
+    vec_path = vec.save(tmp_path / "v.safetensors")
+    out = tmp_path / "baked"
+    code = cli.main(["bake", "--model", str(src), "--vector", str(vec_path), f"--alpha={alpha}",
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mlux bake: error: ") and err.count("\n") == 1, err
+    assert ("finite alpha" in err) or ("overflows" in err), err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
+
+
+def test_bake_json_is_strict(tiny, tmp_path):
+    src = tiny("llama", 4)
+    hooked = HookedModel.from_pretrained(str(src))
+    vec = _vector(hooked.hidden_size)
+    bake_ablation(hooked, vec, out=tmp_path / "a")
+    bake_steering(hooked, vec, 1e3, out=tmp_path / "s")
+    for name in ("a", "s"):
+        summary = _strict_json(tmp_path / name / "mlux_bake.json")
+    assert summary["alpha"] == 1e3
+    with pytest.raises(ValueError, match="logits are not finite"):  # alpha x v finite, logits not
+        bake_steering(hooked, vec, 1e30, out=tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+
+
+def test_out_that_is_contains_or_lies_in_the_source_is_refused(tiny, tmp_path, capsys):
+    """Issue 25.2: --overwrite with --out the source's parent deleted the source model."""
+    src = save_tiny_model(tmp_path / "models" / "src", "llama")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    vec_path = _vector(64).save(tmp_path / "v.safetensors")
+    for out, how in [(src, "is"), (src.parent, "contains"), (tmp_path, "contains"),
+                     (src / "inner", "lies inside")]:
+        for mode in (["--ablate", str(vec_path)], ["--vector", str(vec_path), "--alpha", "1"]):
+            code = cli.main(["bake", "--model", str(src), *mode, "--out", str(out),
+                             "--overwrite"])
+            err = capsys.readouterr().err
+            assert code == 2 and f"{how} the source model's folder" in err, err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_out_file_overwritten_leaves_nothing_behind(tiny, tmp_path):
+    """Issue 25.3: replacing a file (or a link) left a hidden .FILE.<hex>.old next to it."""
+    hooked = HookedModel.from_pretrained(str(tiny("llama")))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "out").write_text("a file")
+    bake_steering(hooked, _vector(64), 1.0, out=work / "out", overwrite=True)
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+    assert (work / "out" / "config.json").is_file()
+    bake_steering(hooked, _vector(64), 2.0, out=work / "out", overwrite=True)  # a folder
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+    assert _strict_json(work / "out" / "mlux_bake.json")["alpha"] == 2.0
+
+
+def test_gguf_vectors_bake_like_safetensors(tiny, tmp_path, capsys):
+    """Issue 25.4: --vector / --ablate v.gguf read through the loader every verb uses."""
+    src = tiny("llama")
+    vec = _vector(64, layers=(1,))
+    vec.save(tmp_path / "v.safetensors")
+    vec.export_gguf(tmp_path / "v.gguf")
+    for flag, extra in (("--vector", ["--alpha", "1.5"]), ("--ablate", [])):
+        for ext in ("safetensors", "gguf"):
+            code = cli.main(["bake", "--model", str(src), flag, str(tmp_path / f"v.{ext}"),
+                             *extra, "--out", str(tmp_path / f"{flag[2:]}-{ext}")])
+            assert code == 0, capsys.readouterr().err
+        a, b = (mlx_lm.load(str(tmp_path / f"{flag[2:]}-{ext}"))[0](TOKENS)
+                for ext in ("safetensors", "gguf"))
+        assert _rel(a, b) < 1e-6
+
+
+def test_card_names_the_model_and_drops_files_of_the_unbaked_model(tmp_path):
+    """Issue 26.18: the card showed an install path and the folder kept the source's
+    steering_table.json / training_report.json."""
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    vec = SteeringVector({2: mx.ones((hooked.hidden_size,))}, model_id="mlux-toy")
+    bake_steering(hooked, vec, 1.0, out=tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Source model: `mlux-toy`" in card
+    summary = _strict_json(tmp_path / "out" / "mlux_bake.json")
+    assert summary["source_model"] == "mlux-toy"
+    assert "steering_table.json" in summary["dropped_files"]
+    assert "training_report.json" in summary["dropped_files"]
+    for text in (card, json.dumps(summary)):
+        assert "site-packages" not in text and str(Path.home()) not in text
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert not {"steering_table.json", "training_report.json"} & files
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= files

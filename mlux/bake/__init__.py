@@ -129,7 +129,8 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
             fresh = fresh or _class_biases(config, weights)
             weights.update(fresh)
         b = weights[key]
-        new = (b.astype(mx.float32) + float(alpha) * vec[layer].astype(mx.float32)).astype(b.dtype)
+        new = (b.astype(mx.float32) + float(alpha) * vec[layer].astype(mx.float32)
+               ).astype(b.dtype)
         if not bool(mx.isfinite(new).all()):
             raise ValueError(f"alpha {alpha:g} times the vector at layer {layer} overflows "
                              f"{b.dtype} (largest |v| {float(mx.abs(vec[layer]).max()):.3g}): "
@@ -138,7 +139,10 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
     mx.eval(weights)
     error = measure_additive(hooked, _load(config, weights, hooked), vec, float(alpha), chosen)
     limit = 1e-4 if hooked.dtype == mx.float32 and hooked.quantization is None else 2e-2
-    if not error <= limit:
+    if not math.isfinite(error):
+        raise ValueError(f"at alpha {alpha:g} the steered model's logits are not finite (the "
+                         "stream overflows): choose a smaller alpha")
+    if error > limit:
         raise _refusal(hooked, "additive", f"the baked logits differ from the steered "
                        f"original by {error:.3g} (limit {limit})")
     summary = {"mode": "additive", "alpha": float(alpha), "layers": chosen,

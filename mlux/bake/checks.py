@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import mlx.core as mx
@@ -145,6 +146,8 @@ def measure_additive(hooked: Any, baked: Any, vector: Any, alpha: float,
     tokens = probe_tokens(hooked)
     reference = hooked.run_with_hooks(tokens, steering_hooks(vector, alpha, layers=layers))
     got = baked.run_with_hooks(tokens, [])
+    if not bool(mx.isfinite(reference).all()):
+        return math.inf  # the steering itself overflows
     diff = (got.astype(mx.float32) - reference.astype(mx.float32)).reshape(-1)
     return float((mx.linalg.norm(diff) / mx.linalg.norm(
         reference.astype(mx.float32).reshape(-1))).item())
