@@ -128,12 +128,12 @@ def atomic_write_dir(path: PathLike, write: Callable[[Path], None]) -> Path:
             if f.is_file():
                 _fsync_file(f)
         _fsync_dir(tmp)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too: rename cannot replace it by a dir
             os.replace(target, old)
         os.replace(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
+        if os.path.lexists(old) and not os.path.lexists(target):
             with contextlib.suppress(OSError):
                 os.replace(old, target)
         if isinstance(exc, OSError):
