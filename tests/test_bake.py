@@ -116,7 +116,8 @@ def test_ablation_4bit_keeps_the_direction_out_after_requantizing(tiny, tmp_path
     assert config["quantization"]["group_size"] == 32 and config["quantization"]["bits"] == 4
     baked = HookedModel(*mlx_lm.load(str(tmp_path / "out")))
     u = vec[1] / mx.linalg.norm(vec[1])
-    held_out = mx.array([[40, 41, 50, 17, 9, 33, 12, 8, 61, 25], [7, 7, 19, 52, 30, 44, 5, 60, 14, 21]])
+    held_out = mx.array([[40, 41, 50, 17, 9, 33, 12, 8, 61, 25],
+                         [7, 7, 19, 52, 30, 44, 5, 60, 14, 21]])  # not the bake's probe
     before = _component_rms(hooked.capture(held_out, "all"), u)
     after = _component_rms(baked.capture(held_out, "all"), u)
     for name in before:
