@@ -37,10 +37,13 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..experiments.options import load_vector  # the one loader of vector files
+from ..model import HookedModel
 from ..vectors import SteeringVector
 from .checks import (
     bias_config,
     build,
+    class_parameters,
     measure_ablation,
     measure_additive,
     stream_check,
@@ -196,8 +199,6 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
 
 def _prepare(hooked: Any, vector: Any, out: Union[str, Path], overwrite: bool,
              source: Any) -> tuple[SteeringVector, dict, Path, Path]:
-    from ..experiments.options import load_vector  # the one loader of vector files
-
     src = source_dir(source if source is not None else hooked.model_id)
     target = check_target(out, src, overwrite)
     if isinstance(vector, SteeringVector):
@@ -228,8 +229,6 @@ def _weights(hooked: Any) -> dict[str, mx.array]:
 
 def _class_biases(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """Zeros for every bias the switched-on config adds (e.g. llama's gate/up/down biases)."""
-    from .checks import class_parameters
-
     out: dict[str, mx.array] = {}
     for k, v in class_parameters(config).items():
         if k.endswith(".bias") and k not in weights:
@@ -241,8 +240,6 @@ def _class_biases(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[
 
 
 def _load(config: dict[str, Any], weights: dict[str, mx.array], hooked: Any) -> Any:
-    from ..model import HookedModel
-
     return HookedModel(build(config, weights), hooked.tokenizer)
 
 
