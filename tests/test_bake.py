@@ -14,6 +14,7 @@ import mlx.nn as nn
 import mlx_lm
 import numpy as np
 import pytest
+from mlx.utils import tree_unflatten
 
 from mlux import HookedModel, SteeringVector, cli, generate_batch
 from mlux.bake import bake_ablation, bake_steering, bake_support
@@ -200,6 +201,42 @@ def test_refused_architectures(tiny, tmp_path, arch, mode, message):
                                             ("qwen3_moe", "ablation"), ("gpt2", "additive")])
 def test_bake_support_says_yes_where_the_bake_is_exact(tiny, arch, mode):
     assert bake_support(HookedModel.from_pretrained(str(tiny(arch))), mode) is None
+
+
+def test_support_is_measured_not_looked_up(tiny, tmp_path):
+    """olmo2 normalises each branch output after computing it. With uniform norm weights that
+    keeps a removed direction removed (the ablation bake is exact and allowed) but still
+    rescales an added bias (the additive bake is refused): decided on the model, not its name."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import save_model
+
+    src = tiny("olmo2")
+    model, _ = mlx_lm.load(str(src))
+    model.update(tree_unflatten([(k, mx.ones_like(v)) for k, v in
+                                 tree_flatten(model.parameters()) if "post_" in k]))
+    uniform = tmp_path / "uniform"
+    save_model(uniform, model)
+    for f in src.iterdir():
+        if not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            (uniform / f.name).write_bytes(f.read_bytes())
+    hooked = HookedModel.from_pretrained(str(uniform))
+    assert bake_support(hooked, "ablation") is None
+    assert "not the same vector added to the block's output" in bake_support(hooked, "additive")
+    vec = _vector(hooked.hidden_size)
+    bake_ablation(hooked, vec, out=tmp_path / "out")
+    logits = mlx_lm.load(str(tmp_path / "out"))[0](TOKENS).astype(mx.float32)
+    assert _rel(logits, _ablated_reference(uniform, vec[1])) < 1e-4
+
+
+def test_a_model_the_hooks_cannot_run_is_refused_with_the_reason(tiny, monkeypatch):
+    hooked = HookedModel.from_pretrained(str(tiny("llama")))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("hook points ['residuals_0'] did not fire in llama")
+
+    monkeypatch.setattr(hooked, "capture", broken)
+    reason = bake_support(hooked, "ablation")
+    assert "on a probe failed (hook points ['residuals_0'] did not fire" in reason
 
 
 def test_a_module_mlux_cannot_place_is_refused(tiny, tmp_path):

@@ -181,7 +181,7 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
         if unit is None:  # any direction shows a post-norm block; a fixed one, reproducibly
             unit = mx.random.normal((hooked.hidden_size,), key=mx.random.key(7))
             unit = unit / mx.linalg.norm(unit)
-        why = stream_check(hooked, unit)
+        why = stream_check(hooked, unit, additive=kind == "additive")
         if why is not None:
             raise ValueError(why)
         if kind == "ablation" and writers.head is None:

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import _get_classes, infer_quant_config
 
-from ..steering import create_ablation_hook, steering_hooks
+from ..steering import create_ablation_hook, create_steering_hook, steering_hooks
 from .writers import Writers
 
 __all__ = ["BIAS_SWITCHES", "bias_config", "build", "class_parameters", "measure_additive",
@@ -42,9 +42,43 @@ def _components(acts: dict[str, mx.array], unit: mx.array, num_layers: int) -> m
                      for i in range(num_layers)])  # (L, B, T)
 
 
-def stream_check(hooked: Any, unit: mx.array) -> Optional[str]:
-    """None if ablating every attention and MLP output keeps the direction's component of the
-    stream constant (pre-norm residual blocks), else the reason it does not."""
+def stream_check(hooked: Any, unit: mx.array, additive: bool = False) -> Optional[str]:
+    """None if the blocks add their attention and MLP outputs to the stream unchanged, as far
+    as the bake needs (measured on a probe), else the reason they do not. Ablation: removing
+    `unit` from every attention and MLP output keeps the stream's component along it constant.
+    Additive (`additive`): adding `unit` to each block's MLP output equals adding it to the
+    block's output."""
+    try:
+        if additive:
+            return _mlp_joins_unchanged(hooked, unit)
+        return _component_kept(hooked, unit)
+    except (ValueError, RuntimeError) as e:  # the model or mlux's hooks fail on it at all
+        return f"running it with mlux's hooks on a probe failed ({str(e).splitlines()[0]})"
+
+
+def _mlp_joins_unchanged(hooked: Any, unit: mx.array) -> Optional[str]:
+    tokens = probe_tokens(hooked)
+    points = [i for i in range(hooked.num_layers) if f"mlp_{i}" in hooked.hook_points]
+    at_mlp = hooked.run_with_hooks(tokens, [(f"mlp_{i}", create_steering_hook(unit))
+                                            for i in points])
+    at_block = hooked.run_with_hooks(tokens, steering_hooks(unit, 1.0, layers=points))
+    plain = hooked.run_with_hooks(tokens, [])
+    moved, diff = _max_diff(at_block, plain), _max_diff(at_mlp, at_block)
+    if moved == 0.0:
+        return "steering its blocks' outputs through mlux's hooks does not change its logits"
+    tol = 1e-3 if hooked.dtype == mx.float32 else 5e-2
+    if diff <= tol * max(moved, 1e-30):
+        return None
+    return ("a vector added to a block's MLP output is not the same vector added to the "
+            "block's output: the block normalises or transforms the MLP output after computing "
+            "it (post-norm / sandwich norm), so a bias there is not an addition to the stream")
+
+
+def _max_diff(a: mx.array, b: mx.array) -> float:
+    return float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max())
+
+
+def _component_kept(hooked: Any, unit: mx.array) -> Optional[str]:
     tokens = probe_tokens(hooked)
     plain = hooked.capture(tokens, "all")
     if any(a.ndim != 3 for a in plain.values()):
