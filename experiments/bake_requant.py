@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,6 +28,7 @@ import mlx_lm
 from mlux import HookedModel, SteeringVector
 from mlux.atomic import atomic_write_json
 from mlux.bake import bake_ablation
+from mlux.bake.edits import ablate_weights
 from mlux.hooks import HookContext
 from mlux.steering import create_ablation_hook
 from mlux.testing import save_tiny_model
@@ -106,6 +108,29 @@ def measure(model_id: str, out: Path, seed: int) -> dict[str, Any]:
     return row
 
 
+def speed(rows: int, cols: int, group_size: int = 64) -> dict[str, Any]:
+    """Seconds to ablate one random 4-bit `(rows, cols)` output projection, nearest rounding
+    vs chosen rounding (wall and process CPU time; the machine may be shared)."""
+    w = mx.random.normal((rows, cols), key=mx.random.key(1)) * 0.02
+    qw, qs, qb = mx.quantize(w, group_size=group_size, bits=4)
+    unit = mx.random.normal((rows,), key=mx.random.key(2))
+    unit = unit / mx.linalg.norm(unit)
+    config = {"quantization": {"group_size": group_size, "bits": 4}}
+    out: dict[str, Any] = {"shape": [rows, cols], "group_size": group_size}
+    for name, patch in (("nearest_rounding", ()), ("chosen_rounding", None)):
+        weights = {"m.layers.0.mlp.down_proj.weight": qw, "m.layers.0.mlp.down_proj.scales": qs,
+                   "m.layers.0.mlp.down_proj.biases": qb}
+        mx.eval(weights)
+        wall, cpu = time.perf_counter(), time.process_time()
+        with mock.patch("mlux.bake.edits.PACKED_BITS", patch if patch is not None else
+                        (2, 4, 8)):
+            edit = ablate_weights(weights, config, unit, [], ["m.layers.0.mlp.down_proj"])
+        out[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                     "component_left": edit["m.layers.0.mlp.down_proj"].remaining,
+                     "relative_error": edit["m.layers.0.mlp.down_proj"].relative}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, default=RESULT)
@@ -124,9 +149,16 @@ def main() -> None:
                   f"{c['logit_error']:.3f} (unedited {row['unedited_logit_error']:.3f})   "
                   f"matrix error {n['matrix_relative_error_max']:.3f} -> "
                   f"{c['matrix_relative_error_max']:.3f}")
+    timings = [speed(r, c) for r, c in ((1024, 2816), (2048, 5632))]
+    for t in timings:
+        n, c = t["nearest_rounding"], t["chosen_rounding"]
+        print(f"{t['shape']}: wall {n['wall_s']:.2f}s -> {c['wall_s']:.2f}s, cpu "
+              f"{n['cpu_s']:.2f}s -> {c['cpu_s']:.2f}s; component left "
+              f"{n['component_left']:.3f} -> {c['component_left']:.1e}, error "
+              f"{n['relative_error']:.4f} -> {c['relative_error']:.4f}")
     atomic_write_json(args.output, {"bits": 4, "group_size": "the model's (32 tiny, toy: "
                                     "its own)", "held_out": "8 rows x 24 random tokens",
-                                    "models": rows})
+                                    "models": rows, "speed": timings})
     print(f"wrote {args.output}")
 
 

@@ -54,10 +54,11 @@ def _quantized_edit(scales: mx.array, biases: mx.array, edited: mx.array,
     if bits not in PACKED_BITS:
         return qw, qs, qb
     levels, step, offset = unpack(qw, bits), expand(qs, group_size), expand(qb, group_size)
-    if rows:  # (V, D) quantized along D, the direction's axis: turned to (D, V) and back
-        levels = round_out(levels.T, step.T, offset.T, edited.T, unit, bits).T
-    else:
+    if rows:  # (V, D): each row is a vector in the stream already
         levels = round_out(levels, step, offset, edited, unit, bits)
+    else:  # (..., D, I): turned so that the stream's axis is last, and back
+        t = lambda a: mx.swapaxes(a, -1, -2)  # noqa: E731
+        levels = t(round_out(t(levels), t(step), t(offset), t(edited), unit, bits))
     return pack(levels, bits), qs, qb
 
 
