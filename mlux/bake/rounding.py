@@ -64,6 +64,7 @@ def _moves(levels: mx.array, step: mx.array, err: mx.array, comp: mx.array, unit
     effect = unit * step  # (..., C, D) component change per +1 level
     move = -mx.sign(comp[..., None] * effect)
     ok = (move != 0) & (levels + move >= 0) & (levels + move <= top)
+    ok = ok & (mx.abs(err + step * move) <= mx.abs(step))  # the other neighbour only
     gain = mx.where(ok, mx.abs(effect), 0.0)
     cost = mx.maximum(step * step + 2 * err * step * move, 1e-12 * step * step)
     return move, gain, cost
