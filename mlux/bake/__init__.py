@@ -22,8 +22,9 @@ Every bake is checked before anything is written: the edited weights are loaded 
 `mlx_lm.load` loads them and run on a probe (ablation: the direction's component left in the
 stream at every layer; additive: the logits against the hooked original); a bake that is not
 exact is refused. Quantized models: each edited matrix is dequantized, edited in float32,
-requantized with its own bits and group size and re-projected (`edits`); the component left
-and the error are reported; every other weight is copied bit for bit.
+requantized with its own bits and group size, its rounding chosen to keep the direction out
+(`edits`, `rounding`); the component left and the error are reported; every other weight is
+copied bit for bit.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
         new = (b.astype(mx.float32) + float(alpha) * vec[layer].astype(mx.float32)
                ).astype(b.dtype)
         if not bool(mx.isfinite(new).all()):
+            dtype = str(b.dtype).rpartition(".")[2]
             raise ValueError(f"alpha {alpha:g} times the vector at layer {layer} overflows "
-                             f"{b.dtype} (largest |v| {float(mx.abs(vec[layer]).max()):.3g}): "
+                             f"{dtype} (largest |v| {float(mx.abs(vec[layer]).max()):.3g}): "
                              "choose a smaller alpha")
         weights[key] = new
     mx.eval(weights)
@@ -271,7 +273,8 @@ def _card(s: dict[str, Any]) -> str:
                 "and their biases); the LM head is unchanged (untied if it was tied)")
         if (q := s["requantization"]):
             what += (f". Quantized matrices were requantized with their own bits and group "
-                     f"size and re-projected: worst relative error {q['max_relative']:.3g}, "
+                     f"size, the rounding chosen to keep the direction out: worst relative "
+                     f"error {q['max_relative']:.3g}, "
                      f"direction's component left in the stream at most "
                      f"{s['remaining_component']['max']:.3g} of the original")
     else:
