@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
               f"into {len(s['edited'])} weight matrices of {args.model}")
         if (q := s["requantization"]):
             print(f"requantized (rounding chosen to keep the direction out): worst relative "
-                  f"error {q['max_relative']:.3g}, direction's component left in the stream at most "
-                  f"{s['remaining_component']['max']:.3g} of the original")
+                  f"error {q['max_relative']:.3g}, direction's component left in the stream at "
+                  f"most {s['remaining_component']['max']:.3g} of the original")
     else:
         s = bake_steering(hooked, args.vector, args.alpha, layers=layers, out=args.out,
                           overwrite=args.overwrite)
