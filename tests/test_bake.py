@@ -68,8 +68,8 @@ def _ablated_reference(src: Path, direction: mx.array, tokens: mx.array = TOKENS
             owner_path, _, name = path.rpartition(".")
             owner = dict(hooked.model.named_modules())[owner_path]
             setattr(owner, name, _ProjectedEmbedding(module, direction))
-    hooks = [(f"{kind}_{i}", create_ablation_hook(direction))
-             for i in range(hooked.num_layers) for kind in ("attention", "mlp")]
+    hook = create_ablation_hook(direction)
+    hooks = [(n, hook) for n in hooked.hook_points if not n.startswith("residuals_")]
     return hooked.run_with_hooks(tokens, hooks).astype(mx.float32)
 
 
@@ -280,9 +280,19 @@ _MOE = {
                         kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=16,
                         qk_nope_head_dim=16, first_k_dense_replace=1, num_key_value_heads=4),
 }
+_SSM = {  # state-space mixers: mixer-only blocks, and one beside attention (falcon_h1)
+    "mamba": dict(intermediate_size=128, state_size=8, conv_kernel=4, use_bias=False,
+                  use_conv_bias=True, time_step_rank=8),
+    "mamba2": dict(num_heads=4, head_dim=32, intermediate_size=128, state_size=8,
+                   layer_norm_epsilon=1e-5, conv_kernel=4, n_groups=1, use_bias=False,
+                   use_conv_bias=True, time_step_limit=[0.0, 1e9], time_step_rank=8),
+    "falcon_h1": dict(head_dim=16, intermediate_size=96, mamba_d_head=16, mamba_d_ssm=64,
+                      mamba_d_state=8, mamba_n_heads=4, num_key_value_heads=2,
+                      mamba_chunk_size=8),
+}
 
 
-def _save_moe(root: Path, arch: str) -> Path:
+def _save_built(root: Path, arch: str) -> Path:
     """A tiny random `arch` built from mlx-lm's own ModelArgs (not in mlux.testing yet)."""
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes, save_config, save_model
@@ -291,7 +301,8 @@ def _save_moe(root: Path, arch: str) -> Path:
     from mlux.tokenizer_files import write_word_tokenizer
 
     config = {"model_type": arch, "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "tie_word_embeddings": False, **_MOE[arch]}
+              "num_attention_heads": 4, "tie_word_embeddings": False,
+              **_MOE.get(arch, {}), **_SSM.get(arch, {})}
     model_cls, args_cls = _get_classes(config)
     model = model_cls(args_cls.from_dict(config))
     params = tree_flatten(model.parameters())
@@ -302,7 +313,7 @@ def _save_moe(root: Path, arch: str) -> Path:
             v = mx.ones(p.shape)
         elif k.endswith(("sinks", "correction_bias")):
             v = mx.zeros(p.shape)
-        elif k.endswith("bias"):  # gpt_oss's experts have biases: (E, D) edited per expert
+        elif k.endswith("bias") or p.ndim == 1:  # gpt_oss's experts' biases: (E, D) too
             v = 0.05 * noise
         else:
             v = noise if "embed" in k else noise / p.shape[-1] ** 0.5
@@ -319,7 +330,7 @@ def _save_moe(root: Path, arch: str) -> Path:
 def test_ablation_edits_every_expert_exactly(tmp_path, arch):
     """Fused SwitchLinear experts (their biases too) and shared experts: the baked model,
     loaded by plain mlx-lm, equals the original with the ablation hooks, in float32."""
-    src = _save_moe(tmp_path, arch)
+    src = _save_built(tmp_path, arch)
     hooked = HookedModel.from_pretrained(str(src))
     vec = _vector(hooked.hidden_size)
     summary = bake_ablation(hooked, vec, out=tmp_path / "out")
@@ -472,3 +483,31 @@ def test_card_names_the_model_and_drops_files_of_the_unbaked_model(tmp_path):
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert not {"steering_table.json", "training_report.json"} & files
     assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= files
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_state_space_mixers_bake_exactly(tmp_path, arch):
+    """Mixer-only blocks: the mixer's output projection is the block's only writer, so both
+    bakes are exact (the additive bias goes on it, through the class's `use_bias`)."""
+    src = _save_built(tmp_path, arch)
+    hooked = HookedModel.from_pretrained(str(src))
+    assert bake_support(hooked, "ablation") is None and bake_support(hooked, "additive") is None
+    vec = _vector(hooked.hidden_size, layers=(0, 1), seed=3)
+    bake_ablation(hooked, vec, layers=1, out=tmp_path / "abl")
+    bake_steering(hooked, vec, 1.5, out=tmp_path / "add")
+    abl, add = (mlx_lm.load(str(tmp_path / n))[0](TOKENS).astype(mx.float32)
+                for n in ("abl", "add"))
+    assert _rel(abl, _ablated_reference(src, vec[1])) < 1e-4
+    assert _rel(add, hooked.run_with_hooks(TOKENS, steering_hooks(vec, 1.5))) < 1e-4
+    assert _rel(add, hooked.run_with_hooks(TOKENS, [])) > 1e-3
+
+
+def test_a_state_space_mixer_beside_attention_is_refused(tmp_path):
+    """falcon_h1 runs a mamba mixer in parallel with attention: a second writer mlux does not
+    hook, so neither bake can be exact."""
+    hooked = HookedModel.from_pretrained(str(_save_built(tmp_path, "falcon_h1")))
+    for mode in ("ablation", "additive"):
+        reason = bake_support(hooked, mode)
+        assert "model.layers.0.mamba (FalconH1Mixer) besides its attention and MLP" in reason
+    with pytest.raises(ValueError, match="FalconH1Mixer"):
+        bake_ablation(hooked, _vector(hooked.hidden_size), out=tmp_path / "out")

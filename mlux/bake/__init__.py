@@ -128,7 +128,7 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
     writers, config = _plan(hooked, config, "additive", weights, chosen, None)
     fresh = None
     for layer in chosen:
-        key = f"{writers.mlp_outputs[layer]}.bias"
+        key = f"{writers.last_writes[layer]}.bias"
         if key not in weights:  # a bias the switched-on config adds: zeros, like the others
             fresh = fresh or _class_biases(config, weights)
             weights.update(fresh)
@@ -180,6 +180,10 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
     """The writers to edit and the config to write; raises the refusal if not exact."""
     try:
         writers = find_writers(hooked)
+        moe = [i for i in layers if writers.last_writes[i] is None]
+        if kind == "additive" and moe:
+            raise ValueError(f"block {moe[0]}'s MLP is a mixture of experts: a bias on an "
+                             "expert is scaled by its routing weight")
         if unit is None:  # any direction shows a post-norm block; a fixed one, reproducibly
             unit = mx.random.normal((hooked.hidden_size,), key=mx.random.key(7))
             unit = unit / mx.linalg.norm(unit)
@@ -189,11 +193,7 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
         if kind == "ablation" and writers.head is None:
             untied_head(config, weights, writers)
         if kind == "additive":
-            moe = [i for i in layers if writers.mlp_outputs[i] is None]
-            if moe:
-                raise ValueError(f"block {moe[0]}'s MLP is a mixture of experts (or absent): a "
-                                 "bias on an expert is scaled by its routing weight")
-            config = bias_config(config, weights, [writers.mlp_outputs[i] for i in layers])
+            config = bias_config(config, weights, [writers.last_writes[i] for i in layers])
     except ValueError as e:
         raise _refusal(hooked, kind, str(e)) from e
     return writers, config

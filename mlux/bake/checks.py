@@ -46,8 +46,8 @@ def stream_check(hooked: Any, unit: mx.array, additive: bool = False) -> Optiona
     """None if the blocks add their attention and MLP outputs to the stream unchanged, as far
     as the bake needs (measured on a probe), else the reason they do not. Ablation: removing
     `unit` from every attention and MLP output keeps the stream's component along it constant.
-    Additive (`additive`): adding `unit` to each block's MLP output equals adding it to the
-    block's output."""
+    Additive (`additive`): adding `unit` to each block's MLP output (its mixer's if it has no
+    MLP) equals adding it to the block's output."""
     try:
         if additive:
             return _mlp_joins_unchanged(hooked, unit)
@@ -58,10 +58,10 @@ def stream_check(hooked: Any, unit: mx.array, additive: bool = False) -> Optiona
 
 def _mlp_joins_unchanged(hooked: Any, unit: mx.array) -> Optional[str]:
     tokens = probe_tokens(hooked)
-    points = [i for i in range(hooked.num_layers) if f"mlp_{i}" in hooked.hook_points]
-    at_mlp = hooked.run_with_hooks(tokens, [(f"mlp_{i}", create_steering_hook(unit))
-                                            for i in points])
-    at_block = hooked.run_with_hooks(tokens, steering_hooks(unit, 1.0, layers=points))
+    n, names = hooked.num_layers, set(hooked.hook_points)
+    last = [f"mlp_{i}" if f"mlp_{i}" in names else f"attention_{i}" for i in range(n)]
+    at_mlp = hooked.run_with_hooks(tokens, [(p, create_steering_hook(unit)) for p in last])
+    at_block = hooked.run_with_hooks(tokens, steering_hooks(unit, 1.0, layers=range(n)))
     plain = hooked.run_with_hooks(tokens, [])
     moved, diff = _max_diff(at_block, plain), _max_diff(at_mlp, at_block)
     if moved == 0.0:

@@ -42,7 +42,8 @@ class Writers:
 
     embeddings: list[str]  # (V, D) tables whose rows enter the stream
     outputs: list[str]  # projections whose weight is (..., D, I): attention, MLP, experts
-    mlp_outputs: list[Optional[str]]  # per block: its dense MLP's output projection, else None
+    last_writes: list[Optional[str]]  # per block: its MLP's output projection (its mixer's
+    # if it has no MLP), the single linear whose bias adds to the block's output; None: MoE
     moe_blocks: list[int]  # blocks whose MLP is a mixture of experts
     head: Optional[str]  # the separate LM head, None when the embedding unembeds (tied)
 
@@ -113,7 +114,7 @@ def find_writers(hooked: Any) -> Writers:
         raise ValueError("the model is sharded across processes; bake a model held whole")
     base = arch.blocks_path
     outputs: list[str] = []
-    mlp_outputs: list[Optional[str]] = []
+    last_writes: list[Optional[str]] = []
     moe: list[int] = []
     for i, block in enumerate(arch.blocks):
         inner, prefix = _plain(block), f"{base}.{i}"
@@ -135,17 +136,17 @@ def find_writers(hooked: Any) -> Writers:
             raise ValueError(f"block {i} has {what} with no output projection mlux knows "
                              f"(looked for {', '.join(_ATTN_OUT)})")
         outputs.append(f"{prefix}.{attn_name}.{own}")
-        if mlp_name is None:
-            mlp_outputs.append(None)
+        if mlp_name is None:  # a mixer-only block (state-space models)
+            last_writes.append(outputs[-1])
             continue
         found, mixed = _mlp_writers(_plain(inner[mlp_name]), f"{prefix}.{mlp_name}",
                                     f"block {i}'s MLP")
         outputs.extend(found)
-        mlp_outputs.append(None if mixed else found[0])
+        last_writes.append(None if mixed else found[0])
         if mixed:
             moe.append(i)
     embeddings, head = _outside_blocks(model, base, hooked.hidden_size)
-    return Writers(embeddings, outputs, mlp_outputs, moe, head)
+    return Writers(embeddings, outputs, last_writes, moe, head)
 
 
 def _outside_blocks(model: nn.Module, base: str, hidden: int) -> tuple[list[str], Optional[str]]:
