@@ -236,7 +236,7 @@ def test_a_model_the_hooks_cannot_run_is_refused_with_the_reason(tiny, monkeypat
 
     monkeypatch.setattr(hooked, "capture", broken)
     reason = bake_support(hooked, "ablation")
-    assert "on a probe failed (hook points ['residuals_0'] did not fire" in reason
+    assert "on a probe failed (RuntimeError: hook points ['residuals_0'] did not fire" in reason
 
 
 def test_a_module_mlux_cannot_place_is_refused(tiny, tmp_path):
@@ -511,3 +511,21 @@ def test_a_state_space_mixer_beside_attention_is_refused(tmp_path):
         assert "model.layers.0.mamba (FalconH1Mixer) besides its attention and MLP" in reason
     with pytest.raises(ValueError, match="FalconH1Mixer"):
         bake_ablation(hooked, _vector(hooked.hidden_size), out=tmp_path / "out")
+
+
+def test_edited_weights_that_do_not_load_are_refused(tiny, tmp_path, monkeypatch):
+    """Whatever the model's own code raises while the edited weights are loaded and probed
+    becomes the one-line refusal, and nothing is written."""
+    import mlux.bake as bake
+    hooked = HookedModel.from_pretrained(str(tiny("llama")))
+
+    def broken(config, weights):
+        raise KeyError("model.layers.0.mlp.down_proj.weight")
+
+    monkeypatch.setattr(bake, "build", broken)
+    for run in (lambda: bake_ablation(hooked, _vector(64), out=tmp_path / "out"),
+                lambda: bake_steering(hooked, _vector(64), 1.0, out=tmp_path / "out")):
+        with pytest.raises(ValueError, match="could not be loaded and run the way mlx_lm.load "
+                           "would \\(KeyError"):
+            run()
+    assert list(tmp_path.iterdir()) == []

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import mlx.core as mx
 import numpy as np
@@ -57,6 +57,7 @@ from .writers import Writers, find_writers
 __all__ = ["MODES", "bake_ablation", "bake_steering", "bake_support"]
 
 MODES = ("ablation", "additive")
+T = TypeVar("T")
 _ALIASES = {"ablation": "ablation", "ablate": "ablation", "additive": "additive",
             "add": "additive", "steering": "additive"}
 
@@ -98,7 +99,8 @@ def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
                 weights[f"{head}.{leaf}"] = weights[f"{embed}.{leaf}"]
         config = {**config, "tie_word_embeddings": False}
     edits = ablate_weights(weights, config, unit, writers.embeddings, writers.outputs)
-    left = measure_ablation(hooked, _load(config, weights, hooked), unit)
+    left = _checked(hooked, "ablation",
+                    lambda: measure_ablation(hooked, _load(config, weights, hooked), unit))
     quantized = {k: e for k, e in edits.items() if e is not None}
     worst = max(range(len(left)), key=lambda i: left[i])
     limit = 0.5 if quantized else 1e-3 if hooked.dtype == mx.float32 else 5e-2
@@ -142,7 +144,8 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
                              "choose a smaller alpha")
         weights[key] = new
     mx.eval(weights)
-    error = measure_additive(hooked, _load(config, weights, hooked), vec, float(alpha), chosen)
+    error = _checked(hooked, "additive", lambda: measure_additive(
+        hooked, _load(config, weights, hooked), vec, float(alpha), chosen))
     limit = 1e-4 if hooked.dtype == mx.float32 and hooked.quantization is None else 2e-2
     if not math.isfinite(error):
         raise ValueError(f"at alpha {alpha:g} the steered model's logits are not finite (the "
@@ -239,6 +242,16 @@ def _class_biases(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[
             dtype = like.dtype if mx.issubdtype(like.dtype, mx.floating) else mx.float32
             out[k] = mx.zeros(v.shape, dtype=dtype)
     return out
+
+
+def _checked(hooked: Any, kind: str, measure: Callable[[], T]) -> T:
+    """`measure()`, its failure (whatever the model's code raises) turned into the refusal."""
+    try:
+        return measure()
+    except Exception as e:  # noqa: BLE001 - an unverifiable bake is refused, never half-done
+        first = (str(e).splitlines() or [""])[0]
+        raise _refusal(hooked, kind, "the edited weights could not be loaded and run the way "
+                       f"mlx_lm.load would ({type(e).__name__}: {first})") from e
 
 
 def _load(config: dict[str, Any], weights: dict[str, mx.array], hooked: Any) -> Any:
