@@ -51,7 +51,7 @@ from .checks import (
     untied_head,
 )
 from .edits import ablate_weights
-from .folder import check_target, model_name, source_dir, write_folder
+from .folder import check_target, model_card, model_name, source_dir, write_folder
 from .writers import Writers, find_writers
 
 __all__ = ["MODES", "bake_ablation", "bake_steering", "bake_support"]
@@ -274,31 +274,4 @@ def _write(target: Path, hooked: Any, src: Path, weights: dict[str, mx.array],
                "model_type": hooked.model_type,
                "vector": {"model": vec.model_id, "method": vec.method, "layers": vec.layers,
                           "hidden_size": vec.hidden_size}}
-    return write_folder(target, src, weights, config, summary, _card)
-
-
-def _card(s: dict[str, Any]) -> str:
-    v = s["vector"]
-    if s["mode"] == "ablation":
-        what = (f"the direction of the vector at layer {s['direction_layer']} (norm "
-                f"{s['direction_norm']:.4g}) projected out of every residual-stream write "
-                "(embeddings, attention output projections, MLP down projections, every expert "
-                "and their biases); the LM head is unchanged (untied if it was tied)")
-        if (q := s["requantization"]):
-            what += (f". Quantized matrices were requantized with their own bits and group "
-                     f"size, the rounding chosen to keep the direction out: worst relative "
-                     f"error {q['max_relative']:.3g}, "
-                     f"direction's component left in the stream at most "
-                     f"{s['remaining_component']['max']:.3g} of the original")
-    else:
-        what = (f"alpha {s['alpha']:g} times the vector added to the residual stream after "
-                f"blocks {s['layers']} at every position, as the bias of each block's MLP "
-                "output projection")
-    dropped = (f"\n\nNot copied from the source (they describe the unbaked weights): "
-               f"{', '.join(s['dropped_files'])}." if s["dropped_files"] else "")
-    return (f"---\nlibrary_name: mlx\ntags: [mlx, mlux-bake]\n---\n\n# Baked with mlux\n\n"
-            f"Source model: `{s['source_model']}` ({s['model_type']}).\n\n"
-            f"Baked ({s['mode']}): {what}.\n\nVector: model `{v['model']}`, method "
-            f"`{v['method']}`, layers {v['layers']}, hidden size {v['hidden_size']}.{dropped}"
-            "\n\nRuns with plain mlx-lm, no mlux needed: `mlx_lm.generate --model THIS_FOLDER "
-            "--prompt ...`. Full settings: `mlux_bake.json`.\n")
+    return write_folder(target, src, weights, config, summary, model_card)

@@ -17,7 +17,8 @@ from mlx_lm.utils import save_config, save_model
 from ..atomic import atomic_write_dir, atomic_write_json, atomic_write_text
 from ..builtin import builtin_model_path
 
-__all__ = ["KEPT_FILES", "check_target", "model_name", "source_dir", "write_folder"]
+__all__ = ["KEPT_FILES", "check_target", "model_card", "model_name", "source_dir",
+           "write_folder"]
 
 # Files of the source that still describe the baked model: the tokenizer and generation
 # settings. The rest (its model card, mlux's steering table and training report, ...) describe
@@ -94,3 +95,31 @@ def write_folder(target: Path, src: Path, weights: dict[str, mx.array], config: 
 
     atomic_write_dir(target, write)
     return summary
+
+
+def model_card(s: dict[str, Any]) -> str:
+    """The README.md of a baked folder, from the bake's summary."""
+    v = s["vector"]
+    if s["mode"] == "ablation":
+        what = (f"the direction of the vector at layer {s['direction_layer']} (norm "
+                f"{s['direction_norm']:.4g}) projected out of every residual-stream write "
+                "(embeddings, attention output projections, MLP down projections, every expert "
+                "and their biases); the LM head is unchanged (untied if it was tied)")
+        if (q := s["requantization"]):
+            what += (f". Quantized matrices were requantized with their own bits and group "
+                     f"size, the rounding chosen to keep the direction out: worst relative "
+                     f"error {q['max_relative']:.3g}, "
+                     f"direction's component left in the stream at most "
+                     f"{s['remaining_component']['max']:.3g} of the original")
+    else:
+        what = (f"alpha {s['alpha']:g} times the vector added to the residual stream after "
+                f"blocks {s['layers']} at every position, as the bias of each block's MLP "
+                "output projection")
+    dropped = (f"\n\nNot copied from the source (they describe the unbaked weights): "
+               f"{', '.join(s['dropped_files'])}." if s["dropped_files"] else "")
+    return (f"---\nlibrary_name: mlx\ntags: [mlx, mlux-bake]\n---\n\n# Baked with mlux\n\n"
+            f"Source model: `{s['source_model']}` ({s['model_type']}).\n\n"
+            f"Baked ({s['mode']}): {what}.\n\nVector: model `{v['model']}`, method "
+            f"`{v['method']}`, layers {v['layers']}, hidden size {v['hidden_size']}.{dropped}"
+            "\n\nRuns with plain mlx-lm, no mlux needed: `mlx_lm.generate --model THIS_FOLDER "
+            "--prompt ...`. Full settings: `mlux_bake.json`.\n")
