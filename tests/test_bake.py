@@ -529,3 +529,22 @@ def test_edited_weights_that_do_not_load_are_refused(tiny, tmp_path, monkeypatch
                            "would \\(KeyError"):
             run()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bfloat16_models_bake_and_post_norm_is_still_refused(tmp_path):
+    """The support checks scale their probe to the stream, so 16-bit rounding neither refuses
+    a pre-norm model nor lets a post-norm one through."""
+    src = save_tiny_model(tmp_path / "llama", "llama", dtype=mx.bfloat16)
+    hooked = HookedModel.from_pretrained(str(src))
+    assert bake_support(hooked, "ablation") is None and bake_support(hooked, "additive") is None
+    vec = _vector(hooked.hidden_size)
+    bake_steering(hooked, vec, 1.5, out=tmp_path / "add")
+    add = mlx_lm.load(str(tmp_path / "add"))[0](TOKENS).astype(mx.float32)
+    reference = hooked.run_with_hooks(TOKENS, steering_hooks(vec, 1.5)).astype(mx.float32)
+    assert _rel(add, reference) < 2e-2
+    summary = bake_ablation(hooked, vec, out=tmp_path / "abl")
+    assert summary["remaining_component"]["max"] < 2e-2
+    post = HookedModel.from_pretrained(str(save_tiny_model(tmp_path / "g2", "gemma2",
+                                                           dtype=mx.bfloat16)))
+    assert "post-norm" in bake_support(post, "ablation")
+    assert "post-norm" in bake_support(post, "additive")

@@ -60,9 +60,13 @@ def stream_check(hooked: Any, unit: mx.array, additive: bool = False) -> Optiona
 def _mlp_joins_unchanged(hooked: Any, unit: mx.array) -> Optional[str]:
     tokens = probe_tokens(hooked)
     n, names = hooked.num_layers, set(hooked.hook_points)
+    # As large as the stream itself, so the difference stands far above 16-bit rounding.
+    size = mx.mean(mx.stack([mx.linalg.norm(a.astype(mx.float32), axis=-1).mean()
+                             for a in hooked.capture(tokens, "all").values()]))
+    v = unit * size
     last = [f"mlp_{i}" if f"mlp_{i}" in names else f"attention_{i}" for i in range(n)]
-    at_mlp = hooked.run_with_hooks(tokens, [(p, create_steering_hook(unit)) for p in last])
-    at_block = hooked.run_with_hooks(tokens, steering_hooks(unit, 1.0, layers=range(n)))
+    at_mlp = hooked.run_with_hooks(tokens, [(p, create_steering_hook(v)) for p in last])
+    at_block = hooked.run_with_hooks(tokens, steering_hooks(v, 1.0, layers=range(n)))
     plain = hooked.run_with_hooks(tokens, [])
     moved, diff = _max_diff(at_block, plain), _max_diff(at_mlp, at_block)
     if moved == 0.0:
