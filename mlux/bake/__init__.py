@@ -62,12 +62,14 @@ _ALIASES = {"ablation": "ablation", "ablate": "ablation", "additive": "additive"
             "add": "additive", "steering": "additive"}
 
 
-def bake_support(hooked: Any, mode: str) -> Optional[str]:
+def bake_support(hooked: Any, mode: str, *, source: Optional[Union[str, Path]] = None
+                 ) -> Optional[str]:
     """None if `mode` ("ablation" or "additive") bakes exactly into `hooked`'s model, else
-    why not (one sentence, the message `bake_ablation` / `bake_steering` would refuse with)."""
+    why not (one sentence, the message `bake_ablation` / `bake_steering` would refuse with).
+    `source`: the model's folder, if `hooked.model_id` does not name it."""
     kind = _mode(mode)
     try:
-        config = _config(source_dir(hooked.model_id))
+        config = _config(source_dir(source if source is not None else hooked.model_id))
         _plan(hooked, config, kind, _weights(hooked), list(range(hooked.num_layers)), None)
     except ValueError as e:
         return str(e)
