@@ -19,14 +19,14 @@ import argparse
 
 from ..bake import bake_ablation, bake_steering
 from ..entry import Verb
-from ..experiments.options import layer_ints
+from ..experiments.options import add_model_argument, layer_ints
 from ..model import HookedModel
 
 __all__ = ["VERB"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, hub id or built-in name")
+    add_model_argument(p)  # the built-in model by default, like every other verb
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--ablate", metavar="FILE", help="vector file whose direction to remove")
     mode.add_argument("--vector", metavar="FILE", help="vector file to add (needs --alpha)")
