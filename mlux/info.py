@@ -6,7 +6,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .bake.edits import check_mode
+from .bake import bake_support
 from .inputs import batch_cache_blockers
 from .model import HookedModel
 from .model_configs import BEHAVIORS, estimate_memory
@@ -73,13 +73,8 @@ def padded_batch_fallback(hooked: HookedModel) -> str:
 
 def features(hooked: HookedModel) -> dict[str, Any]:
     """Which of mlux's features apply to this model, and why not where one doesn't."""
-    bake: dict[str, str] = {}
-    for mode in ("add", "ablate"):
-        try:
-            check_mode(hooked.model_type, mode)
-            bake[mode] = "yes"
-        except ValueError as e:
-            bake[mode] = str(e)
+    bake = {mode: bake_support(hooked, kind) or "yes"
+            for mode, kind in (("add", "additive"), ("ablate", "ablation"))}
     fallback = padded_batch_fallback(hooked)
     streams = hooked.arch.stream_axis
     return {
