@@ -253,12 +253,15 @@ class Steering:
 
     `vector` is a `(D,)` array (added at every layer in `layers`), a `{layer: (D,)}` dict or a
     `SteeringVector` (its own layers unless `layers` narrows them).
+    `condition` (a `mlux.Condition` or a rule of them) gates the term: the decoder decides it
+    once per row from the prompt (`mlux.condition_gate`).
     """
 
     vector: Any
     alpha: float = 1.0
     layers: Optional[Sequence[int]] = None
     positions: Positions = "all"
+    condition: Any = None
 
     def per_layer(self) -> dict[int, mx.array]:
         return {i: mx.array(v, dtype=mx.float32)
@@ -277,7 +280,7 @@ def steers_prefix(row: RowSteering, prompt_length: int) -> bool:
     """Does any term touch the positions before the prompt's last token? If not, rows with the
     same prompt can share one prefill of `prompt[:-1]`."""
     return any(resolve_positions(t.positions, prompt_length)[0] < prompt_length - 1
-               for t in row_terms(row) if t.alpha)
+               for t in row_terms(row) if t.alpha and t.condition is None)
 
 
 def row_steering_hooks(
@@ -288,6 +291,9 @@ def row_steering_hooks(
     terms: dict[tuple[int, int], list[tuple[mx.array, int, float]]] = {}
     for r, row in enumerate(rows):
         for term in row_terms(row):
+            if term.condition is not None:  # decided per row in the decoder's prefill
+                raise ValueError("a conditional Steering term is decided by mlux's decoder "
+                                 "(generate_batch, stream_rows, Decoder.insert), not by hooks")
             start, end = resolve_positions(term.positions, prompt_lengths[r])
             for layer, vec in term.per_layer().items():
                 if vec.shape != (hooked.hidden_size,):
