@@ -1,0 +1,145 @@
+"""Where does a condition separate two prompt sets? CAST's `find_best_condition_point`: F1 of
+the gate over a grid of layer x threshold x comparator, the best cell as a `Condition`.
+
+Every prompt's cosine similarity at every layer comes from one capture (`Condition.scores` of
+a rule over all layers), so the grid itself costs no forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .atomic import PathLike, atomic_write_json
+from .conditions import COMPARATORS, SUMMARIES, Condition, any_of
+from .extract import extract_steering_vectors
+
+__all__ = ["ConditionSearch", "f1_score", "find_condition_point", "threshold_grid"]
+
+
+def f1_score(predicted: Sequence[bool], actual: Sequence[bool]) -> float:
+    """F1 of `predicted` against `actual` (True = the positive class); 0 when nothing is
+    predicted or nothing is positive."""
+    tp = sum(p and a for p, a in zip(predicted, actual, strict=True))
+    fp = sum(p and not a for p, a in zip(predicted, actual, strict=True))
+    fn = sum(a and not p for p, a in zip(predicted, actual, strict=True))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def threshold_grid(scores: np.ndarray, count: int = 41) -> list[float]:
+    """`count` evenly spaced thresholds over the observed cosine similarities."""
+    lo, hi = float(scores.min()), float(scores.max())
+    return [round(float(t), 6) for t in np.linspace(lo, hi, count)]
+
+
+@dataclass
+class ConditionSearch:
+    """F1 per cell (`f1[comparator][i][j]` for `layers[i]`, `thresholds[j]`) and the best cell
+    (`best`, a `Condition`; ties go to the threshold farthest from every prompt's score)."""
+
+    layers: list[int]
+    thresholds: list[float]
+    comparators: list[str]
+    summary: str
+    f1: dict[str, list[list[float]]]
+    best: Condition
+    best_f1: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.best
+        return {"layers": self.layers, "thresholds": self.thresholds,
+                "comparators": self.comparators, "summary": self.summary, "f1": self.f1,
+                "best": {"layer": b.layer, "threshold": b.threshold, "comparator": b.comparator,
+                         "summary": b.summary, "f1": self.best_f1},
+                "counts": self.counts}
+
+    def save(self, path: PathLike) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    def plot(self, path: PathLike) -> Path:
+        """A heat map of F1: one row per (comparator, layer), one column per threshold; the
+        best cell is starred."""
+        from .experiments.common import save_plot
+
+        rows = [(c, layer) for c in self.comparators for layer in self.layers]
+        grid = np.array([self.f1[c][i] for c in self.comparators
+                         for i in range(len(self.layers))])  # (rows, thresholds)
+
+        def draw(ax: Any) -> None:
+            image = ax.imshow(grid, aspect="auto", origin="lower", vmin=0.0, vmax=1.0,
+                              cmap="viridis", interpolation="nearest")
+            ax.set_yticks(range(len(rows)), [f"{c} L{layer}" for c, layer in rows],
+                          fontsize="small")
+            step = max(1, len(self.thresholds) // 8)
+            ticks = list(range(0, len(self.thresholds), step))
+            ax.set_xticks(ticks, [f"{self.thresholds[j]:.3g}" for j in ticks], fontsize="small")
+            ax.set_xlabel("threshold (cosine similarity with the condition vector)")
+            ax.set_title(f"condition F1 ({self.summary} of the prompt); best {self.best_f1:.3f} "
+                         f"at layer {self.best.layer}, {self.best.comparator} "
+                         f"{self.best.threshold:.3g}", fontsize="small")
+            y = rows.index((self.best.comparator, self.best.layer))
+            ax.plot([self.thresholds.index(self.best.threshold)], [y], marker="*",
+                    color="red", markersize=12, linestyle="none")
+            ax.figure.colorbar(image, ax=ax, label="F1")
+
+        return save_plot(path, draw)
+
+
+def find_condition_point(
+    hooked: Any,
+    positive: Sequence[Any],
+    negative: Sequence[Any],
+    layers: Optional[Sequence[int]] = None,
+    thresholds: Optional[Sequence[float]] = None,
+    comparators: Sequence[str] = COMPARATORS,
+    *,
+    vector: Any = None,
+    summary: str = "mean",
+    method: str = "mean_diff",
+    chat: bool = False,
+) -> ConditionSearch:
+    """F1 of "the condition fires" against "the prompt is in `positive`" for every cell of
+    layers (default: all) x thresholds (default: 41 over the observed similarities) x
+    comparators. The condition vector is `vector` (a `SteeringVector` with those layers) or,
+    by default, extracted from `positive` / `negative` (`method`, `chat` as in extraction)."""
+    if not positive or not negative:
+        raise ValueError("a condition search needs positive and negative prompts")
+    if summary not in SUMMARIES:
+        raise ValueError(f"unknown summary {summary!r}; valid: {', '.join(SUMMARIES)}")
+    bad = [c for c in comparators if c not in COMPARATORS]
+    if bad or not comparators:
+        raise ValueError(f"unknown comparator {bad[0] if bad else None!r}; valid: "
+                         f"{', '.join(COMPARATORS)}")
+    layers = list(range(hooked.num_layers)) if layers is None else [int(i) for i in layers]
+    if vector is None:
+        vector = extract_steering_vectors(hooked, list(positive), list(negative), layers,
+                                          method=method, chat=chat)
+    probes = [Condition(vector, i, 0.0, summary=summary) for i in layers]
+    prompts = list(positive) + list(negative)
+    scores = np.array(any_of(*probes).scores(hooked, prompts))  # (N, layers)
+    actual = [True] * len(positive) + [False] * len(negative)
+    grid = threshold_grid(scores) if thresholds is None else [float(t) for t in thresholds]
+    if not grid or not all(np.isfinite(grid)):
+        raise ValueError("thresholds must be a non-empty list of finite numbers")
+    f1: dict[str, list[list[float]]] = {}
+    best: tuple[float, float, int, float, str] = (-1.0, -1.0, 0, 0.0, comparators[0])
+    for comp in comparators:
+        f1[comp] = []
+        for li, layer in enumerate(layers):
+            row = []
+            for t in grid:
+                fired = scores[:, li] > t if comp == "larger" else scores[:, li] < t
+                value = f1_score(fired.tolist(), actual)
+                margin = float(np.abs(scores[:, li] - t).min())
+                row.append(round(value, 6))
+                if (value, margin) > best[:2]:
+                    best = (value, margin, layer, t, comp)
+            f1[comp].append(row)
+    value, _, layer, t, comp = best
+    return ConditionSearch(layers, grid, list(comparators), summary, f1,
+                           Condition(vector, layer, t, comp, summary), value,
+                           {"positive": len(positive), "negative": len(negative)})

@@ -1,0 +1,80 @@
+"""`mlux condition-search`: where does a condition vector separate two prompt sets? F1 of the
+gate over layer x threshold x comparator (CAST's find_best_condition_point), as JSON and a
+heat-map PNG; the best cell can be saved as a condition file for `mlux generate --condition`.
+
+    mlux condition-search --feature formality --output formal_search.json \\
+        --save-condition formal.safetensors          # the built-in model's formality contrast
+    mlux condition-search --positive legal.txt --negative other.txt --layers 4-12 \\
+        --model mlx-community/gemma-2-2b-it-4bit --chat --thresholds=0,0.02,0.04,0.06
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..condition_search import find_condition_point
+from ..conditions import COMPARATORS, SUMMARIES
+from ..entry import Verb
+from ..experiments.options import (
+    add_contrast_arguments,
+    check_output_folders,
+    contrast_from_args,
+    layer_ints,
+    load_vector,
+    parse_floats,
+    plot_path,
+)
+from ..model import HookedModel
+
+__all__ = ["VERB"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_contrast_arguments(p)
+    p.add_argument("--vector", metavar="FILE", help="condition vectors (.safetensors/.gguf) "
+                   "with every searched layer (default: extracted from the contrast)")
+    p.add_argument("--layers", default=None, help='layers to search, e.g. "1-4" '
+                   "(default: every layer)")
+    p.add_argument("--thresholds", default=None, help="comma-separated cosine thresholds "
+                   "(default: 41 spread over the observed similarities)")
+    p.add_argument("--comparators", default=",".join(COMPARATORS),
+                   help="comma-separated: larger fires above the threshold, smaller below")
+    p.add_argument("--summary", choices=SUMMARIES, default="mean",
+                   help="the prompt's state: mean over its tokens, or its last token")
+    p.add_argument("--output", default="condition_search.json", help="JSON result")
+    p.add_argument("--plot", default=None, help="heat-map PNG (default: next to --output)")
+    p.add_argument("--save-condition", metavar="FILE", default=None,
+                   help="write the best cell as a condition file (.safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.save_condition and not args.save_condition.endswith(".safetensors"):
+        raise ValueError(f"--save-condition must end in .safetensors, got "
+                         f"{args.save_condition!r}")
+    comparators = [c.strip() for c in args.comparators.split(",") if c.strip()]
+    bad = [c for c in comparators if c not in COMPARATORS]
+    if bad or not comparators:
+        raise ValueError(f"--comparators: unknown {bad[0] if bad else 'empty list'!r}; valid: "
+                         f"{', '.join(COMPARATORS)}")
+    thresholds = parse_floats(args.thresholds, "--thresholds") if args.thresholds else None
+    check_output_folders(args.output, args.plot, args.save_condition)
+    pos, neg, _ = contrast_from_args(args)
+    hooked = HookedModel.from_pretrained(args.model)
+    layers = layer_ints(hooked, args.layers)
+    vector = load_vector(args.vector, hooked) if args.vector else None
+    result = find_condition_point(hooked, pos, neg, layers, thresholds, comparators,
+                                  vector=vector, summary=args.summary, method=args.method,
+                                  chat=args.chat)
+    result.save(args.output)
+    png = result.plot(plot_path(args))
+    b = result.best
+    print(f"best cell: layer {b.layer}, {b.comparator} than {b.threshold:.4g} ({b.summary} "
+          f"of the prompt): F1 {result.best_f1:.3f} on {len(pos)} + {len(neg)} prompts")
+    print(f"wrote {args.output} and {png}")
+    if args.save_condition:
+        print(f"wrote {b.save(args.save_condition)}")
+    return 0
+
+
+VERB = Verb("condition-search", "F1 of a condition over layer x threshold x comparator "
+            "(JSON + heat map)", add_arguments, run, description=__doc__)
