@@ -42,13 +42,11 @@ def prompt_summaries(sums: mx.array, counts: mx.array, last: mx.array, how: str)
 def _unit_direction(vector: Any, layer: int) -> mx.array:
     directions = getattr(vector, "directions", None)
     if isinstance(directions, Mapping):
-        if layer in directions:
-            vector = directions[layer]
-        elif len(directions) == 1:
-            vector = next(iter(directions.values()))
-        else:
+        if layer not in directions:
             raise ValueError(f"the condition vector has layers {sorted(directions)}, not the "
-                             f"condition's layer {layer}")
+                             f"condition's layer {layer} (pass vector[layer] to use a direction "
+                             "elsewhere)")
+        vector = directions[layer]
     arr = vector if isinstance(vector, mx.array) else mx.array(vector)
     if arr.ndim != 1 or arr.size == 0 or not mx.issubdtype(arr.dtype, mx.number):
         raise ValueError(f"a condition vector is one (D,) direction, got shape {arr.shape}")
@@ -56,7 +54,9 @@ def _unit_direction(vector: Any, layer: int) -> mx.array:
     norm = float(mx.linalg.norm(arr).item())
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError("the condition vector must be finite and non-zero")
-    return arr / norm
+    unit = arr / norm
+    mx.eval(unit)  # evaluated here: a lazy graph can't be evaluated from another thread (serve)
+    return unit
 
 
 class _RuleOps:
@@ -104,7 +104,7 @@ class Condition(_RuleOps):
     """Fires when the prompt's state at `residuals_{layer}` has cosine similarity with `vector`
     above (`comparator="larger"`) or below ("smaller") `threshold`; `summary` "mean" averages
     the prompt's tokens, "last" takes its last token. `vector` is a `(D,)` array or a
-    `SteeringVector` (its direction at `layer`, or its only one)."""
+    `SteeringVector` (its direction at `layer`)."""
 
     vector: Any
     layer: int
@@ -182,7 +182,8 @@ class Condition(_RuleOps):
         spec = vector.metadata.get("condition")
         if not isinstance(spec, dict):
             raise ValueError("this vector file carries no condition (no layer/threshold/"
-                             "comparator metadata); save one with Condition.save")
+                             "comparator metadata); save one with Condition.save or mlux "
+                             "condition-search --save-condition")
         try:
             return cls(vector, spec["layer"], spec["threshold"], spec.get("comparator", "larger"),
                        spec.get("summary", "mean"))

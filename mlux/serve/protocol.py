@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 
 from .. import web
+from ..conditions import COMPARATORS, SUMMARIES, Condition
 from ..steering import Steering
 from ..web import Fields, RequestError
 
@@ -75,6 +76,30 @@ def _vector(f: Fields, hidden_size: int, load_vector: Callable[[str], Any]) -> A
     return mx.array(values, dtype=mx.float32)
 
 
+def _condition(f: Fields, *, num_layers: int, hidden_size: int,
+               load_vector: Callable[[str], Any]) -> Optional[Condition]:
+    """A term's `condition`: `{"vector": NAME | [floats], "layer": int, "threshold": float,
+    "comparator": "larger" | "smaller", "summary": "mean" | "last"}` (None when absent)."""
+    raw = f.get("condition")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise f.fail("condition", "must be an object {vector, layer, threshold, comparator}")
+    c = Fields(raw, f"{f.prefix}condition.")
+    vector = _vector(c, hidden_size, load_vector)
+    layer = c.integer("layer", 0, num_layers - 1)
+    if layer is None:
+        raise c.fail("layer", f"is required (an integer in 0..{num_layers - 1})")
+    threshold = c.number("threshold", -1.0, 1.0)  # a cosine similarity
+    comparator = c.choice("comparator", COMPARATORS, "larger")
+    summary = c.choice("summary", SUMMARIES, "mean")
+    c.done()
+    try:
+        return Condition(vector, layer, threshold, comparator, summary)
+    except ValueError as e:  # e.g. a library vector without a direction at `layer`
+        raise c.fail("vector", str(e)) from None
+
+
 def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,
                    load_vector: Callable[[str], Any], limits: Limits) -> Steering:
     vector = _vector(f, hidden_size, load_vector)
@@ -86,8 +111,10 @@ def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,
             raise f.fail("layers", f"name layers the vector has no direction for: {missing}")
     alpha = f.number("alpha", -limits.max_alpha, limits.max_alpha, 1.0)
     positions = f.positions()
+    condition = _condition(f, num_layers=num_layers, hidden_size=hidden_size,
+                           load_vector=load_vector)
     f.done()
-    return Steering(vector, alpha, layers, positions)
+    return Steering(vector, alpha, layers, positions, condition=condition)
 
 
 def parse_steering(
