@@ -15,9 +15,10 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 
 from .. import web
-from ..conditions import COMPARATORS, SUMMARIES, Condition
+from ..conditions import Condition
 from ..steering import Steering
 from ..web import Fields, RequestError
+from ..web.condition_fields import condition_object, read_condition_settings
 
 __all__ = ["APIError", "GenerationRequest", "Limits", "error_body", "parse_request",
            "parse_steering"]
@@ -80,24 +81,13 @@ def _condition(f: Fields, *, num_layers: int, hidden_size: int,
                load_vector: Callable[[str], Any]) -> Optional[Condition]:
     """A term's `condition`: `{"vector": NAME | [floats], "layer": int, "threshold": float,
     "comparator": "larger" | "smaller", "summary": "mean" | "last"}` (None when absent)."""
-    raw = f.get("condition")
-    if raw is None:
+    c = condition_object(f)
+    if c is None:
         return None
-    if not isinstance(raw, dict):
-        raise f.fail("condition", "must be an object {vector, layer, threshold, comparator}")
-    c = Fields(raw, f"{f.prefix}condition.")
     vector = _vector(c, hidden_size, load_vector)
-    layer = c.integer("layer", 0, num_layers - 1)
-    if layer is None:
-        raise c.fail("layer", f"is required (an integer in 0..{num_layers - 1})")
-    threshold = c.number("threshold", -1.0, 1.0)  # a cosine similarity
-    comparator = c.choice("comparator", COMPARATORS, "larger")
-    summary = c.choice("summary", SUMMARIES, "mean")
+    settings = read_condition_settings(c, num_layers)
     c.done()
-    try:
-        return Condition(vector, layer, threshold, comparator, summary)
-    except ValueError as e:  # e.g. a library vector without a direction at `layer`
-        raise c.fail("vector", str(e)) from None
+    return settings.condition(vector, c)
 
 
 def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,
