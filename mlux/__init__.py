@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .condition_search import ConditionSearch, find_condition_point
+from .conditions import Condition, all_of, any_of, not_
 from .contrastive import ContrastiveSteering
 from .extract import compute_steering_vector, extract_steering_vectors
 from .generate import generate_batch, generate_from_cache, prefill_with_cache, stream_from_cache
@@ -49,4 +51,11 @@ __all__ = [
     "prefill_with_cache",
     "steering_hooks",
     "stream_from_cache",
+    # conditional steering (CAST)
+    "Condition",
+    "ConditionSearch",
+    "all_of",
+    "any_of",
+    "find_condition_point",
+    "not_",
 ]
