@@ -11,10 +11,11 @@ term; the decoder decides once per row from its prefill (`mlux.condition_gate`),
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 import mlx.core as mx
 
@@ -200,24 +201,18 @@ class Condition(_RuleOps):
 @dataclass(frozen=True, eq=False)
 class AnyOf(_RuleOps):
     parts: tuple[Rule, ...]
+    join: ClassVar[Callable[[mx.array, mx.array], mx.array]] = staticmethod(mx.logical_or)
 
     def leaves(self) -> tuple[Condition, ...]:
         return tuple(c for p in self.parts for c in p.leaves())
 
     def evaluate(self, fired: Callable[[Condition], mx.array]) -> mx.array:
-        out = self.parts[0].evaluate(fired)
-        for p in self.parts[1:]:
-            out = mx.logical_or(out, p.evaluate(fired))
-        return out
+        return functools.reduce(type(self).join, (p.evaluate(fired) for p in self.parts))
 
 
 @dataclass(frozen=True, eq=False)
 class AllOf(AnyOf):
-    def evaluate(self, fired: Callable[[Condition], mx.array]) -> mx.array:
-        out = self.parts[0].evaluate(fired)
-        for p in self.parts[1:]:
-            out = mx.logical_and(out, p.evaluate(fired))
-        return out
+    join: ClassVar[Callable[[mx.array, mx.array], mx.array]] = staticmethod(mx.logical_and)
 
 
 @dataclass(frozen=True, eq=False)
