@@ -131,3 +131,26 @@ def test_happy_rate_rises_on_formal_prompts_only(toy):
         assert steered[0] / steered[1] > hi
         assert lo <= held[0] / held[1] <= hi
 
+
+
+def test_bench_condition_quick_writes_its_report(tmp_path, monkeypatch):
+    """experiments/bench_condition.py end to end in quick mode: the report's shape (never a
+    timing) and the identity it checks (a condition firing everywhere == the plain term)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    monkeypatch.syspath_prepend(str(experiments))
+    spec = importlib.util.spec_from_file_location("bench_condition",
+                                                  experiments / "bench_condition.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_condition", module)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    result = module.main(["--quick", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    for part in ("end_to_end", "prefill"):
+        assert saved[part]["outputs_identical"] is True
+        assert saved[part]["conditional_over_plain"]["cpu"]["median"] > 0
+    assert result["table"] == saved["table"]

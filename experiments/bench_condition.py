@@ -1,0 +1,91 @@
+"""Benchmark conditional steering: what deciding a condition in the prefill costs.
+
+A batch of 8 prompts (64 tokens each) on a random 4-bit llama (hidden 512, 6 layers, 4k vocab),
+steered at layer 3 (alpha 2), generated as one batch by `generate_batch`:
+
+- `plain`: an unconditional term on the window `"generated"` (what a fired condition gives);
+- `conditional`: the same term gated by a condition at layer 1 that fires on every prompt
+  (threshold -1, comparator "larger"), so both do the same steering and differ only by the
+  decision (the prefill's recording hook, the gate, the resolution after the prefill);
+- `unsteered`, for scale.
+
+Ratios `conditional / plain`, end to end (prefill + 32 new tokens) and prefill only (1 new
+token); interleaved repeats, paired ratios, wall and cpu clocks. Nothing asserts on timing. Run
+from the repository root:
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
+        python experiments/bench_condition.py    # ~1 min on 2 idle cores; --quick: seconds
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import benchkit as bk
+import mlx.core as mx
+
+from mlux import Condition, HookedModel, Steering, generate_batch
+from mlux.testing import save_tiny_model
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_condition.json"
+ROWS, PROMPT_TOKENS, LAYER, CONDITION_LAYER = 8, 64, 3, 1
+
+
+def cell(hooked: HookedModel, prompts: list[list[int]], terms: dict[str, Optional[Steering]],
+         tokens: int, repeats: int) -> dict[str, Any]:
+    def run(term: Optional[Steering]) -> Any:
+        return lambda: bk.measure(lambda: generate_batch(
+            hooked, prompts, max_tokens=tokens, steering=None if term is None else [term] * ROWS))
+
+    runs = bk.interleaved({k: run(t) for k, t in terms.items()}, repeats, warmup=1)
+    sec = bk.per_clock(runs)
+    return {"new_tokens": tokens, "seconds": bk.stats_clocks(sec),
+            "conditional_over_plain": bk.paired_clocks(sec, "conditional", "plain", ("<=", 1.05)),
+            "plain_over_unsteered": bk.paired_clocks(sec, "plain", "unsteered"),
+            # greedy: a condition that fires on every row gives the plain term's tokens
+            "outputs_identical": runs["conditional"][0][2]["result"]
+            == runs["plain"][0][2]["result"]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = bk.parser(__doc__, DEFAULT_OUTPUT, quick="small settings for a smoke test"
+                     ).parse_args(argv)
+    shape = {"hidden_size": 128 if args.quick else 512, "num_layers": 6, "vocab_size": 4096}
+    tokens, repeats = (4, 1) if args.quick else (32, 5)
+    with tempfile.TemporaryDirectory(prefix="mlux-bench-") as tmp:
+        save_tiny_model(tmp, "llama", quantize_bits=4, **shape)
+        hooked = HookedModel.from_pretrained(tmp)
+    hooked.tokenizer.eos_token_ids = {-1}  # never emitted: every row makes `tokens` tokens
+    prompts = [[5 + (r * 7 + k) % 90 for k in range(PROMPT_TOKENS)] for r in range(ROWS)]
+    key = mx.random.key(0)
+    vector = mx.random.normal((shape["hidden_size"],), key=key) * 0.05
+    always = Condition(mx.random.normal((shape["hidden_size"],), key=mx.random.key(1)),
+                       CONDITION_LAYER, -1.0)
+    terms = {"unsteered": None,
+             "plain": Steering(vector, 2.0, [LAYER], "generated"),
+             "conditional": Steering(vector, 2.0, [LAYER], condition=always)}
+    result = bk.environment("bench_condition.py", argv,
+                            {"model_type": "llama", "quantize_bits": 4, **shape,
+                             "source": "mlux.testing.save_tiny_model (random weights)"},
+                            {"quick": args.quick, "repeats": repeats, "rows": ROWS,
+                             "prompt_tokens": PROMPT_TOKENS, "layer": LAYER,
+                             "condition_layer": CONDITION_LAYER})
+    result["end_to_end"] = cell(hooked, prompts, terms, tokens, repeats)
+    result["prefill"] = cell(hooked, prompts, terms, 1, repeats)
+    lines = [bk.format_header()]
+    for part in ("end_to_end", "prefill"):
+        r = result[part]
+        lines.append(bk.format_row(f"{part}: conditional / plain", r["conditional_over_plain"]))
+        lines.append(bk.format_row(f"{part}: plain / unsteered", r["plain_over_unsteered"]))
+        lines.append(f"{part}: outputs identical: {r['outputs_identical']}")
+    result["table"] = "\n".join(lines)
+    bk.write_report(args.output, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
