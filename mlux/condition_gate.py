@@ -46,13 +46,13 @@ class _Slot:
 
 
 class PrefillGate:
-    """Hooks for one prefill of `len(rows)` rows `width` tokens wide (left-padded): recorders at
-    the condition layers and, for the forward of the last prompt token, the fired terms'
-    steering at the layers deeper than their conditions. `prefix` carries sums already taken
-    over a shared `prompt[:-1]`."""
+    """Hooks for one prefill of `len(rows)` rows (left-padded) whose longest row ends before
+    position `end`: recorders at the condition layers and, for the forward of the last prompt
+    token, the fired terms' steering at the layers deeper than their conditions. `prefix`
+    carries sums already taken over a shared `prompt[:-1]`."""
 
     def __init__(self, hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int],
-                 width: float, prefix: Optional[dict[int, mx.array]] = None) -> None:
+                 end: float, prefix: Optional[dict[int, mx.array]] = None) -> None:
         self.slots: list[_Slot] = []
         for r, row in enumerate(rows):
             for term in row_terms(row):
@@ -65,7 +65,7 @@ class PrefillGate:
                     self.slots.append(_Slot(r, term, rule, rule.leaves()))
         self.hooked = hooked
         self.lengths = [int(n) for n in prompt_lengths]
-        self.width = width
+        self.end = end
         b, d = len(rows), hooked.hidden_size
         layers = sorted({c.layer for s in self.slots for c in s.leaves})
         self.sums = {i: (mx.zeros((b, d)) if prefix is None else mx.repeat(prefix[i], b, axis=0))
@@ -76,10 +76,10 @@ class PrefillGate:
 
     @classmethod
     def for_rows(cls, hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int],
-                 width: float, prefix: Optional[dict[int, mx.array]] = None
+                 end: float, prefix: Optional[dict[int, mx.array]] = None
                  ) -> Optional[PrefillGate]:
         """A gate, or None when no row has a conditional term."""
-        gate = cls(hooked, rows, prompt_lengths, width, prefix)
+        gate = cls(hooked, rows, prompt_lengths, end, prefix)
         return gate if gate.slots else None
 
     def hooks(self) -> list[tuple[str, Hook]]:
@@ -101,7 +101,7 @@ class PrefillGate:
             xs = x.astype(mx.float32)
             real = (ctx.positions() >= 0)[..., None]  # (1|B, T, 1): left padding is negative
             self.sums[layer] = self.sums[layer] + mx.where(real, xs, 0).sum(axis=1)
-            if ctx.offset + ctx.length < self.width:
+            if ctx.offset + ctx.length < self.end:
                 mx.async_eval(self.sums[layer])  # drop this chunk's activations
                 return None
             self._decide(layer, xs[:, -1])  # the forward of every row's last prompt token
