@@ -21,7 +21,7 @@ import mlx.core as mx
 from .conditions import Condition, Decision, Rule, cosine, prompt_summaries
 from .hooks import Hook, HookContext
 from .positions import resolve_positions
-from .steering import RowSteering, Steering, row_terms
+from .steering import RowSteering, Steering, row_steering_hooks, row_terms
 
 __all__ = ["PrefillGate", "is_conditional", "plain_rows"]
 
@@ -62,6 +62,9 @@ class PrefillGate:
                         raise ValueError(f"Steering(condition=...) takes a Condition or a rule "
                                          f"(any_of, all_of, not_), got {type(rule).__name__}")
                     rule.check(hooked.hidden_size, hooked.num_layers)
+                    # the behaviour itself is checked as the plain term it becomes if fired
+                    row_steering_hooks(hooked, [dataclasses.replace(term, condition=None)],
+                                       [prompt_lengths[r]])
                     self.slots.append(_Slot(r, term, rule, rule.leaves()))
         self.hooked = hooked
         self.lengths = [int(n) for n in prompt_lengths]

@@ -199,6 +199,9 @@ def test_bad_conditions_are_one_clear_error(toy):
                            steering=[Steering(sentiment, 1.0, condition=bad)])
         with pytest.raises(ValueError, match=msg):
             bad.fires(hooked, FORMAL[:1])
+    with pytest.raises(ValueError, match="shape \\(8,\\); the model's hidden size is 96"):
+        generate_batch(hooked, FORMAL[:1], max_tokens=2, steering=[
+            Steering(mx.ones((8,)), 1.0, layers=[2], condition=Condition(formality, 1, 0.0))])
     with pytest.raises(ValueError, match="takes a Condition or a rule"):
         generate_batch(hooked, FORMAL[:1], max_tokens=2,
                        steering=[Steering(sentiment, 1.0, condition="formal")])
