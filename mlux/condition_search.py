@@ -60,34 +60,6 @@ class ConditionSearch:
     def save(self, path: PathLike) -> Path:
         return atomic_write_json(path, self.to_dict())
 
-    def plot(self, path: PathLike) -> Path:
-        """A heat map of F1: one row per (comparator, layer), one column per threshold; the
-        best cell is starred."""
-        from .experiments.common import save_plot
-
-        rows = [(c, layer) for c in self.comparators for layer in self.layers]
-        grid = np.array([self.f1[c][i] for c in self.comparators
-                         for i in range(len(self.layers))])  # (rows, thresholds)
-
-        def draw(ax: Any) -> None:
-            image = ax.imshow(grid, aspect="auto", origin="lower", vmin=0.0, vmax=1.0,
-                              cmap="viridis", interpolation="nearest")
-            ax.set_yticks(range(len(rows)), [f"{c} L{layer}" for c, layer in rows],
-                          fontsize="small")
-            step = max(1, len(self.thresholds) // 8)
-            ticks = list(range(0, len(self.thresholds), step))
-            ax.set_xticks(ticks, [f"{self.thresholds[j]:.3g}" for j in ticks], fontsize="small")
-            ax.set_xlabel("threshold (cosine similarity with the condition vector)")
-            ax.set_title(f"condition F1 ({self.summary} of the prompt); best {self.best_f1:.3f} "
-                         f"at layer {self.best.layer}, {self.best.comparator} "
-                         f"{self.best.threshold:.3g}", fontsize="small")
-            y = rows.index((self.best.comparator, self.best.layer))
-            ax.plot([self.thresholds.index(self.best.threshold)], [y], marker="*",
-                    color="red", markersize=12, linestyle="none")
-            ax.figure.colorbar(image, ax=ax, label="F1")
-
-        return save_plot(path, draw)
-
 
 def find_condition_point(
     hooked: Any,

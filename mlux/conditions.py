@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 import mlx.core as mx
 
 from .atomic import PathLike
+from .vectors import SteeringVector
 
 __all__ = ["COMPARATORS", "SUMMARIES", "AllOf", "AnyOf", "Condition", "Decision", "Not", "Rule",
            "all_of", "any_of", "cosine", "not_", "prompt_summaries"]
@@ -161,8 +162,6 @@ class Condition(_RuleOps):
 
     # -- files: a one-layer SteeringVector whose metadata carries the rest ----------------------
     def to_vector(self) -> Any:
-        from .vectors import SteeringVector  # mlux.vectors imports mlux.steering, which uses this
-
         base = self.vector if isinstance(self.vector, SteeringVector) else None
         meta = dict(base.metadata) if base is not None else {}
         meta["condition"] = {"layer": self.layer, "threshold": self.threshold,
@@ -193,8 +192,6 @@ class Condition(_RuleOps):
 
     @classmethod
     def load(cls, path: PathLike, *, hidden_size: Union[int, None] = None) -> Condition:
-        from .vectors import SteeringVector
-
         return cls.from_vector(SteeringVector.load(path, hidden_size=hidden_size))
 
 

@@ -210,3 +210,11 @@ def test_bad_conditions_are_one_clear_error(toy):
         Decoder(hooked).insert_prefilled(cache, logits, prompt_length=5, max_tokens=2,
                                          steering=Steering(sentiment, 1.0,
                                                            condition=Condition(formality, 1, 0)))
+
+
+def test_exported_from_mlux():
+    import mlux
+    from mlux.condition_search import find_condition_point
+
+    assert mlux.Condition is Condition and mlux.find_condition_point is find_condition_point
+    assert {"Condition", "find_condition_point"} <= set(mlux.__all__)

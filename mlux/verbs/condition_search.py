@@ -11,10 +11,15 @@ heat-map PNG; the best cell can be saved as a condition file for `mlux generate 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
-from ..condition_search import find_condition_point
+import numpy as np
+
+from ..condition_search import ConditionSearch, find_condition_point
 from ..conditions import COMPARATORS, SUMMARIES
 from ..entry import Verb
+from ..experiments.common import save_plot
 from ..experiments.options import (
     add_contrast_arguments,
     check_output_folders,
@@ -26,7 +31,7 @@ from ..experiments.options import (
 )
 from ..model import HookedModel
 
-__all__ = ["VERB"]
+__all__ = ["VERB", "plot_search"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +50,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="heat-map PNG (default: next to --output)")
     p.add_argument("--save-condition", metavar="FILE", default=None,
                    help="write the best cell as a condition file (.safetensors)")
+
+
+def plot_search(result: ConditionSearch, path: Path) -> Path:
+    """A heat map of F1: one row per (comparator, layer), one column per threshold; the best
+    cell is starred."""
+    rows = [(c, layer) for c in result.comparators for layer in result.layers]
+    grid = np.array([result.f1[c][i] for c in result.comparators
+                     for i in range(len(result.layers))])  # (rows, thresholds)
+    best, thresholds = result.best, result.thresholds
+
+    def draw(ax: Any) -> None:
+        image = ax.imshow(grid, aspect="auto", origin="lower", vmin=0.0, vmax=1.0,
+                          cmap="viridis", interpolation="nearest")
+        ax.set_yticks(range(len(rows)), [f"{c} L{layer}" for c, layer in rows],
+                      fontsize="small")
+        ticks = list(range(0, len(thresholds), max(1, len(thresholds) // 8)))
+        ax.set_xticks(ticks, [f"{thresholds[j]:.3g}" for j in ticks], fontsize="small")
+        ax.set_xlabel("threshold (cosine similarity with the condition vector)")
+        ax.set_title(f"condition F1 ({result.summary} of the prompt); best {result.best_f1:.3f} "
+                     f"at layer {best.layer}, {best.comparator} {best.threshold:.3g}",
+                     fontsize="small")
+        ax.plot([thresholds.index(best.threshold)], [rows.index((best.comparator, best.layer))],
+                marker="*", color="red", markersize=12, linestyle="none")
+        ax.figure.colorbar(image, ax=ax, label="F1")
+
+    return save_plot(path, draw)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                                   vector=vector, summary=args.summary, method=args.method,
                                   chat=args.chat)
     result.save(args.output)
-    png = result.plot(plot_path(args))
+    png = plot_search(result, plot_path(args))
     b = result.best
     print(f"best cell: layer {b.layer}, {b.comparator} than {b.threshold:.4g} ({b.summary} "
           f"of the prompt): F1 {result.best_f1:.3f} on {len(pos)} + {len(neg)} prompts")
