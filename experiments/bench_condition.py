@@ -20,7 +20,6 @@ from the repository root:
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,7 +27,6 @@ import benchkit as bk
 import mlx.core as mx
 
 from mlux import Condition, HookedModel, Steering, generate_batch
-from mlux.testing import save_tiny_model
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_condition.json"
 ROWS, PROMPT_TOKENS, LAYER, CONDITION_LAYER = 8, 64, 3, 1
@@ -54,23 +52,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = bk.parser(__doc__, DEFAULT_OUTPUT, quick="small settings for a smoke test"
                      ).parse_args(argv)
-    shape = {"hidden_size": 128 if args.quick else 512, "num_layers": 6, "vocab_size": 4096}
     tokens, repeats = (4, 1) if args.quick else (32, 5)
-    with tempfile.TemporaryDirectory(prefix="mlux-bench-") as tmp:
-        save_tiny_model(tmp, "llama", quantize_bits=4, **shape)
-        hooked = HookedModel.from_pretrained(tmp)
-    hooked.tokenizer.eos_token_ids = {-1}  # never emitted: every row makes `tokens` tokens
+    hooked, model = bk.random_llama(args.quick)
     prompts = [[5 + (r * 7 + k) % 90 for k in range(PROMPT_TOKENS)] for r in range(ROWS)]
-    key = mx.random.key(0)
-    vector = mx.random.normal((shape["hidden_size"],), key=key) * 0.05
-    always = Condition(mx.random.normal((shape["hidden_size"],), key=mx.random.key(1)),
-                       CONDITION_LAYER, -1.0)
+    width = hooked.hidden_size
+    vector = mx.random.normal((width,), key=mx.random.key(0)) * 0.05
+    always = Condition(mx.random.normal((width,), key=mx.random.key(1)), CONDITION_LAYER, -1.0)
     terms = {"unsteered": None,
              "plain": Steering(vector, 2.0, [LAYER], "generated"),
              "conditional": Steering(vector, 2.0, [LAYER], condition=always)}
-    result = bk.environment("bench_condition.py", argv,
-                            {"model_type": "llama", "quantize_bits": 4, **shape,
-                             "source": "mlux.testing.save_tiny_model (random weights)"},
+    result = bk.environment("bench_condition.py", argv, model,
                             {"quick": args.quick, "repeats": repeats, "rows": ROWS,
                              "prompt_tokens": PROMPT_TOKENS, "layer": LAYER,
                              "condition_layer": CONDITION_LAYER})
