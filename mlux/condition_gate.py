@@ -62,6 +62,11 @@ class PrefillGate:
                         raise ValueError(f"Steering(condition=...) takes a Condition or a rule "
                                          f"(any_of, all_of, not_), got {type(rule).__name__}")
                     rule.check(hooked.hidden_size, hooked.num_layers)
+                    remote = [c.layer for c in rule.leaves() if c.layer not in hooked.local_layers]
+                    if remote:  # every rank must reach the same decision
+                        raise ValueError(f"condition layers {remote} run on another rank of "
+                                         "this pipeline-sharded model; conditions need layers "
+                                         "every rank runs")
                     # the behaviour itself is checked as the plain term it becomes if fired
                     row_steering_hooks(hooked, [dataclasses.replace(term, condition=None)],
                                        [prompt_lengths[r]])
