@@ -19,11 +19,17 @@ import sys
 from typing import Any, Iterable, TextIO
 
 from ..behavior import prompt_ids
-from ..builtin import DEFAULT_MODEL
 from ..conditions import Condition
 from ..decode import Decoder
 from ..entry import Verb, int_in
-from ..experiments.options import float_at_least, layer_ints, load_vector
+from ..experiments.options import (
+    add_model_argument,
+    check_chat,
+    float_at_least,
+    layer_ints,
+    load_vector,
+    probability,
+)
 from ..generate import prefill_with_cache, stream_from_cache
 from ..model import HookedModel
 from ..steering import Steering, steering_hooks
@@ -33,8 +39,7 @@ __all__ = ["VERB", "stream_text"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory, hub id or "
-                   "built-in name")
+    add_model_argument(p)
     p.add_argument("--vector", metavar="FILE", help="steering vector (.safetensors/.gguf), "
                    "e.g. from mlux extract (default: none, unsteered)")
     p.add_argument("--alpha", type=float, default=None, help="strength: alpha * vector is "
@@ -47,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int_in(1), default=40, help="tokens to generate")
     p.add_argument("--temperature", type=float_at_least(0.0), default=0.0,
                    help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling, in (0, 1]")
     p.add_argument("--seed", type=int_in(0), default=0, help="sampling seed")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat "
                    "template (default: plain text)")
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--alpha, --layers and --condition steer with a vector: give --vector "
                          "FILE too")
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     vector = load_vector(args.vector, hooked) if args.vector else None
     condition = Condition.load(args.condition) if args.condition else None
     if condition is not None:
