@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .atomic import PathLike, atomic_write_json
+from .behavior import prompt_ids
 from .conditions import COMPARATORS, SUMMARIES, Condition, any_of
 from .extract import extract_steering_vectors
 
@@ -91,7 +92,8 @@ def find_condition_point(
         vector = extract_steering_vectors(hooked, list(positive), list(negative), layers,
                                           method=method, chat=chat)
     probes = [Condition(vector, i, 0.0, summary=summary) for i in layers]
-    prompts = list(positive) + list(negative)
+    # scored as extracted: with `chat`, each prompt in the chat template (the one chat route)
+    prompts = [prompt_ids(hooked, p, chat) for p in list(positive) + list(negative)]
     scores = np.array(any_of(*probes).scores(hooked, prompts))  # (N, layers)
     actual = [True] * len(positive) + [False] * len(negative)
     grid = threshold_grid(scores) if thresholds is None else [float(t) for t in thresholds]

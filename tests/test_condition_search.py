@@ -154,3 +154,21 @@ def test_bench_condition_quick_writes_its_report(tmp_path, monkeypatch):
         assert saved[part]["outputs_identical"] is True
         assert saved[part]["conditional_over_plain"]["cpu"]["median"] > 0
     assert result["table"] == saved["table"]
+
+
+def test_chat_search_scores_the_prompts_in_the_chat_template(tmp_path):
+    """With chat=True the prompts are extracted and scored as the model's chat template wraps
+    them (hooked.encode_chat), not as raw text."""
+    from mlux.testing import save_tiny_model
+
+    hooked = HookedModel.from_pretrained(str(save_tiny_model(tmp_path / "m", "llama")))
+    pos = ["w10 w11 w12", "w13 w14 w15", "w16 w17 w18"]
+    neg = ["w20 w21 w22", "w23 w24 w25", "w26 w27 w28"]
+    result = find_condition_point(hooked, pos, neg, [1], thresholds=[-0.5, 0.0, 0.5],
+                                  chat=True)
+    wrapped = [hooked.encode_chat(p) for p in pos + neg]
+    vec = extract_steering_vectors(hooked, pos, neg, [1], chat=True)
+    for j, t in enumerate(result.thresholds):
+        cond = Condition(vec, 1, t)
+        assert result.f1["larger"][0][j] == pytest.approx(
+            f1_score(cond.fires(hooked, wrapped), [True] * 3 + [False] * 3), abs=1e-6)

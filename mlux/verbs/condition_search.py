@@ -22,6 +22,7 @@ from ..entry import Verb
 from ..experiments.common import save_plot
 from ..experiments.options import (
     add_contrast_arguments,
+    check_chat,
     check_output_folders,
     contrast_from_args,
     layer_ints,
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folders(args.output, args.plot, args.save_condition)
     pos, neg, _ = contrast_from_args(args)
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     layers = layer_ints(hooked, args.layers)
     vector = load_vector(args.vector, hooked) if args.vector else None
     result = find_condition_point(hooked, pos, neg, layers, thresholds, comparators,
