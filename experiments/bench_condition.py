@@ -29,14 +29,15 @@ import mlx.core as mx
 from mlux import Condition, HookedModel, Steering, generate_batch
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_condition.json"
-ROWS, PROMPT_TOKENS, LAYER, CONDITION_LAYER = 8, 64, 3, 1
+LAYER, CONDITION_LAYER = 3, 1
 
 
 def cell(hooked: HookedModel, prompts: list[list[int]], terms: dict[str, Optional[Steering]],
          tokens: int, repeats: int) -> dict[str, Any]:
     def run(term: Optional[Steering]) -> Any:
-        return lambda: bk.measure(lambda: generate_batch(
-            hooked, prompts, max_tokens=tokens, steering=None if term is None else [term] * ROWS))
+        rows = None if term is None else [term] * len(prompts)
+        return lambda: bk.measure(lambda: generate_batch(hooked, prompts, max_tokens=tokens,
+                                                         steering=rows))
 
     runs = bk.interleaved({k: run(t) for k, t in terms.items()}, repeats, warmup=1)
     sec = bk.per_clock(runs)
@@ -52,18 +53,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = bk.parser(__doc__, DEFAULT_OUTPUT, quick="small settings for a smoke test"
                      ).parse_args(argv)
-    tokens, repeats = (4, 1) if args.quick else (32, 5)
+    tokens, repeats, rows, width = (4, 1, 2, 16) if args.quick else (32, 5, 8, 64)
     hooked, model = bk.random_llama(args.quick)
-    prompts = [[5 + (r * 7 + k) % 90 for k in range(PROMPT_TOKENS)] for r in range(ROWS)]
-    width = hooked.hidden_size
-    vector = mx.random.normal((width,), key=mx.random.key(0)) * 0.05
-    always = Condition(mx.random.normal((width,), key=mx.random.key(1)), CONDITION_LAYER, -1.0)
+    prompts = [[5 + (r * 7 + k) % 90 for k in range(width)] for r in range(rows)]
+    d = hooked.hidden_size
+    vector = mx.random.normal((d,), key=mx.random.key(0)) * 0.05
+    always = Condition(mx.random.normal((d,), key=mx.random.key(1)), CONDITION_LAYER, -1.0)
     terms = {"unsteered": None,
              "plain": Steering(vector, 2.0, [LAYER], "generated"),
              "conditional": Steering(vector, 2.0, [LAYER], condition=always)}
     result = bk.environment("bench_condition.py", argv, model,
-                            {"quick": args.quick, "repeats": repeats, "rows": ROWS,
-                             "prompt_tokens": PROMPT_TOKENS, "layer": LAYER,
+                            {"quick": args.quick, "repeats": repeats, "rows": rows,
+                             "prompt_tokens": width, "layer": LAYER,
                              "condition_layer": CONDITION_LAYER})
     result["end_to_end"] = cell(hooked, prompts, terms, tokens, repeats)
     result["prefill"] = cell(hooked, prompts, terms, 1, repeats)
