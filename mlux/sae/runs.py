@@ -27,7 +27,7 @@ from mlux.atomic import PathLike, atomic_write_json
 from mlux.collect.lock import folder_lock, remove_orphans
 from mlux.collect.manifest import Manifest, open_collection
 from mlux.collect.run_config import SAESection
-from mlux.layers import expand_layer_specs
+from mlux.layers import expand_layer_specs, hook_point_names
 from mlux.model import HookedModel
 
 from .fit import (
@@ -158,7 +158,9 @@ def train_saes(result_dir: PathLike, settings: Optional[SAESection] = None, *,
     out = Path(out_dir) if out_dir else Path(result_dir) / "sae" / settings.position
     results: dict[str, SAETrainResult] = {}
     with folder_lock(out, "train-sae", echo=echo):
-        remove_orphans(out, targets=("summary.json", *hooks))  # a user's own temp-like files stay
+        # only what train-sae writes here: a user's own temp-like files stay
+        layers = int(manifest.data["model"]["num_layers"])
+        remove_orphans(out, targets=("summary.json", *hook_point_names(layers)))
         done = _on_disk(out)
         if fresh:
             for h in done:
