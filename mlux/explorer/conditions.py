@@ -11,7 +11,6 @@ from mlux.conditions import Condition
 from mlux.explorer.state import ExplorerState
 from mlux.explorer.validation import GenerateRequest
 from mlux.model import HookedModel
-from mlux.web import Fields
 
 __all__ = ["condition_report", "explorer_condition"]
 
@@ -22,7 +21,7 @@ def explorer_condition(state: ExplorerState, req: GenerateRequest) -> Optional[C
     if req.condition is None:
         return None
     vector = state.resolve(req.condition.vector, field="condition.vector")
-    return req.condition.settings.condition(vector, Fields({}, "condition."))
+    return req.condition.settings.condition(vector, "condition.vector")
 
 
 def condition_report(hooked: HookedModel, cond: Condition, tokens: list[int]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def _condition(f: Fields, *, num_layers: int, hidden_size: int,
     vector = _vector(c, hidden_size, load_vector)
     settings = read_condition_settings(c, num_layers)
     c.done()
-    return settings.condition(vector, c)
+    return settings.condition(vector, f"{c.prefix}vector")
 
 
 def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,

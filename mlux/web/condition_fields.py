@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..conditions import COMPARATORS, SUMMARIES, Condition
-from .fields import Fields
+from .fields import Fields, RequestError
 
 __all__ = ["ConditionSettings", "condition_object", "read_condition_settings"]
 
@@ -20,13 +20,13 @@ class ConditionSettings:
     comparator: str
     summary: str
 
-    def condition(self, vector: Any, f: Fields) -> Condition:
+    def condition(self, vector: Any, field: str) -> Condition:
         """The condition on `vector`; its own checks (e.g. a vector without a direction at the
-        layer) fail as a 400 on `vector`."""
+        layer) fail as a 400 naming `field`, where the vector was given."""
         try:
             return Condition(vector, self.layer, self.threshold, self.comparator, self.summary)
         except ValueError as e:
-            raise f.fail("vector", str(e)) from None
+            raise RequestError(f"{field} {e}", field) from None
 
 
 def read_condition_settings(c: Fields, num_layers: int) -> ConditionSettings:
