@@ -128,8 +128,8 @@ def test_rule_table_steers_each_row_by_its_own_rules(toy):
     assert got == [happy, sad]
 
 
-def tiny(arch):
-    hooked = HookedModel(make_tiny_model(arch)[0], None)
+def tiny(arch, bits=None):
+    hooked = HookedModel(make_tiny_model(arch, quantize_bits=bits)[0], None)
     key = mx.random.key(1)
     cond_dir, beh = mx.random.normal((2, hooked.hidden_size), key=key)
     scale = mx.linalg.norm(hooked.capture([PROMPTS[0]], ["residuals_1"])["residuals_1"], axis=-1)
@@ -140,9 +140,10 @@ def tiny(arch):
     return hooked, cond, behaviour
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_mixed_batch_rows_equal_each_prompt_alone(arch):
-    hooked, cond, behaviour = tiny(arch)
+@pytest.mark.parametrize(("arch", "bits"), [(a, None) for a in ARCHITECTURES]
+                         + [("llama", 4), ("gpt_bigcode", 4)])  # 4-bit: padded, row by row
+def test_mixed_batch_rows_equal_each_prompt_alone(arch, bits):
+    hooked, cond, behaviour = tiny(arch, bits)
     term = Steering(behaviour, 1.0, layers=[1, 2], condition=cond)
     fired = cond.fires(hooked, PROMPTS)
     assert sorted(fired) == [False, False, True, True]
