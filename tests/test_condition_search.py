@@ -172,3 +172,18 @@ def test_chat_search_scores_the_prompts_in_the_chat_template(tmp_path):
         cond = Condition(vec, 1, t)
         assert result.f1["larger"][0][j] == pytest.approx(
             f1_score(cond.fires(hooked, wrapped), [True] * 3 + [False] * 3), abs=1e-6)
+
+
+def test_best_cell_separates_held_out_prompts(toy):
+    """The cell chosen on one set of formal / casual prompts (two cues each, or one) gates
+    another set (other words and places) with F1 >= 0.9."""
+    hooked, formality = toy
+    search_formal = FORMAL + ["the family remarked that the town was", "furthermore it was a"]
+    search_casual = CASUAL + ["the family reckoned that the town was", "so it was a"]
+    best = find_condition_point(hooked, search_formal, search_casual, vector=formality).best
+    formal = ["consequently the harbour was considerably", "afterwards the delegates felt "
+              "remarkably", "the visitors noted that the museum was", "indeed it was a"]
+    casual = ["honestly the harbour was seriously", "afterwards the guys felt super",
+              "the visitors figured that the museum was", "yeah it was a"]
+    fired = best.fires(hooked, formal + casual)
+    assert f1_score(fired, [True] * 4 + [False] * 4) >= 0.9
