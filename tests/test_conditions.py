@@ -219,3 +219,25 @@ def test_exported_from_mlux():
 
     assert mlux.Condition is Condition and mlux.find_condition_point is find_condition_point
     assert {"Condition", "find_condition_point"} <= set(mlux.__all__)
+
+
+def test_conditional_sae_clamp(toy):
+    """An SAE clamp gated by a condition: fired rows equal the plain clamp from the first
+    generated token's position on, unfired rows the unsteered model."""
+    from test_sae_steering import make_sae
+
+    hooked, formality, _ = toy
+    sae = make_sae(hooked)
+    cond = Condition(formality, 1, 0.05)
+    term = Steering(sae_clamp=(sae, 3, 12.0), condition=cond)
+    prompts = FORMAL + CASUAL
+    got = generate_batch(hooked, prompts, max_tokens=8, steering=[term] * 6)
+    base = generate_batch(hooked, prompts, max_tokens=8)
+    fires = cond.fires(hooked, prompts)
+    assert True in fires and False in fires
+    for p, g, b, fired in zip(prompts, got, base, fires, strict=True):
+        n = len(hooked.tokenize(p).tokens[0].tolist())
+        plain = Steering(sae_clamp=(sae, 3, 12.0), positions=n)
+        assert g == (generate_batch(hooked, [p], max_tokens=8, steering=[plain])[0] if fired
+                     else b)
+    assert any(g != b for g, b, f in zip(got, base, fires, strict=True) if f)
