@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import mlx.core as mx
 
 from .conditions import Condition, Decision, Rule, cosine, prompt_summaries
 from .hooks import Hook, HookContext
+from .model import HookedModel
 from .positions import resolve_positions
 from .steering import RowSteering, Steering, row_steering_hooks, row_terms
 
@@ -51,8 +52,9 @@ class PrefillGate:
     token, the fired terms' steering at the layers deeper than their conditions. `prefix`
     carries sums already taken over a shared `prompt[:-1]`."""
 
-    def __init__(self, hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int],
-                 end: float, prefix: Optional[dict[int, mx.array]] = None) -> None:
+    def __init__(self, hooked: HookedModel, rows: Sequence[RowSteering],
+                 prompt_lengths: Sequence[int], end: float,
+                 prefix: Optional[dict[int, mx.array]] = None) -> None:
         self.slots: list[_Slot] = []
         for r, row in enumerate(rows):
             for term in row_terms(row):
@@ -83,9 +85,9 @@ class PrefillGate:
         self.gates: dict[int, mx.array] = {}  # slot -> (b,) bool, once decided
 
     @classmethod
-    def for_rows(cls, hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int],
-                 end: float, prefix: Optional[dict[int, mx.array]] = None
-                 ) -> Optional[PrefillGate]:
+    def for_rows(cls, hooked: HookedModel, rows: Sequence[RowSteering],
+                 prompt_lengths: Sequence[int], end: float,
+                 prefix: Optional[dict[int, mx.array]] = None) -> Optional[PrefillGate]:
         """A gate, or None when no row has a conditional term."""
         gate = cls(hooked, rows, prompt_lengths, end, prefix)
         return gate if gate.slots else None

@@ -17,6 +17,7 @@ from .atomic import PathLike, atomic_write_json
 from .behavior import prompt_ids
 from .conditions import COMPARATORS, SUMMARIES, Condition, any_of
 from .extract import extract_steering_vectors
+from .model import HookedModel
 
 __all__ = ["ConditionSearch", "f1_score", "find_condition_point", "threshold_grid"]
 
@@ -63,7 +64,7 @@ class ConditionSearch:
 
 
 def find_condition_point(
-    hooked: Any,
+    hooked: HookedModel,
     positive: Sequence[Any],
     negative: Sequence[Any],
     layers: Optional[Sequence[int]] = None,

@@ -20,6 +20,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 import mlx.core as mx
 
 from .atomic import PathLike
+from .inputs import Inputs
+from .model import HookedModel
 from .vectors import SteeringVector
 
 __all__ = ["COMPARATORS", "SUMMARIES", "AllOf", "AnyOf", "Condition", "Decision", "Not", "Rule",
@@ -75,7 +77,7 @@ class _RuleOps:
         for c in self.leaves():
             c.check(hidden_size, num_layers)
 
-    def scores(self, hooked: Any, prompts: Any) -> list[list[float]]:
+    def scores(self, hooked: HookedModel, prompts: Inputs) -> list[list[float]]:
         """Each prompt's cosine with each condition (in `leaves()` order), from one capture."""
         leaves = self.leaves()
         self.check(hooked.hidden_size, hooked.num_layers)
@@ -93,7 +95,7 @@ class _RuleOps:
         table = mx.stack(out, axis=1)  # (B, leaves)
         return table.tolist()
 
-    def fires(self, hooked: Any, prompts: Any) -> list[bool]:
+    def fires(self, hooked: HookedModel, prompts: Inputs) -> list[bool]:
         """Does the rule fire on each prompt? (What the decoder decides from its prefill.)"""
         leaves = self.leaves()
         table = mx.array(self.scores(hooked, prompts))  # (B, leaves)
