@@ -1,0 +1,176 @@
+"""Scoring search trials: behaviour (sampled rate through the one decoder, or the
+generation-free log-odds) and damage (first-token KL on harmless prompts; perplexity of the
+steered text under the unsteered model).
+
+Steer trials run as rows of one batch: every (trial, prompt, sample) is a decoder row with its
+own `Steering`, and every (trial, harmless prompt) a row of one KL forward. Ablate trials each
+install their hooks on every residual writer (`attention_i`, `mlp_i`), prompts as rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import mlx.core as mx
+
+from ..behavior import _score as score_text  # the sweeps' scorer call, one clear error
+from ..evaluation import first_token_kl, first_token_logits
+from ..experiments.common import steered_perplexity
+from ..generate import generate_batch
+from ..hooks import Hook
+from ..model import HookedModel
+from ..steering import Steering, create_ablation_hook, row_steering_hooks
+from .space import interpolated_direction, layer_weights
+from .tokens import token_logodds
+
+__all__ = ["Measurement", "TrialScorer", "ablation_hooks", "steering_of"]
+
+Params = dict[str, Any]
+
+
+@dataclass
+class Measurement:
+    behavior: float  # share of samples labelled as the behaviour (or sigmoid of log-odds)
+    kl: float  # mean first-token KL(unsteered || steered) on the harmless prompts
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def steering_of(params: Params, directions: dict[int, mx.array],
+                residual: dict[int, float], num_layers: int) -> Steering:
+    """A steer trial as one row's `Steering`: at each weighted layer l, the unit direction
+    times weight * strength * the layer's residual norm (alpha 1: the deltas are final)."""
+    u = interpolated_direction(directions, float(params["layer"]))
+    s = float(params["strength"])
+    deltas = {i: u * (w * s * residual[i]) for i, w in layer_weights(params, num_layers).items()}
+    return Steering(deltas, 1.0, positions=params["window"])
+
+
+def ablation_hooks(params: Params, directions: dict[int, mx.array], num_layers: int,
+                   prompt_length: Optional[int] = None) -> list[tuple[str, Hook]]:
+    """An ablate trial's hooks: its direction projected (by each layer's weight) out of every
+    block's attention and MLP output, the writers `mlux bake --ablate` edits."""
+    u = interpolated_direction(directions, float(params["layer"]))
+    return [(f"{kind}_{i}", create_ablation_hook(u, positions=params["window"],
+                                                 prompt_length=prompt_length, weight=w))
+            for i, w in layer_weights(params, num_layers).items()
+            for kind in ("attention", "mlp")]
+
+
+def _by_length(rows: Sequence[list[int]]) -> dict[int, list[int]]:
+    """Row indices grouped by prompt length: a window that depends on the prompt length needs
+    one length per batch when steering through plain hooks."""
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(rows):
+        groups.setdefault(len(ids), []).append(i)
+    return groups
+
+
+@dataclass
+class TrialScorer:
+    """Everything fixed across trials: model, directions, prompts (token ids), the scorer and
+    its sampling, and the unsteered first-token logits of the harmless prompts."""
+
+    hooked: HookedModel
+    mode: str
+    directions: dict[int, mx.array]
+    residual: dict[int, float]
+    prompts: list[list[int]]
+    harmless: list[list[int]]
+    scorer: Any
+    samples: int = 2
+    max_tokens: int = 16
+    temperature: float = 1.0
+    seed: int = 0
+    score: str = "sampled"  # or "logodds"
+    target: Sequence[int] = ()
+    against: Sequence[int] = ()
+    perplexity: bool = True
+    reference: Optional[mx.array] = None  # (N_harmless, V)
+
+    def __post_init__(self) -> None:
+        if self.reference is None:
+            self.reference = first_token_logits(self.hooked, self.harmless)
+
+    def measure(self, trials: Sequence[Params]) -> list[Measurement]:
+        if self.mode == "steer":
+            rows = [steering_of(p, self.directions, self.residual, self.hooked.num_layers)
+                    for p in trials]
+            return self._measure_rows(rows)
+        return [self._measure_ablation(p) for p in trials]
+
+    # -- steer: every trial a block of rows ---------------------------------------------------
+    def _measure_rows(self, rows: list[Steering]) -> list[Measurement]:
+        k, h = len(rows), len(self.harmless)
+        lengths = [len(ids) for ids in self.harmless] * k
+        hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(h)], lengths)
+        kls = first_token_kl(self.hooked, self.harmless * k, hooks, per_prompt=True,
+                             reference=mx.concatenate([self.reference] * k))
+        kl = [sum(kls[t * h:(t + 1) * h]) / h for t in range(k)]
+        if self.score == "logodds":
+            n = len(self.prompts)
+            hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(n)],
+                                       [len(ids) for ids in self.prompts] * k)
+            lo = token_logodds(self.hooked, self.prompts * k, self.target, self.against, hooks)
+            return [self._logodds(lo[t * n:(t + 1) * n], kl[t]) for t in range(k)]
+        per = len(self.prompts) * self.samples
+        texts = self._generate(self.prompts, [r for r in rows for _ in range(per)], None, k)
+        return [self._rated(texts[t * per:(t + 1) * per], kl[t]) for t in range(k)]
+
+    # -- ablate: one trial at a time, its hooks on every writer --------------------------------
+    def _measure_ablation(self, params: Params) -> Measurement:
+        n = self.hooked.num_layers
+        if params["window"] == "all":  # one batch: the hooks don't depend on prompt length
+            kl = first_token_kl(self.hooked, self.harmless, ablation_hooks(params,
+                                self.directions, n), reference=self.reference)
+        else:
+            parts = [first_token_kl(self.hooked, [self.harmless[i] for i in idx],
+                                    ablation_hooks(params, self.directions, n, length),
+                                    reference=self.reference[mx.array(idx)], per_prompt=True)
+                     for length, idx in _by_length(self.harmless).items()]
+            kl = sum(sum(p) for p in parts) / len(self.harmless)
+        if self.score == "logodds":
+            groups = _by_length(self.prompts)
+            lo = [token_logodds(self.hooked, [self.prompts[i] for i in idx], self.target,
+                                self.against, ablation_hooks(params, self.directions, n, length))
+                  for length, idx in groups.items()]
+            return self._logodds(mx.concatenate(lo), kl)
+        out: list[tuple[str, list[int]]] = [("", [])] * (len(self.prompts) * self.samples)
+        for length, idx in _by_length(self.prompts).items():
+            hooks = ablation_hooks(params, self.directions, n, length)
+            got = self._generate([self.prompts[i] for i in idx], None, hooks, 1,
+                                 first=[i for i in idx])
+            for j, i in enumerate(idx):
+                out[i * self.samples:(i + 1) * self.samples] = \
+                    got[j * self.samples:(j + 1) * self.samples]
+        return self._rated(out, kl)
+
+    # -- shared --------------------------------------------------------------------------------
+    def _generate(self, prompts: list[list[int]], steering: Optional[list[Steering]],
+                  hooks: Any, copies: int, first: Optional[list[int]] = None
+                  ) -> list[tuple[str, list[int]]]:
+        """`copies` x prompts x samples rows in one batch; seeds depend on (prompt, sample)
+        only, so trials differ by their steering, not their luck."""
+        index = first if first is not None else list(range(len(prompts)))
+        ids = [p for _ in range(copies) for p in prompts for _ in range(self.samples)]
+        seeds = [self.seed + 1000 * i + s for _ in range(copies) for i in index
+                 for s in range(self.samples)]
+        toks = generate_batch(self.hooked, ids, max_tokens=self.max_tokens, hooks=hooks,
+                              steering=steering, temperature=self.temperature, seed=seeds)
+        return [(self.hooked.tokenizer.decode(t), t) for t in toks]
+
+    def _rated(self, got: list[tuple[str, list[int]]], kl: float) -> Measurement:
+        verdicts = [score_text(self.scorer, text) for text, _ in got]
+        hits = sum(v is True for v in verdicts)
+        extras: dict[str, Any] = {"labelled": sum(v is not None for v in verdicts),
+                                  "samples": len(got), "texts": [t for t, _ in got[:3]]}
+        if self.perplexity:
+            extras["perplexity"] = steered_perplexity(
+                self.hooked, self.prompts, [t for _, t in got], self.samples)
+        return Measurement(hits / len(got), kl, extras)
+
+    @staticmethod
+    def _logodds(values: mx.array, kl: float) -> Measurement:
+        mean = float(values.mean().item())
+        return Measurement(1.0 / (1.0 + math.exp(-mean)), kl, {"logodds": mean})

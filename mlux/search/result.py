@@ -1,0 +1,108 @@
+"""A finished search: every trial, the Pareto front of behaviour against damage, the pick, and
+the chosen trial as a vector file that `mlux generate`, `mlux serve`, GGUF export and
+`mlux bake` read."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import mlx.core as mx
+
+from ..vectors import SteeringVector
+from .space import interpolated_direction, layer_weights
+
+__all__ = ["SearchResult", "Trial", "pareto_front"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated trial: `params` (see `mlux.search.space`), `behavior` in 0..1 and `kl`
+    (mean first-token KL on the harmless prompts); `extras` hold the rest (perplexity, labelled
+    samples, log-odds, example texts)."""
+
+    number: int
+    params: dict[str, Any]
+    behavior: float
+    kl: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pareto_front(trials: list[Trial], maximize: bool) -> list[Trial]:
+    """Trials no other trial beats on both behaviour (higher if `maximize`) and KL (lower),
+    by increasing KL; of identical points the first trial stands for all."""
+    def key(t: Trial) -> tuple[float, float]:
+        return (t.kl, -t.behavior if maximize else t.behavior)
+
+    front: list[Trial] = []
+    for t in sorted(trials, key=lambda t: (*key(t), t.number)):
+        if not front or key(t)[1] < key(front[-1])[1]:  # strictly better behaviour at >= KL
+            front.append(t)
+    return front
+
+
+@dataclass
+class SearchResult:
+    """`trials` in trial order; `front` by increasing KL; `best(max_kl)` the front trial with
+    the best behaviour at KL <= max_kl (None: the best behaviour overall); `to_vector()` writes
+    a trial as a `SteeringVector`."""
+
+    mode: str
+    trials: list[Trial]
+    settings: dict[str, Any]
+    directions: dict[int, mx.array]
+    residual: dict[int, float]
+    num_layers: int
+    model_id: Optional[str] = None
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "steer"  # steer raises the behaviour, ablate removes it
+
+    @property
+    def front(self) -> list[Trial]:
+        return pareto_front(self.trials, self.maximize)
+
+    def best(self, max_kl: Optional[float] = None) -> Trial:
+        allowed = [t for t in self.front if max_kl is None or t.kl <= max_kl]
+        if not allowed:
+            raise ValueError(f"no trial has KL <= {max_kl:g}; the lowest is "
+                             f"{min(t.kl for t in self.trials):.4g}")
+        return max(allowed, key=lambda t: t.behavior) if self.maximize else \
+            min(allowed, key=lambda t: t.behavior)
+
+    def trial(self, number: int) -> Trial:
+        found = [t for t in self.trials if t.number == number]
+        if not found:
+            raise ValueError(f"no trial {number}; trials are 0..{len(self.trials) - 1}")
+        return found[0]
+
+    def to_vector(self, trial: Optional[Trial] = None) -> SteeringVector:
+        """The trial (default: `best()`) as a vector. Steer: each weighted layer's final delta
+        (apply at alpha 1); ablate: the unit direction at the centre layer, the per-layer
+        weights in the metadata. Metadata `search` holds params, weights, window, scores."""
+        t = trial or self.best()
+        u = interpolated_direction(self.directions, float(t.params["layer"]))
+        weights = layer_weights(t.params, self.num_layers)
+        if self.mode == "steer":
+            s = float(t.params["strength"])
+            directions = {i: u * (w * s * self.residual[i]) for i, w in weights.items()}
+        else:
+            directions = {int(round(float(t.params["layer"]))): u}
+        meta = {"search": {"mode": self.mode, "trial": t.number, "params": t.params,
+                           "window": t.params["window"],
+                           "layer_weights": {str(i): w for i, w in weights.items()},
+                           "behavior": t.behavior, "kl": t.kl,
+                           "behavior_name": self.settings.get("behavior")},
+                "positions": t.params["window"]}
+        return SteeringVector(directions, model_id=self.model_id, method=f"search-{self.mode}",
+                              metadata=meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        front = {t.number for t in self.front}
+        return {"mode": self.mode, "settings": self.settings,
+                "trials": [{**t.to_dict(), "on_front": t.number in front} for t in self.trials],
+                "front": [t.number for t in self.front]}
