@@ -19,6 +19,7 @@ from .explorer import launch
 from .info import model_info
 from .model import HookedModel
 from .verbs import bake, extract, generate
+from .verbs import search as search_verb
 
 __all__ = ["VERBS", "main"]
 
@@ -76,6 +77,7 @@ VERBS: tuple[Verb, ...] = (
     serve.VERB,
     launch.VERB,
     *collect_cli.VERBS,
+    search_verb.VERB,
 )
 
 

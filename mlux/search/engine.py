@@ -21,6 +21,7 @@ from .objectives import TrialScorer
 from .result import SearchResult, Trial
 from .space import MODES, SearchSpace, suggest
 from .study import digest, open_study, prompt_digest
+from .tokens import token_ids
 
 __all__ = ["SCHEMA", "search"]
 
@@ -91,8 +92,6 @@ def search(
     behaviour, ablate mode minimises it. With `out` the study lives in that folder: a rerun
     continues it until `trials` trials are complete (the interrupted ones finished first).
     """
-    from .tokens import token_ids
-
     _check(hooked, trials, mode, prompts, harmless, score, target)
     space = (space or SearchSpace()).resolved(hooked.num_layers)
     directions, residual = _directions(hooked, vector_or_contrast, prompts, chat)

@@ -80,7 +80,7 @@ class TrialScorer:
     harmless: list[list[int]]
     scorer: Any
     samples: int = 2
-    max_tokens: int = 16
+    max_tokens: int = 24
     temperature: float = 1.0
     seed: int = 0
     score: str = "sampled"  # or "logodds"
