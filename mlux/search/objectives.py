@@ -88,10 +88,19 @@ class TrialScorer:
     against: Sequence[int] = ()
     perplexity: bool = True
     reference: Optional[mx.array] = None  # (N_harmless, V)
+    _tiled: dict[int, mx.array] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.reference is None:
             self.reference = first_token_logits(self.hooked, self.harmless)
+
+    def _reference(self, k: int) -> mx.array:
+        """Unsteered logits of the harmless prompts repeated `k` times, from a batch of that
+        very shape: a zero-strength row then has exactly the reference's logits (KL 0), not
+        ones a different batch size rounded differently."""
+        if k not in self._tiled:
+            self._tiled[k] = first_token_logits(self.hooked, self.harmless * k)
+        return self._tiled[k]
 
     def measure(self, trials: Sequence[Params]) -> list[Measurement]:
         if self.mode == "steer":
@@ -106,7 +115,7 @@ class TrialScorer:
         lengths = [len(ids) for ids in self.harmless] * k
         hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(h)], lengths)
         kls = first_token_kl(self.hooked, self.harmless * k, hooks, per_prompt=True,
-                             reference=mx.concatenate([self.reference] * k))
+                             reference=self._reference(k))
         kl = [sum(kls[t * h:(t + 1) * h]) / h for t in range(k)]
         if self.score == "logodds":
             n = len(self.prompts)

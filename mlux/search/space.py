@@ -30,13 +30,13 @@ WINDOWS = ("all", "prompt", "generated")
 class SearchSpace:
     """Ranges the sampler draws from. `layers` is the (low, high) span of the centre layer
     (None: the whole model but its last fifth, which Arditi et al. skip); `kernel` adds the
-    per-layer profile's `distance` and `min_weight`."""
+    per-layer profile's `distance` and `min_weight` to steering (ablation always has them)."""
 
     layers: tuple[float, float] | None = None
     strengths: tuple[float, float] = (0.0, 1.0)
     windows: tuple[str, ...] = WINDOWS
     kernel: bool = False
-    max_distance: float = 2.0
+    max_distance: float | None = None  # None: the whole model
     weights: tuple[float, float] = field(default=(0.0, 1.0))  # ablate: max_weight's range
 
     def resolved(self, num_layers: int) -> SearchSpace:
@@ -55,10 +55,11 @@ class SearchSpace:
             raise ValueError(f"unknown window {bad or '(none)'}; choose from {', '.join(WINDOWS)}")
         if not 0 <= self.weights[0] <= self.weights[1] <= 1:
             raise ValueError(f"ablation weights must lie in 0..1, got {self.weights}")
-        if not self.max_distance >= 0:
-            raise ValueError(f"max distance must be >= 0, got {self.max_distance}")
+        reach = float(num_layers - 1 if self.max_distance is None else self.max_distance)
+        if not reach >= 0:
+            raise ValueError(f"max distance must be >= 0, got {reach}")
         return SearchSpace((float(low), float(high)), tuple(self.strengths),
-                           tuple(self.windows), self.kernel, float(self.max_distance),
+                           tuple(self.windows), self.kernel, reach,
                            tuple(self.weights))
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def suggest(trial: Any, space: SearchSpace, mode: str) -> dict[str, Any]:
         params["max_weight"] = _float(trial, "max_weight", space.weights)
     params["window"] = (space.windows[0] if len(space.windows) == 1 else
                         trial.suggest_categorical("window", list(space.windows)))
-    if space.kernel:
+    if space.kernel or mode == "ablate":  # an ablation is a profile over layers (heretic)
         params["distance"] = _float(trial, "distance", (0.0, space.max_distance))
         params["min_weight"] = _float(trial, "min_weight", (0.0, 1.0))
     return params

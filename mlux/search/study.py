@@ -83,5 +83,9 @@ def open_study(out: Optional[Path], settings: dict[str, Any], hooked: Any,
         atomic_write_json(out / SETTINGS, {"settings": settings, "model_fingerprint": model})
     backend = optuna.storages.journal.JournalFileBackend(str(out / JOURNAL))
     storage = optuna.storages.JournalStorage(backend)
-    return optuna.create_study(study_name="mlux-search", storage=storage,
-                               directions=directions, sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(study_name="mlux-search", storage=storage,
+                                directions=directions, sampler=sampler, load_if_exists=True)
+    if study.trials and seed is not None:
+        # A resumed sampler seeded as before would draw the first run's startup trials again.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    return study

@@ -1,0 +1,242 @@
+"""`mlux.search` on the built-in model: the objectives against independent references (per-prompt
+KL from `kl_divergence`, the layer sweep's alpha, batched == one trial at a time), the
+generation-free score against the sampled rate, the search's reproducibility and resume, and
+the picked trial as a vector the other tools read."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import pytest
+
+from mlux import HookedModel, SteeringVector, generate_batch
+from mlux.evaluation import first_token_kl, first_token_logits, kl_divergence
+from mlux.experiments.common import residual_norms, sweep_directions
+from mlux.search import (
+    SearchSpace,
+    TrialScorer,
+    ablation_hooks,
+    behavior_words,
+    interpolated_direction,
+    layer_weights,
+    pareto_front,
+    search,
+    steering_of,
+    token_ids,
+)
+from mlux.search.result import Trial
+from mlux.steering import create_ablation_hook, steering_hooks
+from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS, feature_scorer
+
+HAPPY = feature_scorer("sentiment", "happy")
+SMALL = dict(samples=1, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return HookedModel.from_pretrained("mlux-toy")
+
+
+@pytest.fixture(scope="module")
+def setup(toy):
+    directions, acts = sweep_directions(toy, CONTRAST_PROMPTS["sentiment"])
+    residual = residual_norms(toy, list(directions), acts, TEST_PROMPTS)
+    ids = [toy.tokenize(p).tokens[0].tolist() for p in TEST_PROMPTS]
+    return directions, residual, ids
+
+
+def _scorer(toy, setup, mode="steer", **kw) -> TrialScorer:
+    directions, residual, ids = setup
+    return TrialScorer(toy, mode, directions, residual, ids, ids, HAPPY, **{**SMALL, **kw})
+
+
+def test_first_token_kl_equals_per_prompt_kl_divergence(toy, setup):
+    directions = setup[0]
+    hooks = steering_hooks({2: directions[2]}, 1.5)
+    got = first_token_kl(toy, list(TEST_PROMPTS), hooks, per_prompt=True)
+    for p, value in zip(TEST_PROMPTS, got, strict=True):
+        base = toy.run_with_hooks(p, None)[0, -1]
+        steered = toy.run_with_hooks(p, hooks)[0, -1]
+        assert value == pytest.approx(kl_divergence(base, steered), rel=1e-3, abs=1e-6)
+    assert first_token_kl(toy, list(TEST_PROMPTS), hooks) == pytest.approx(sum(got) / len(got))
+    assert first_token_kl(toy, list(TEST_PROMPTS)) == 0.0  # no hooks: the reference itself
+
+
+def test_kl_is_zero_at_strength_zero_and_grows_with_strength(toy, setup):
+    scorer = _scorer(toy, setup)
+    strengths = [0.0, 0.1, 0.3, 0.6, 1.0]
+    got = scorer.measure([{"layer": 2.0, "strength": s, "window": "all"} for s in strengths])
+    kls = [m.kl for m in got]
+    assert kls[0] == 0.0
+    assert all(b > a for a, b in zip(kls, kls[1:], strict=False)), kls
+
+
+def test_trials_in_one_batch_equal_trials_alone(toy, setup):
+    scorer = _scorer(toy, setup, temperature=0.0)
+    trials = [{"layer": 1.5, "strength": 0.4, "window": "all"},
+              {"layer": 3.0, "strength": 0.2, "window": "generated"},
+              {"layer": 2.2, "strength": 0.5, "window": "prompt"}]
+    together = scorer.measure(trials)
+    for params, m in zip(trials, together, strict=True):
+        (alone,) = scorer.measure([params])
+        assert alone.behavior == m.behavior
+        assert alone.kl == pytest.approx(m.kl, rel=1e-3, abs=1e-6)
+        assert alone.extras["texts"] == m.extras["texts"]
+
+
+def test_a_trial_is_the_layer_sweeps_alpha_at_its_layer(setup):
+    directions, residual, _ = setup
+    steer = steering_of({"layer": 2.0, "strength": 0.3, "window": "all"}, directions, residual, 6)
+    v = directions[2]
+    alpha = 0.3 * residual[2] / float(mx.linalg.norm(v).item())  # layer_sweep's relative alpha
+    (layer, delta), = steer.per_layer().items()
+    assert layer == 2 and steer.alpha == 1.0 and steer.positions == "all"
+    assert mx.allclose(delta, alpha * v, atol=1e-5)
+
+
+def test_fractional_layer_interpolates_neighbouring_directions(setup):
+    directions = setup[0]
+    unit = {i: v / mx.linalg.norm(v) for i, v in directions.items()}
+    assert mx.allclose(interpolated_direction(directions, 3.0), unit[3], atol=1e-6)
+    mid = interpolated_direction(directions, 2.25)
+    expected = 0.75 * unit[2] + 0.25 * unit[3]
+    assert mx.allclose(mid, expected / mx.linalg.norm(expected), atol=1e-6)
+    assert float(mx.linalg.norm(mid).item()) == pytest.approx(1.0)
+
+
+def test_layer_weights_follow_the_kernel():
+    assert layer_weights({"layer": 2.4}, 6) == {2: 1.0}
+    w = layer_weights({"layer": 2.6, "distance": 2.0, "min_weight": 0.2, "max_weight": 0.5}, 6)
+    # centre round(2.6) = 3; one layer away 1 - 0.8 / 2, two away the floor 0.2; times 0.5
+    assert w == pytest.approx({1: 0.1, 2: 0.3, 3: 0.5, 4: 0.3, 5: 0.1})
+    assert layer_weights({"layer": 0.0, "max_weight": 0.0}, 6) == {}
+
+
+def test_weighted_ablation_removes_that_share_of_the_component(toy, setup):
+    u = interpolated_direction(setup[0], 2.0)
+    x = mx.random.normal((1, 3, toy.hidden_size), key=mx.random.key(0))
+    from mlux.hooks import HookContext
+
+    ctx = HookContext("mlp_1", 1, length=3)
+    for w in (1.0, 0.5, 0.0):
+        out = create_ablation_hook(u, weight=w)(x, ctx)
+        assert mx.allclose(out @ u, (1 - w) * (x @ u), atol=1e-4)
+    every = {"layer": 2.0, "max_weight": 1.0, "distance": 6.0, "min_weight": 1.0, "window": "all"}
+    hooks = ablation_hooks(every, setup[0], 6)
+    assert sorted(n for n, _ in hooks) == sorted(f"{k}_{i}" for i in range(6)
+                                                 for k in ("attention", "mlp"))
+    none = _scorer(toy, setup, "ablate").measure(
+        [{**every, "max_weight": 0.0}])[0]
+    assert none.kl == 0.0
+
+
+def test_logodds_agrees_in_sign_with_the_sampled_rate(toy, setup):
+    target, against = behavior_words("toy:sentiment=happy")
+    tok = toy.tokenizer
+    sampled = _scorer(toy, setup, samples=3, max_tokens=16)
+    logodds = _scorer(toy, setup, score="logodds", target=token_ids(tok, target),
+                      against=token_ids(tok, against))
+    trials = [{"layer": 2.0, "strength": s, "window": "all"} for s in (-0.4, 0.0, 0.4)]
+    rates = [m.behavior for m in sampled.measure(trials)]
+    scores = [m.extras["logodds"] for m in logodds.measure(trials)]
+    for k in (0, 2):
+        assert math.copysign(1, rates[k] - rates[1]) == math.copysign(1, scores[k] - scores[1])
+        assert rates[k] != rates[1]
+    assert rates[0] < rates[1] < rates[2]
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    pts = [(0.1, 0.5), (0.05, 0.5), (0.2, 0.9), (0.3, 0.8), (0.0, 0.4), (0.2, 0.9)]
+    trials = [Trial(i, {}, b, k) for i, (k, b) in enumerate(pts)]
+    assert [t.number for t in pareto_front(trials, maximize=True)] == [4, 1, 2]
+    assert [t.number for t in pareto_front(trials, maximize=False)] == [4]
+
+
+def _search(toy, **kw):
+    args = dict(harmless=list(TEST_PROMPTS), trials=5, seed=3, batch=2, **SMALL)
+    return search(toy, CONTRAST_PROMPTS["sentiment"], list(TEST_PROMPTS), HAPPY,
+                  **{**args, **kw})
+
+
+def test_same_seed_gives_the_same_front(toy):
+    a, b = _search(toy), _search(toy)
+    assert [(t.params, t.behavior, t.kl) for t in a.front] == \
+        [(t.params, t.behavior, t.kl) for t in b.front]
+    assert len(a.trials) == 5 and a.front
+
+
+def test_interrupt_and_rerun_gives_exactly_n_trials_none_repeated(toy, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = TrialScorer.measure
+
+    def interrupted(self, trials):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C while the second batch is being measured
+            raise KeyboardInterrupt
+        return real(self, trials)
+
+    monkeypatch.setattr(TrialScorer, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _search(toy, trials=6, out=tmp_path / "s")
+    monkeypatch.setattr(TrialScorer, "measure", real)
+    res = _search(toy, trials=6, out=tmp_path / "s")
+    assert len(res.trials) == 6
+    keys = [tuple(sorted(t.params.items())) for t in res.trials]
+    assert len(set(keys)) == 6
+    again = _search(toy, trials=6, out=tmp_path / "s")  # complete: nothing more is run
+    assert [t.number for t in again.trials] == [t.number for t in res.trials]
+
+
+def test_rerun_with_other_settings_is_refused_naming_the_change(toy, tmp_path):
+    _search(toy, trials=2, out=tmp_path / "s")
+    with pytest.raises(ValueError, match=r"another study \(samples: 1 before, 2 now"):
+        _search(toy, trials=2, out=tmp_path / "s", samples=2)
+    with pytest.raises(ValueError, match="mode: 'steer' before, 'ablate' now"):
+        _search(toy, trials=2, out=tmp_path / "s", mode="ablate")
+    assert len(_search(toy, trials=2, out=tmp_path / "s", samples=2, fresh=True).trials) == 2
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(trials=0), "trials must be a positive integer"),
+    (dict(mode="abliterate"), "unknown mode 'abliterate'; choose from steer, ablate"),
+    (dict(harmless=[]), "at least one harmless prompt"),
+    (dict(space=SearchSpace(windows=("later",))), "unknown window"),
+])
+def test_bad_input_is_one_clear_error(toy, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _search(toy, **kw)
+
+
+def test_vector_of_another_model_is_refused(toy):
+    other = SteeringVector({1: mx.ones((8,))}, model_id="other")
+    with pytest.raises(ValueError, match="hidden size 8 does not match"):
+        search(toy, other, ["the"], HAPPY, harmless=["the"], trials=1)
+
+
+def test_picked_steer_trial_generates_as_the_search_steered(toy, tmp_path):
+    res = _search(toy, space=SearchSpace(windows=("all",), kernel=True))
+    trial = max(res.trials, key=lambda t: len(layer_weights(t.params, 6)))
+    vec = res.to_vector(trial)
+    vec.save(tmp_path / "v.safetensors")
+    loaded = SteeringVector.load(tmp_path / "v.safetensors")
+    assert loaded.metadata["search"]["window"] == "all"
+    assert sorted(loaded.layers) == sorted(layer_weights(trial.params, 6))
+    directions, residual = res.directions, res.residual
+    row = steering_of(trial.params, directions, residual, 6)
+    ref = generate_batch(toy, ["the"], max_tokens=10, steering=[row])
+    # `mlux generate --vector` applies a file as steering_hooks(vector, alpha=1, its layers)
+    got = generate_batch(toy, ["the"], max_tokens=10, hooks=steering_hooks(loaded, 1.0))
+    assert got == ref
+    base = first_token_logits(toy, ["the"])
+    assert first_token_kl(toy, ["the"], steering_hooks(loaded, 1.0), reference=base) > 0
+
+
+def test_picked_ablation_is_the_direction_with_its_weights(toy):
+    res = _search(toy, mode="ablate", trials=3, space=SearchSpace(kernel=True))
+    t = res.best()
+    vec = res.to_vector(t)
+    assert vec.layers == [int(round(t.params["layer"]))]
+    assert float(mx.linalg.norm(vec[vec.layers[0]]).item()) == pytest.approx(1.0, abs=1e-5)
+    weights = vec.metadata["search"]["layer_weights"]
+    assert {int(k): w for k, w in weights.items()} == pytest.approx(layer_weights(t.params, 6))
