@@ -101,6 +101,19 @@ def _prompts(args: argparse.Namespace, test: list[str], feature_target: str) -> 
     return test
 
 
+def _token_words(args: argparse.Namespace, behavior: str) -> tuple[list[str], list[str]]:
+    """The log-odds score's (target, against) words: --target-words, else the behaviour's."""
+    if args.score != "logodds":
+        return [], []
+    if args.target_words:
+        return [w.strip() for w in args.target_words.split(",") if w.strip()], []
+    words = behavior_words(behavior)
+    if words is None:
+        raise ValueError(f"--score logodds needs the behaviour's words: {behavior} has no "
+                         "token set, pass --target-words w1,w2")
+    return words
+
+
 def _choose(res: SearchResult, args: argparse.Namespace) -> Trial | None:
     pick = args.pick
     if pick is None and sys.stdin.isatty() and sys.stdout.isatty():
@@ -133,20 +146,14 @@ def run(args: argparse.Namespace) -> int:
     scorer, behavior = resolve_scorer(args.behavior, args.model, args.feature)
     prompts = _prompts(args, test, behavior[4:] if behavior.startswith("toy:") else "")
     harmless = load_prompts(args.harmless) if args.harmless else test
-    words = behavior_words(behavior) or ([], [])
-    target = ([w.strip() for w in args.target_words.split(",") if w.strip()]
-              if args.target_words else words[0])
-    if args.score == "logodds" and not target:
-        raise ValueError(f"--score logodds needs the behaviour's words: {behavior} has no "
-                         "token set, pass --target-words w1,w2")
+    target, against = _token_words(args, behavior)
     hooked = HookedModel.from_pretrained(args.model)
     vector: Any = load_vector(args.vector, hooked) if args.vector else (pos, neg)
     res = search(hooked, vector, prompts, scorer, harmless=harmless, trials=args.trials,
                  mode=args.mode, seed=args.seed, out=args.out, space=space, behavior=behavior,
-                 score=args.score, target=target, against=words[1] if not args.target_words
-                 else (), samples=args.samples, max_tokens=args.max_tokens,
-                 temperature=args.temperature, batch=args.batch, chat=args.chat,
-                 fresh=args.fresh, progress=True)
+                 score=args.score, target=target, against=against, samples=args.samples,
+                 max_tokens=args.max_tokens, temperature=args.temperature, batch=args.batch,
+                 chat=args.chat,                 fresh=args.fresh, progress=True)
     print(front_table(res))
     chosen = _choose(res, args)
     png = plot_front(res, Path(args.out) / "search.png", chosen)

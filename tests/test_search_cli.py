@@ -1,0 +1,115 @@
+"""`mlux search` on the built-in model: the JSON against its schema, the PNG, the picked vector
+read by `mlux generate`, `mlux bake` (its baked model equal to the hooked one) and GGUF export;
+bad input one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import mlx.core as mx
+import pytest
+
+from mlux import HookedModel, SteeringVector, cli
+from mlux.steering import steering_hooks
+
+SCHEMA = Path(__file__).resolve().parents[1] / "mlux" / "experiments" / "schemas" / \
+    "search.schema.json"
+FAST = ["--samples", "1", "--max-tokens", "6", "--seed", "0"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["search", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_writes_json_png_and_a_picked_vector_generate_and_bake_read(tmp_path, capsys):
+    out = tmp_path / "s"
+    code, stdout, _ = _run(capsys, "--trials", "4", "--layers", "1-3", "--windows", "all",
+                           "--out", str(out), "--pick", "best", *FAST)
+    assert code == 0
+    assert "Pareto front of 4 trials" in stdout and "saved trial" in stdout
+    data = json.loads((out / "search.json").read_text())
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()))
+    assert len(data["trials"]) == 4 and data["front"]
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    picked = out / "picked.safetensors"
+    vec = SteeringVector.load(picked)
+    best = max((t for t in data["trials"] if t["on_front"]), key=lambda t: t["behavior"])
+    assert vec.metadata["search"]["trial"] == best["number"]
+
+    assert cli.main(["generate", "the", "--vector", str(picked), "--max-tokens", "4"]) == 0
+    baked = tmp_path / "baked"
+    assert cli.main(["bake", "--model", "mlux-toy", "--vector", str(picked), "--alpha", "1",
+                     "--out", str(baked)]) == 0
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    tokens = mx.array([[10, 32, 11, 40]])
+    ref = hooked.run_with_hooks(tokens, steering_hooks(vec, 1.0))
+    got = HookedModel.from_pretrained(str(baked)).run_with_hooks(tokens, None)
+    assert mx.allclose(got, ref, atol=1e-4)
+    gguf = vec.export_gguf(tmp_path / "v.gguf")  # layers 1-3: llama.cpp can take every one
+    back = SteeringVector.import_gguf(gguf)
+    assert back.layers == vec.layers and all(mx.allclose(back[i], vec[i]) for i in vec.layers)
+    capsys.readouterr()
+
+
+def test_ablate_search_picks_a_direction_bake_ablate_accepts(tmp_path, capsys):
+    out = tmp_path / "a"
+    code, stdout, _ = _run(capsys, "--mode", "ablate", "--trials", "3", "--out", str(out),
+                           "--pick", "0", *FAST)
+    assert code == 0 and "mlux bake --model mlux-toy --ablate" in stdout
+    assert cli.main(["bake", "--model", "mlux-toy", "--ablate", str(out / "picked.safetensors"),
+                     "--out", str(tmp_path / "baked")]) == 0
+    capsys.readouterr()
+
+
+def test_rerun_of_a_finished_study_runs_nothing_new(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _run(capsys, "--trials", "2", "--out", str(out), *FAST)[0] == 0
+    first = json.loads((out / "search.json").read_text())
+    assert _run(capsys, "--trials", "2", "--out", str(out), *FAST)[0] == 0
+    assert json.loads((out / "search.json").read_text())["trials"] == first["trials"]
+
+
+def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    other = tmp_path / "other.safetensors"
+    SteeringVector({1: mx.ones((8,))}, model_id="other-model").save(other)
+    return {
+        "trials": (["--trials", "0"], "--trials must be a positive integer, got 0"),
+        "mode": (["--mode", "abliterate"], "unknown --mode 'abliterate'; choose from steer, "
+                 "ablate"),
+        "prompts": (["--prompts", str(empty)], "holds no prompts"),
+        "harmless": (["--harmless", str(empty)], "holds no prompts"),
+        "vector": (["--vector", str(other)], "hidden size 8 does not match the model's hidden "
+                   "size 96 (it was made for other-model)"),
+        "window": (["--windows", "later"], "unknown window"),
+        "logodds": (["--score", "logodds", "--behavior", "json:loads"], "pass --target-words"),
+    }
+
+
+@pytest.mark.parametrize("case", ["trials", "mode", "prompts", "harmless", "vector", "window",
+                                  "logodds"])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
+    argv, message = _bad(tmp_path)[case]
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "s"), *FAST)
+    assert code == 2
+    assert err.startswith("mlux search: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_output_folder_holding_another_study_is_refused(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _run(capsys, "--trials", "1", "--out", str(out), *FAST)[0] == 0
+    code, _, err = _run(capsys, "--trials", "1", "--out", str(out), "--mode", "ablate", *FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "holds another study (mode: 'steer' before, 'ablate' now" in err
+    stranger = tmp_path / "x"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    code, _, err = _run(capsys, "--trials", "1", "--out", str(stranger), *FAST)
+    assert code == 2 and "holds files that are not a search (notes.txt)" in err
+    assert (stranger / "notes.txt").read_text() == "mine"
