@@ -240,3 +240,23 @@ def test_picked_ablation_is_the_direction_with_its_weights(toy):
     assert float(mx.linalg.norm(vec[vec.layers[0]]).item()) == pytest.approx(1.0, abs=1e-5)
     weights = vec.metadata["search"]["layer_weights"]
     assert {int(k): w for k, w in weights.items()} == pytest.approx(layer_weights(t.params, 6))
+
+
+def test_avoid_prompts_rate_is_a_third_objective(toy, setup):
+    directions, residual, ids = setup
+    sad = [toy.tokenize(p).tokens[0].tolist() for p in ("mood: sad", "mood: sad the")]
+    with_avoid = TrialScorer(toy, "steer", directions, residual, ids, ids, HAPPY, avoid=sad,
+                             **SMALL)
+    on_sad = TrialScorer(toy, "steer", directions, residual, sad, ids, HAPPY, **SMALL)
+    trials = [{"layer": 2.0, "strength": s, "window": "all"} for s in (0.0, 0.6)]
+    for m, ref in zip(with_avoid.measure(trials), on_sad.measure(trials), strict=True):
+        assert m.extras["false_positive"] == ref.behavior  # the same rows, the same seeds
+    # A trial worse on behaviour and KL stays on the front when it has fewer false positives.
+    a = Trial(0, {}, 0.9, 0.1, {"false_positive": 0.8})
+    b = Trial(1, {}, 0.8, 0.2, {"false_positive": 0.1})
+    c = Trial(2, {}, 0.7, 0.3, {"false_positive": 0.5})
+    assert [t.number for t in pareto_front([a, b, c], maximize=True)] == [0, 1]
+    res = _search(toy, trials=3, avoid=["mood: sad"])
+    assert all("false_positive" in t.extras for t in res.trials)
+    with pytest.raises(ValueError, match="avoid prompts .* go with mode steer"):
+        _search(toy, trials=1, mode="ablate", avoid=["mood: sad"])

@@ -79,6 +79,7 @@ def search(
     batch: int = 4,
     chat: bool = False,
     perplexity: bool = True,
+    avoid: Sequence[Prompt] = (),
     fresh: bool = False,
     progress: bool = False,
 ) -> SearchResult:
@@ -91,8 +92,13 @@ def search(
     the first-token KL from the unsteered model on `harmless`. Steer mode maximises the
     behaviour, ablate mode minimises it. With `out` the study lives in that folder: a rerun
     continues it until `trials` trials are complete (the interrupted ones finished first).
+    `avoid` (steer): prompts where the behaviour must not appear; its rate there is a third
+    objective, minimised (a false-positive penalty, heretic's #210).
     """
     _check(hooked, trials, mode, prompts, harmless, score, target)
+    if avoid and mode != "steer":
+        raise ValueError("avoid prompts (a false-positive penalty) go with mode steer: an "
+                         "ablation only removes the behaviour")
     space = (space or SearchSpace()).resolved(hooked.num_layers)
     directions, residual = _directions(hooked, vector_or_contrast, prompts, chat)
     if space.layers[1] > max(directions) or math.floor(space.layers[0]) < min(directions):
@@ -100,21 +106,24 @@ def search(
                          f"vector's layers {sorted(directions)}; pass a range inside them")
     test = [prompt_ids(hooked, p, chat) for p in prompts]
     neutral = [prompt_ids(hooked, p, chat) for p in harmless]
+    elsewhere = [prompt_ids(hooked, p, chat) for p in avoid]
     tok = hooked.tokenizer
     settings = {"mode": mode, "behavior": behavior, "score": score, "space": space.to_dict(),
                 "samples": samples, "max_tokens": max_tokens, "temperature": temperature,
                 "seed": seed, "chat": chat, "model": str(hooked.model_id),
                 "vector": digest(directions), "target": list(target), "against": list(against),
-                "prompts": {"behavior": prompt_digest(test), "harmless": prompt_digest(neutral)}}
+                "prompts": {"behavior": prompt_digest(test), "harmless": prompt_digest(neutral),
+                            **({"avoid": prompt_digest(elsewhere)} if elsewhere else {})}}
     folder = None if out is None else Path(out).expanduser()
-    study = open_study(folder, settings, hooked,
-                       ["maximize" if mode == "steer" else "minimize", "minimize"], seed, fresh)
+    goals = ["maximize" if mode == "steer" else "minimize", "minimize"] + \
+        (["minimize"] if elsewhere else [])
+    study = open_study(folder, settings, hooked, goals, seed, fresh)
     scoring = TrialScorer(
         hooked, mode, directions, residual, test, neutral, scorer, samples=samples,
         max_tokens=max_tokens, temperature=temperature, seed=seed or 0, score=score,
         target=token_ids(tok, target) if score == "logodds" else (),
         against=token_ids(tok, against) if score == "logodds" and against else (),
-        perplexity=perplexity and score == "sampled")
+        perplexity=perplexity and score == "sampled", avoid=elsewhere)
     _run(study, scoring, space, mode, trials, max(1, batch), progress)
     done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
                   key=lambda t: t.number)
@@ -148,7 +157,9 @@ def _run(study: optuna.Study, scoring: TrialScorer, space: SearchSpace, mode: st
             for t, m in zip(asked, scoring.measure(params), strict=True):
                 t.set_user_attr("extras", _jsonable(m.extras))
                 # A diverged forward is the worst damage, not a NaN optuna refuses.
-                study.tell(t, [m.behavior, m.kl if m.kl == m.kl else float("inf")])
+                values = [m.behavior, m.kl if m.kl == m.kl else float("inf")]
+                study.tell(t, values + ([m.extras["false_positive"]]
+                                        if "false_positive" in m.extras else []))
                 complete += 1
                 bar.update(1)
     finally:

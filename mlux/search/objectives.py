@@ -87,6 +87,7 @@ class TrialScorer:
     target: Sequence[int] = ()
     against: Sequence[int] = ()
     perplexity: bool = True
+    avoid: list[list[int]] = field(default_factory=list)  # steer: where it must not appear
     reference: Optional[mx.array] = None  # (N_harmless, V)
     _tiled: dict[int, mx.array] = field(default_factory=dict)
 
@@ -116,16 +117,27 @@ class TrialScorer:
         hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(h)], lengths)
         kls = first_token_kl(self.hooked, self.harmless * k, hooks, per_prompt=True,
                              reference=self._reference(k))
-        kl = [sum(kls[t * h:(t + 1) * h]) / h for t in range(k)]
+        main = self._row_behaviour(self.prompts, rows, self.perplexity)
+        avoid = self._row_behaviour(self.avoid, rows, False) if self.avoid else None
+        out = []
+        for t, (behavior, extras) in enumerate(main):
+            if avoid is not None:
+                extras["false_positive"] = avoid[t][0]
+            out.append(Measurement(behavior, sum(kls[t * h:(t + 1) * h]) / h, extras))
+        return out
+
+    def _row_behaviour(self, prompts: list[list[int]], rows: list[Steering], ppl: bool
+                       ) -> list[tuple[float, dict[str, Any]]]:
+        """Each row's behaviour on `prompts`: every (row, prompt[, sample]) one batch row."""
+        k, n = len(rows), len(prompts)
         if self.score == "logodds":
-            n = len(self.prompts)
             hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(n)],
-                                       [len(ids) for ids in self.prompts] * k)
-            lo = token_logodds(self.hooked, self.prompts * k, self.target, self.against, hooks)
-            return [self._logodds(lo[t * n:(t + 1) * n], kl[t]) for t in range(k)]
-        per = len(self.prompts) * self.samples
-        texts = self._generate(self.prompts, [r for r in rows for _ in range(per)], None, k)
-        return [self._rated(texts[t * per:(t + 1) * per], kl[t]) for t in range(k)]
+                                       [len(ids) for ids in prompts] * k)
+            lo = token_logodds(self.hooked, prompts * k, self.target, self.against, hooks)
+            return [self._logodds(lo[t * n:(t + 1) * n]) for t in range(k)]
+        per = n * self.samples
+        texts = self._generate(prompts, [r for r in rows for _ in range(per)], None, k)
+        return [self._rated(texts[t * per:(t + 1) * per], prompts, ppl) for t in range(k)]
 
     # -- ablate: one trial at a time, its hooks on every writer --------------------------------
     def _measure_ablation(self, params: Params) -> Measurement:
@@ -144,7 +156,8 @@ class TrialScorer:
             lo = [token_logodds(self.hooked, [self.prompts[i] for i in idx], self.target,
                                 self.against, ablation_hooks(params, self.directions, n, length))
                   for length, idx in groups.items()]
-            return self._logodds(mx.concatenate(lo), kl)
+            behavior, extras = self._logodds(mx.concatenate(lo))
+            return Measurement(behavior, kl, extras)
         out: list[tuple[str, list[int]]] = [("", [])] * (len(self.prompts) * self.samples)
         for length, idx in _by_length(self.prompts).items():
             hooks = ablation_hooks(params, self.directions, n, length)
@@ -153,7 +166,8 @@ class TrialScorer:
             for j, i in enumerate(idx):
                 out[i * self.samples:(i + 1) * self.samples] = \
                     got[j * self.samples:(j + 1) * self.samples]
-        return self._rated(out, kl)
+        behavior, extras = self._rated(out, self.prompts, self.perplexity)
+        return Measurement(behavior, kl, extras)
 
     # -- shared --------------------------------------------------------------------------------
     def _generate(self, prompts: list[list[int]], steering: Optional[list[Steering]],
@@ -169,17 +183,18 @@ class TrialScorer:
                               steering=steering, temperature=self.temperature, seed=seeds)
         return [(self.hooked.tokenizer.decode(t), t) for t in toks]
 
-    def _rated(self, got: list[tuple[str, list[int]]], kl: float) -> Measurement:
+    def _rated(self, got: list[tuple[str, list[int]]], prompts: list[list[int]], ppl: bool
+               ) -> tuple[float, dict[str, Any]]:
         verdicts = [score_text(self.scorer, text) for text, _ in got]
         hits = sum(v is True for v in verdicts)
         extras: dict[str, Any] = {"labelled": sum(v is not None for v in verdicts),
                                   "samples": len(got), "texts": [t for t, _ in got[:3]]}
-        if self.perplexity:
+        if ppl:
             extras["perplexity"] = steered_perplexity(
-                self.hooked, self.prompts, [t for _, t in got], self.samples)
-        return Measurement(hits / len(got), kl, extras)
+                self.hooked, prompts, [t for _, t in got], self.samples)
+        return hits / len(got), extras
 
     @staticmethod
-    def _logodds(values: mx.array, kl: float) -> Measurement:
+    def _logodds(values: mx.array) -> tuple[float, dict[str, Any]]:
         mean = float(values.mean().item())
-        return Measurement(1.0 / (1.0 + math.exp(-mean)), kl, {"logodds": mean})
+        return 1.0 / (1.0 + math.exp(-mean)), {"logodds": mean}

@@ -25,7 +25,8 @@ def front_table(res: SearchResult, chosen: Optional[Trial] = None) -> str:
     lines = [f"Pareto front of {len(res.trials)} trials ({res.mode}, behaviour "
              f"{res.settings.get('behavior')} {'up' if res.maximize else 'down'}, KL down):",
              f"  trial | layer | {size:>8} | window    | profile          | behaviour | KL     "
-             "| ppl"]
+             "| ppl" + (" | avoid" if any("false_positive" in t.extras for t in res.trials)
+                        else "")]
     for t in res.front:
         p = t.params
         ppl = t.extras.get("perplexity")
@@ -34,7 +35,8 @@ def front_table(res: SearchResult, chosen: Optional[Trial] = None) -> str:
             f"{mark} {t.number:>5} | {p['layer']:5.2f} | "
             f"{p.get('strength', p.get('max_weight', 0.0)):8.3f} | {p['window']:<9} | "
             f"{_shape(t):<16} | {t.behavior:9.1%} | {t.kl:6.4f} | "
-            f"{'-' if ppl is None else f'{ppl:.3g}'}")
+            f"{'-' if ppl is None else f'{ppl:.3g}'}"
+            + (f" | {t.extras['false_positive']:.1%}" if "false_positive" in t.extras else ""))
     return "\n".join(lines)
 
 

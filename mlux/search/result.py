@@ -31,15 +31,22 @@ class Trial:
         return asdict(self)
 
 
-def pareto_front(trials: list[Trial], maximize: bool) -> list[Trial]:
-    """Trials no other trial beats on both behaviour (higher if `maximize`) and KL (lower),
-    by increasing KL; of identical points the first trial stands for all."""
-    def key(t: Trial) -> tuple[float, float]:
-        return (t.kl, -t.behavior if maximize else t.behavior)
+def _goals(t: Trial, maximize: bool) -> tuple[float, ...]:
+    """A trial's objectives, each to be minimised: behaviour (negated when raised), KL, and the
+    false-positive rate when the search had avoid prompts."""
+    fp = t.extras.get("false_positive")
+    return (-t.behavior if maximize else t.behavior, t.kl, *(() if fp is None else (fp,)))
 
+
+def pareto_front(trials: list[Trial], maximize: bool) -> list[Trial]:
+    """Trials no other trial beats on every objective (behaviour higher if `maximize`, else
+    lower; KL lower; false positives lower), by increasing KL; of identical points the first
+    trial stands for all."""
     front: list[Trial] = []
-    for t in sorted(trials, key=lambda t: (*key(t), t.number)):
-        if not front or key(t)[1] < key(front[-1])[1]:  # strictly better behaviour at >= KL
+    for t in sorted(trials, key=lambda t: (t.kl, _goals(t, maximize), t.number)):
+        g = _goals(t, maximize)
+        if not any(all(a <= b for a, b in zip(_goals(f, maximize), g, strict=True))
+                   for f in front):
             front.append(t)
     return front
 

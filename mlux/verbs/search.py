@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..builtin import BUILTIN_MODELS
 from ..entry import Verb, int_in
@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "them after the 'mood: happy' marker)")
     p.add_argument("--harmless", metavar="FILE", help="neutral prompts the KL is measured on "
                    "(default: the contrast's test prompts)")
+    p.add_argument("--avoid", metavar="FILE", help="steer: prompts where the behaviour must "
+                   "not appear; its rate there is a third objective (default: none)")
     p.add_argument("--behavior", help="toy:FEATURE=VALUE | refusal | contains:w1,w2 | "
                    "module:function (default: the feature's first value)")
     p.add_argument("--score", choices=("sampled", "logodds"), default="sampled",
@@ -114,7 +116,7 @@ def _token_words(args: argparse.Namespace, behavior: str) -> tuple[list[str], li
     return words
 
 
-def _choose(res: SearchResult, args: argparse.Namespace) -> Trial | None:
+def _choose(res: SearchResult, args: argparse.Namespace) -> Optional[Trial]:
     pick = args.pick
     if pick is None and sys.stdin.isatty() and sys.stdout.isatty():
         pick = input("trial to save as a vector (a number, 'best', Enter: none): ").strip()
@@ -153,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
                  mode=args.mode, seed=args.seed, out=args.out, space=space, behavior=behavior,
                  score=args.score, target=target, against=against, samples=args.samples,
                  max_tokens=args.max_tokens, temperature=args.temperature, batch=args.batch,
-                 chat=args.chat,                 fresh=args.fresh, progress=True)
-    print(front_table(res))
-    chosen = _choose(res, args)
+                 chat=args.chat, avoid=load_prompts(args.avoid) if args.avoid else (),
+                 fresh=args.fresh, progress=True)
+    chosen = _choose(res, args) if args.pick else None
+    print(front_table(res, chosen))
+    chosen = chosen or _choose(res, args)  # on a terminal without --pick: asked here
     png = plot_front(res, Path(args.out) / "search.png", chosen)
     print(f"wrote {Path(args.out) / 'search.json'} and {png}")
     if chosen is not None:
@@ -165,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
         use = (f"mlux generate PROMPT --vector {path} --positions {window}" if args.mode ==
                "steer" else f"mlux bake --model {args.model} --ablate {path} --out DIR")
         print(f"saved trial {chosen.number} to {path}; use it: {use}")
+        weights = set(res.to_vector(chosen).metadata["search"]["layer_weights"].values())
+        if args.mode == "ablate" and weights != {1.0}:
+            print("note: mlux bake --ablate removes the direction at full weight from every "
+                  "block and the embedding; this trial's per-layer weights (in the file's "
+                  "metadata) are what the search measured")
     return 0
 
 
