@@ -31,11 +31,17 @@ from mlux.toy import CONTRAST_PROMPTS, MARKER_PREFIX, TEST_PROMPTS, feature_scor
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_search.json"
 SEED, SAMPLES, MAX_TOKENS = 0, 2, 24  # the sweeps' and the verb's defaults
+ALPHAS = (0.3, 0.75)
 
 
 def _row(t: Trial) -> dict[str, Any]:
     return {"trial": t.number, "params": t.params, "behavior": t.behavior, "kl": t.kl,
             "perplexity": t.extras.get("perplexity")}
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in params.items())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -47,17 +53,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     marker = f"{MARKER_PREFIX['sentiment']} happy"
     marked = [marker] + [f"{marker} {p}" for p in test if not p.startswith("<")]
 
-    t0 = clock()
-    sweep = layer_sweep(hooked, contrast, test, happy, alpha=0.3, seed=SEED,
-                        samples_per_prompt=SAMPLES, max_tokens=MAX_TOKENS)
-    sweep_wall = since(t0)[0]
-    layer = sweep.best_layers[0]
     directions, acts = sweep_directions(hooked, contrast)
     residual = residual_norms(hooked, list(directions), acts, test)
     ids = [hooked.tokenize(p).tokens[0].tolist() for p in test]
     steer = TrialScorer(hooked, "steer", directions, residual, ids, ids, happy,
                         samples=SAMPLES, max_tokens=MAX_TOKENS, seed=SEED)
-    grid = steer.measure([{"layer": float(layer), "strength": 0.3, "window": "all"}])[0]
+    sweeps = []
+    for alpha in ALPHAS:  # the sweep's default push, and the README's
+        t0 = clock()
+        sweep = layer_sweep(hooked, contrast, test, happy, alpha=alpha, seed=SEED,
+                            samples_per_prompt=SAMPLES, max_tokens=MAX_TOKENS)
+        best_layer = sweep.best_layers[0]
+        (grid,) = steer.measure([{"layer": float(best_layer), "strength": alpha,
+                                  "window": "all"}])
+        sweeps.append({"alpha": alpha, "best_layer": best_layer, "wall_seconds": since(t0)[0],
+                       "rate_positive_labelled": next(r["rate_positive"] for r in sweep.rows
+                                                      if r["layer"] == best_layer),
+                       "grid_point": {"behavior": grid.behavior, "kl": grid.kl,
+                                      "perplexity": grid.extras.get("perplexity")}})
+    layer = sweeps[0]["best_layer"]
 
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,57 +80,66 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      out=Path(tmp) / "steer", behavior="toy:sentiment=happy",
                      samples=SAMPLES, max_tokens=MAX_TOKENS)
         wall, cpu, _ = since(t0)
-        best = res.best(max_kl=grid.kl) if min(t.kl for t in res.trials) <= grid.kl else None
+        for sw in sweeps:
+            kl = sw["grid_point"]["kl"]
+            best = res.best(max_kl=kl) if min(t.kl for t in res.trials) <= kl else None
+            sw["best_front_at_grid_kl"] = None if best is None else _row(best)
         report["steer"] = {
             "trials": len(res.trials), "wall_seconds": wall, "cpu_seconds": cpu,
-            "layer_sweep": {"best_layer": layer, "wall_seconds": sweep_wall,
-                            "rate_positive_labelled": next(
-                                r["rate_positive"] for r in sweep.rows if r["layer"] == layer)},
-            "grid_point": {"layer": layer, "strength": 0.3, "window": "all",
-                           "behavior": grid.behavior, "kl": grid.kl,
-                           "perplexity": grid.extras.get("perplexity")},
-            "best_front_at_grid_kl": None if best is None else _row(best),
+            "layer_sweeps": sweeps,
             "front": [_row(t) for t in res.front]}
 
         marked_ids = [hooked.tokenize(p).tokens[0].tolist() for p in marked]
         ablate = TrialScorer(hooked, "ablate", directions, residual, marked_ids, ids, happy,
                              samples=SAMPLES, max_tokens=MAX_TOKENS, seed=SEED)
-        full = {"layer": float(layer), "max_weight": 1.0, "distance": 6.0, "min_weight": 1.0,
-                "window": "all"}
-        unsteered, everywhere = ablate.measure([{**full, "max_weight": 0.0}, full])
+        # Full weight in every block, the direction of each layer the search may centre on;
+        # the one that lands closest to the base rate is the baseline.
+        full = [{"layer": float(i), "max_weight": 1.0, "distance": 6.0, "min_weight": 1.0,
+                 "window": "all"} for i in range(5)]
+        unsteered, *fulls = ablate.measure([{**full[0], "max_weight": 0.0}, *full])
         base = steer.measure([{"layer": float(layer), "strength": 0.0, "window": "all"}])[0]
         t0 = clock()
         res_a = search(hooked, contrast, marked, happy, harmless=test, trials=trials,
                        seed=SEED, mode="ablate", out=Path(tmp) / "ablate",
                        behavior="toy:sentiment=happy", samples=SAMPLES, max_tokens=MAX_TOKENS)
         wall_a, cpu_a, _ = since(t0)
+        everywhere, where = min(zip(fulls, full, strict=True),
+                                key=lambda m: abs(m[0].behavior - base.behavior))
         cheaper = [t for t in res_a.front if t.kl < everywhere.kl]
         closest = min(cheaper, key=lambda t: abs(t.behavior - base.behavior), default=None)
         report["ablate"] = {
             "trials": len(res_a.trials), "wall_seconds": wall_a, "cpu_seconds": cpu_a,
             "prompts": marked, "base_rate_neutral": base.behavior,
             "marker_rate_unablated": unsteered.behavior,
-            "every_layer_full_weight": {"params": full, "behavior": everywhere.behavior,
+            "every_layer_full_weight": {"params": where, "behavior": everywhere.behavior,
                                         "kl": everywhere.kl},
+            "every_layer_full_weight_per_direction": [
+                {"direction_layer": p["layer"], "behavior": m.behavior, "kl": m.kl}
+                for p, m in zip(full, fulls, strict=True)],
             "front_trial_closest_to_base_at_lower_kl": None if closest is None
             else _row(closest),
             "front": [_row(t) for t in res_a.front]}
 
     s, a = report["steer"], report["ablate"]
-    g, b = s["grid_point"], s["best_front_at_grid_kl"]
     c, e = a["front_trial_closest_to_base_at_lower_kl"], a["every_layer_full_weight"]
-    lines = [
-        f"steer: {s['trials']} trials in {s['wall_seconds']:.1f} s wall ({s['cpu_seconds']:.1f} s "
-        f"cpu); layer sweep {s['layer_sweep']['wall_seconds']:.1f} s, best layer {layer}",
-        f"  grid point (layer {layer}, strength 0.3, all): happy {g['behavior']:.1%}, "
-        f"KL {g['kl']:.4f}",
-        "  best front trial at KL <= that: " + ("none" if b is None else
-            f"trial {b['trial']} {b['params']}: happy {b['behavior']:.1%}, KL {b['kl']:.4f}"),
+    lines = [f"steer: {s['trials']} trials in {s['wall_seconds']:.1f} s wall "
+             f"({s['cpu_seconds']:.1f} s cpu)"]
+    for sw in sweeps:
+        g, b = sw["grid_point"], sw["best_front_at_grid_kl"]
+        lines += [
+            f"  layer sweep alpha {sw['alpha']} ({sw['wall_seconds']:.1f} s): best layer "
+            f"{sw['best_layer']}; that grid point: happy {g['behavior']:.1%}, KL {g['kl']:.4f}",
+            "    best front trial at KL <= that: " + ("none" if b is None else
+                f"trial {b['trial']} {_short(b['params'])}: happy {b['behavior']:.1%}, "
+                f"KL {b['kl']:.4f}")]
+    lines += [
         f"ablate: {a['trials']} trials in {a['wall_seconds']:.1f} s wall; base rate (neutral) "
         f"{a['base_rate_neutral']:.1%}, '{marker}' unablated {a['marker_rate_unablated']:.1%}",
-        f"  every layer, full weight: happy {e['behavior']:.1%}, KL {e['kl']:.4f}",
+        f"  every layer, full weight (direction of layer {e['params']['layer']:.0f}): happy "
+        f"{e['behavior']:.1%}, KL {e['kl']:.4f}",
         "  front trial closest to the base rate at lower KL: " + ("none" if c is None else
-            f"trial {c['trial']} {c['params']}: happy {c['behavior']:.1%}, KL {c['kl']:.4f}"),
+            f"trial {c['trial']} {_short(c['params'])}: happy {c['behavior']:.1%}, "
+            f"KL {c['kl']:.4f}"),
     ]
     result = {**environment("bench_search.py", list(argv or []),
                             {"id": "mlux-toy", "num_layers": hooked.num_layers,
