@@ -1,6 +1,6 @@
 """`mlux search` on the built-in model: the JSON against its schema, the PNG, the picked vector
-read by `mlux generate`, `mlux bake` (its baked model equal to the hooked one) and GGUF export;
-bad input one line, exit 2."""
+read by `mlux generate`, `mlux serve` (steering as the search did), `mlux bake` (its baked model
+equal to the hooked one) and GGUF export; bad input one line, exit 2."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import jsonschema
 import mlx.core as mx
 import pytest
 
-from mlux import HookedModel, SteeringVector, cli
+from mlux import HookedModel, SteeringVector, cli, generate_batch
+from mlux.experiments.common import residual_norms, sweep_directions
+from mlux.search import steering_of
+from mlux.serve import create_server_app
 from mlux.steering import steering_hooks
+from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS
 
 SCHEMA = Path(__file__).resolve().parents[1] / "mlux" / "experiments" / "schemas" / \
     "search.schema.json"
@@ -53,6 +57,29 @@ def test_search_writes_json_png_and_a_picked_vector_generate_and_bake_read(tmp_p
     back = SteeringVector.import_gguf(gguf)
     assert back.layers == vec.layers and all(mx.allclose(back[i], vec[i]) for i in vec.layers)
     capsys.readouterr()
+
+
+def test_mlux_serve_steers_with_a_picked_trial_as_the_search_did(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _run(capsys, "--trials", "3", "--windows", "generated", "--kernel", "--out",
+                str(out), "--pick", "best", *FAST)[0] == 0
+    data = json.loads((out / "search.json").read_text())
+    trial = next(t for t in data["trials"]
+                 if t["number"] == SteeringVector.load(out / "picked.safetensors")
+                 .metadata["search"]["trial"])
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    app = create_server_app(hooked, vectors=out, max_batch=2)
+    try:
+        body = {"prompt": "today the", "max_tokens": 8, "temperature": 0,
+                "steering": {"vector": "picked", "alpha": 1.0, "positions": "generated"}}
+        got = app.test_client().post("/v1/completions", json=body).get_json()
+    finally:
+        app.extensions["mlux_serve"]["engine"].close()
+    directions, acts = sweep_directions(hooked, CONTRAST_PROMPTS["sentiment"])
+    residual = residual_norms(hooked, list(directions), acts, TEST_PROMPTS)
+    row = steering_of(trial["params"], directions, residual, hooked.num_layers)
+    ref = generate_batch(hooked, ["today the"], max_tokens=8, steering=[row])[0]
+    assert got["choices"][0]["text"] == hooked.tokenizer.decode(ref)
 
 
 def test_ablate_search_picks_a_direction_bake_ablate_accepts(tmp_path, capsys):
