@@ -28,8 +28,8 @@ __all__ = ["SCHEMA", "search"]
 SCHEMA = "mlux.search/1"
 
 
-def _check(hooked: HookedModel, trials: int, mode: str, prompts: Sequence[Prompt],
-           harmless: Sequence[Prompt], score: str, target: Sequence[str]) -> None:
+def _check(trials: int, mode: str, prompts: Sequence[Prompt], harmless: Sequence[Prompt],
+           scorer: Optional[Scorer], score: str, target: Sequence[str]) -> None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials <= 0:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
     if mode not in MODES:
@@ -42,6 +42,9 @@ def _check(hooked: HookedModel, trials: int, mode: str, prompts: Sequence[Prompt
         raise ValueError(f"unknown score {score!r}; choose from sampled, logodds")
     if score == "logodds" and not target:
         raise ValueError("the log-odds score needs target words (the behaviour's token set)")
+    if score == "sampled" and scorer is None:
+        raise ValueError("the sampled score needs a behaviour function (scorer); without one "
+                         "use score='logodds' with target words")
 
 
 def _directions(hooked: HookedModel, vector: Any, prompts: Sequence[Prompt], chat: bool
@@ -95,7 +98,7 @@ def search(
     `avoid` (steer): prompts where the behaviour must not appear; its rate there is a third
     objective, minimised (a false-positive penalty, heretic's #210).
     """
-    _check(hooked, trials, mode, prompts, harmless, score, target)
+    _check(trials, mode, prompts, harmless, scorer, score, target)
     if avoid and mode != "steer":
         raise ValueError("avoid prompts (a false-positive penalty) go with mode steer: an "
                          "ablation only removes the behaviour")

@@ -119,7 +119,10 @@ def _token_words(args: argparse.Namespace, behavior: str) -> tuple[list[str], li
 def _choose(res: SearchResult, args: argparse.Namespace) -> Optional[Trial]:
     pick = args.pick
     if pick is None and sys.stdin.isatty() and sys.stdout.isatty():
-        pick = input("trial to save as a vector (a number, 'best', Enter: none): ").strip()
+        try:
+            pick = input("trial to save as a vector (a number, 'best', Enter: none): ").strip()
+        except EOFError:  # Ctrl-D: no choice
+            pick = ""
     if not pick:
         return None
     if pick == "best":
