@@ -5,6 +5,7 @@ equal to the hooked one) and GGUF export; bad input one line, exit 2."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -140,3 +141,18 @@ def test_output_folder_holding_another_study_is_refused(tmp_path, capsys):
     code, _, err = _run(capsys, "--trials", "1", "--out", str(stranger), *FAST)
     assert code == 2 and "holds files that are not a search (notes.txt)" in err
     assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_logodds_score_runs_without_generation(tmp_path, capsys, monkeypatch):
+    import mlux.search.objectives as objectives
+
+    def no_generation(*a, **k):
+        raise AssertionError("the log-odds score must not generate")
+
+    monkeypatch.setattr(objectives, "generate_batch", no_generation)
+    out = tmp_path / "s"
+    assert _run(capsys, "--trials", "3", "--score", "logodds", "--out", str(out), *FAST)[0] == 0
+    data = json.loads((out / "search.json").read_text())
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()))
+    for t in data["trials"]:
+        assert 1 / (1 + math.exp(-t["extras"]["logodds"])) == pytest.approx(t["behavior"])
