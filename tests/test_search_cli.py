@@ -54,10 +54,14 @@ def test_search_writes_json_png_and_a_picked_vector_generate_and_bake_read(tmp_p
     ref = hooked.run_with_hooks(tokens, steering_hooks(vec, 1.0))
     got = HookedModel.from_pretrained(str(baked)).run_with_hooks(tokens, None)
     assert mx.allclose(got, ref, atol=1e-4)
-    gguf = vec.export_gguf(tmp_path / "v.gguf")  # layers 1-3: llama.cpp can take every one
-    back = SteeringVector.import_gguf(gguf)
+    # The finished study again, the same trial written as a llama.cpp control vector (layers
+    # 1-3: llama.cpp takes every one of them).
+    code, stdout, _ = _run(capsys, "--trials", "4", "--layers", "1-3", "--windows", "all",
+                           "--out", str(out), "--pick", str(best["number"]), "--save",
+                           str(tmp_path / "v.gguf"), *FAST)
+    assert code == 0 and "v.gguf" in stdout
+    back = SteeringVector.import_gguf(tmp_path / "v.gguf")
     assert back.layers == vec.layers and all(mx.allclose(back[i], vec[i]) for i in vec.layers)
-    capsys.readouterr()
 
 
 def test_mlux_serve_steers_with_a_picked_trial_as_the_search_did(tmp_path, capsys):
@@ -116,11 +120,13 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                    "size 96 (it was made for other-model)"),
         "window": (["--windows", "later"], "unknown window"),
         "logodds": (["--score", "logodds", "--behavior", "json:loads"], "pass --target-words"),
+        "pick": (["--pick", "first"], "--pick must be 'best' or a trial number, got 'first'"),
+        "save": (["--save", "v.txt"], "--save must end in .safetensors or .gguf"),
     }
 
 
 @pytest.mark.parametrize("case", ["trials", "mode", "prompts", "harmless", "vector", "window",
-                                  "logodds"])
+                                  "logodds", "pick", "save"])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
     argv, message = _bad(tmp_path)[case]
     code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "s"), *FAST)

@@ -24,6 +24,7 @@ from ..builtin import BUILTIN_MODELS
 from ..entry import Verb, int_in
 from ..experiments.options import (
     add_contrast_arguments,
+    check_output_folders,
     contrast_from_args,
     float_at_least,
     load_prompts,
@@ -36,6 +37,7 @@ from ..search import MODES, WINDOWS, SearchSpace, behavior_words, search
 from ..search.report import front_table, plot_front
 from ..search.result import SearchResult, Trial
 from ..toy import MARKER_PREFIX, TEST_PROMPTS
+from .extract import SUFFIXES
 
 __all__ = ["VERB"]
 
@@ -80,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(on a terminal without --pick you are asked)")
     p.add_argument("--max-kl", type=float_at_least(0.0), default=None,
                    help="with --pick best: the best behaviour at KL <= this")
-    p.add_argument("--save", metavar="FILE", help="where --pick writes (default: "
-                   "OUT/picked.safetensors)")
+    p.add_argument("--save", metavar="FILE", help="where --pick writes: .safetensors (mlux) "
+                   "or .gguf (llama.cpp control vector) (default: OUT/picked.safetensors)")
 
 
 def _span(text: str) -> tuple[float, float]:
@@ -140,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
     if args.vector and (args.positive or args.negative):
         raise ValueError("--vector and --positive/--negative are alternatives: give one")
+    if args.pick is not None and args.pick != "best" and not args.pick.isdigit():
+        raise ValueError(f"--pick must be 'best' or a trial number, got {args.pick!r}")
+    if args.save and Path(args.save).suffix not in SUFFIXES:
+        raise ValueError(f"--save must end in {' or '.join(SUFFIXES)}, got {args.save!r}")
+    check_output_folders(args.save)
     strengths = parse_floats(args.strengths, "--strengths")
     if len(strengths) > 2:
         raise ValueError(f"--strengths is a range low,high, got {args.strengths!r}")
@@ -167,12 +174,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {Path(args.out) / 'search.json'} and {png}")
     if chosen is not None:
         path = Path(args.save) if args.save else Path(args.out) / "picked.safetensors"
-        res.to_vector(chosen).save(path)
+        vec = res.to_vector(chosen)
+        path = vec.export_gguf(path) if path.suffix == ".gguf" else vec.save(path)
         window = chosen.params["window"]
         use = (f"mlux generate PROMPT --vector {path} --positions {window}" if args.mode ==
                "steer" else f"mlux bake --model {args.model} --ablate {path} --out DIR")
         print(f"saved trial {chosen.number} to {path}; use it: {use}")
-        weights = set(res.to_vector(chosen).metadata["search"]["layer_weights"].values())
+        weights = set(vec.metadata["search"]["layer_weights"].values())
         if args.mode == "ablate" and weights != {1.0}:
             print("note: mlux bake --ablate removes the direction at full weight from every "
                   "block and the embedding; this trial's per-layer weights (in the file's "
