@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
 import mlx.core as mx
+import optuna
 import pytest
 
 from mlux import HookedModel, SteeringVector, cli, generate_batch
@@ -162,3 +168,37 @@ def test_logodds_score_runs_without_generation(tmp_path, capsys, monkeypatch):
     jsonschema.validate(data, json.loads(SCHEMA.read_text()))
     for t in data["trials"]:
         assert 1 / (1 + math.exp(-t["extras"]["logodds"])) == pytest.approx(t["behavior"])
+
+
+def _complete(out: Path) -> int:
+    journal = out / "study.journal"
+    if not journal.exists():
+        return 0
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        study = optuna.load_study(study_name="mlux-search", storage=storage)
+    except KeyError:  # the study is not created yet
+        return 0
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_ctrl_c_then_the_same_command_ends_with_exactly_n_trials(tmp_path, capsys):
+    out, n = tmp_path / "s", 12
+    argv = ["--trials", str(n), "--batch", "1", "--out", str(out), *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "mlux", "search", *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
+    deadline = time.monotonic() + 300
+    while _complete(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("mlux search: interrupted; finished trials are "
+                                            "saved; rerun the same command to continue")
+    done = _complete(out)
+    assert 3 <= done < n
+    assert _run(capsys, *argv)[0] == 0
+    trials = json.loads((out / "search.json").read_text())["trials"]
+    assert len(trials) == n == _complete(out)
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == n
