@@ -202,6 +202,10 @@ def test_rerun_with_other_settings_is_refused_naming_the_change(toy, tmp_path):
     (dict(mode="abliterate"), "unknown mode 'abliterate'; choose from steer, ablate"),
     (dict(harmless=[]), "at least one harmless prompt"),
     (dict(space=SearchSpace(windows=("later",))), "unknown window"),
+    (dict(samples=0), "samples must be a positive integer, got 0"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(space=SearchSpace(layers=(2.0, 9.0))), r"layer range 2-9 is outside the model's "
+                                                 r"layers 0-5"),
 ])
 def test_bad_input_is_one_clear_error(toy, kw, message):
     with pytest.raises(ValueError, match=message):

@@ -28,10 +28,18 @@ __all__ = ["SCHEMA", "search"]
 SCHEMA = "mlux.search/1"
 
 
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _check(trials: int, mode: str, prompts: Sequence[Prompt], harmless: Sequence[Prompt],
-           scorer: Optional[Scorer], score: str, target: Sequence[str]) -> None:
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials <= 0:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+           scorer: Optional[Scorer], score: str, target: Sequence[str],
+           sampling: dict[str, Any]) -> None:
+    for name in ("trials", "samples", "max_tokens", "batch"):
+        _positive_int(name, trials if name == "trials" else sampling[name])
+    if not sampling["temperature"] >= 0:
+        raise ValueError(f"temperature must be >= 0, got {sampling['temperature']!r}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     if not prompts:
@@ -98,7 +106,8 @@ def search(
     `avoid` (steer): prompts where the behaviour must not appear; its rate there is a third
     objective, minimised (a false-positive penalty, heretic's #210).
     """
-    _check(trials, mode, prompts, harmless, scorer, score, target)
+    _check(trials, mode, prompts, harmless, scorer, score, target,
+           dict(samples=samples, max_tokens=max_tokens, batch=batch, temperature=temperature))
     if avoid and mode != "steer":
         raise ValueError("avoid prompts (a false-positive penalty) go with mode steer: an "
                          "ablation only removes the behaviour")
@@ -127,7 +136,7 @@ def search(
         target=token_ids(tok, target) if score == "logodds" else (),
         against=token_ids(tok, against) if score == "logodds" and against else (),
         perplexity=perplexity and score == "sampled", avoid=elsewhere)
-    _run(study, scoring, space, mode, trials, max(1, batch), progress)
+    _run(study, scoring, space, mode, trials, batch, progress)
     done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
                   key=lambda t: t.number)
     result = SearchResult(mode, [Trial(t.number, t.user_attrs["params"], t.values[0], t.values[1],
