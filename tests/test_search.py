@@ -264,3 +264,18 @@ def test_avoid_prompts_rate_is_a_third_objective(toy, setup):
     assert all("false_positive" in t.extras for t in res.trials)
     with pytest.raises(ValueError, match="avoid prompts .* go with mode steer"):
         _search(toy, trials=1, mode="ablate", avoid=["mood: sad"])
+
+
+def test_ablation_trial_kl_equals_each_prompt_ablated_alone(toy, setup):
+    directions, _, ids = setup
+    params = {"layer": 1.5, "max_weight": 0.8, "distance": 2.0, "min_weight": 0.3,
+              "window": "generated"}
+    (m,) = _scorer(toy, setup, "ablate").measure([params])
+    by_hand = []
+    for p in ids:  # prompts of different lengths, each with its own window
+        hooks = ablation_hooks(params, directions, 6, len(p))
+        by_hand.append(kl_divergence(toy.run_with_hooks([p], None)[0, -1],
+                                     toy.run_with_hooks([p], hooks)[0, -1]))
+    assert len({len(p) for p in ids}) > 1
+    assert m.kl == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-3)
+    assert m.kl > 0

@@ -58,13 +58,17 @@ def ablation_hooks(params: Params, directions: dict[int, mx.array], num_layers: 
             for kind in ("attention", "mlp")]
 
 
-def _by_length(rows: Sequence[list[int]]) -> dict[int, list[int]]:
-    """Row indices grouped by prompt length: a window that depends on the prompt length needs
-    one length per batch when steering through plain hooks."""
-    groups: dict[int, list[int]] = {}
+def _groups(params: Params, rows: Sequence[list[int]], directions: dict[int, mx.array],
+            num_layers: int) -> list[tuple[list[int], list[tuple[str, Hook]]]]:
+    """(row indices, ablation hooks) batches: all rows at once for the window "all", else one
+    batch per prompt length (plain hooks resolve "prompt" / "generated" by one length)."""
+    if params["window"] == "all":
+        return [(list(range(len(rows))), ablation_hooks(params, directions, num_layers))]
+    by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(rows):
-        groups.setdefault(len(ids), []).append(i)
-    return groups
+        by_length.setdefault(len(ids), []).append(i)
+    return [(idx, ablation_hooks(params, directions, num_layers, length))
+            for length, idx in by_length.items()]
 
 
 @dataclass
@@ -142,30 +146,22 @@ class TrialScorer:
     # -- ablate: one trial at a time, its hooks on every writer --------------------------------
     def _measure_ablation(self, params: Params) -> Measurement:
         n = self.hooked.num_layers
-        if params["window"] == "all":  # one batch: the hooks don't depend on prompt length
-            kl = first_token_kl(self.hooked, self.harmless, ablation_hooks(params,
-                                self.directions, n), reference=self.reference)
-        else:
-            parts = [first_token_kl(self.hooked, [self.harmless[i] for i in idx],
-                                    ablation_hooks(params, self.directions, n, length),
-                                    reference=self.reference[mx.array(idx)], per_prompt=True)
-                     for length, idx in _by_length(self.harmless).items()]
-            kl = sum(sum(p) for p in parts) / len(self.harmless)
+        kls = [first_token_kl(self.hooked, [self.harmless[i] for i in idx], hooks,
+                              reference=self.reference[mx.array(idx)], per_prompt=True)
+               for idx, hooks in _groups(params, self.harmless, self.directions, n)]
+        kl = sum(sum(part) for part in kls) / len(self.harmless)
+        groups = _groups(params, self.prompts, self.directions, n)
         if self.score == "logodds":
-            groups = _by_length(self.prompts)
             lo = [token_logodds(self.hooked, [self.prompts[i] for i in idx], self.target,
-                                self.against, ablation_hooks(params, self.directions, n, length))
-                  for length, idx in groups.items()]
+                                self.against, hooks) for idx, hooks in groups]
             behavior, extras = self._logodds(mx.concatenate(lo))
             return Measurement(behavior, kl, extras)
         out: list[tuple[str, list[int]]] = [("", [])] * (len(self.prompts) * self.samples)
-        for length, idx in _by_length(self.prompts).items():
-            hooks = ablation_hooks(params, self.directions, n, length)
-            got = self._generate([self.prompts[i] for i in idx], None, hooks, 1,
-                                 first=[i for i in idx])
-            for j, i in enumerate(idx):
-                out[i * self.samples:(i + 1) * self.samples] = \
-                    got[j * self.samples:(j + 1) * self.samples]
+        k = self.samples
+        for idx, hooks in groups:
+            got = self._generate([self.prompts[i] for i in idx], None, hooks, 1, first=idx)
+            for j, i in enumerate(idx):  # back into prompt order
+                out[i * k:(i + 1) * k] = got[j * k:(j + 1) * k]
         behavior, extras = self._rated(out, self.prompts, self.perplexity)
         return Measurement(behavior, kl, extras)
 
@@ -196,5 +192,7 @@ class TrialScorer:
 
     @staticmethod
     def _logodds(values: mx.array) -> tuple[float, dict[str, Any]]:
+        """Mean log-odds and its sigmoid, the behaviour in 0..1 (computed without overflow)."""
         mean = float(values.mean().item())
-        return 1.0 / (1.0 + math.exp(-mean)), {"logodds": mean}
+        e = math.exp(-abs(mean))
+        return (1.0 / (1.0 + e) if mean >= 0 else e / (1.0 + e)), {"logodds": mean}
