@@ -268,7 +268,7 @@ def test_avoid_prompts_rate_is_a_third_objective(toy, setup):
 
 def test_ablation_trial_kl_equals_each_prompt_ablated_alone(toy, setup):
     directions, _, ids = setup
-    params = {"layer": 1.5, "max_weight": 0.8, "distance": 2.0, "min_weight": 0.3,
+    params = {"layer": 1.5, "max_weight": 1.0, "distance": 5.0, "min_weight": 1.0,
               "window": "generated"}
     (m,) = _scorer(toy, setup, "ablate").measure([params])
     by_hand = []
@@ -277,5 +277,6 @@ def test_ablation_trial_kl_equals_each_prompt_ablated_alone(toy, setup):
         by_hand.append(kl_divergence(toy.run_with_hooks([p], None)[0, -1],
                                      toy.run_with_hooks([p], hooks)[0, -1]))
     assert len({len(p) for p in ids}) > 1
-    assert m.kl == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-3)
-    assert m.kl > 0
+    # float32 logits of differently shaped batches round differently: KLs agree to ~1e-6
+    assert m.kl == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-2, abs=1e-6)
+    assert m.kl > 1e-4
