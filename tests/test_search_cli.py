@@ -143,15 +143,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
 
 def test_output_folder_holding_another_study_is_refused(tmp_path, capsys):
     out = tmp_path / "s"
-    assert _run(capsys, "--trials", "1", "--out", str(out), *FAST)[0] == 0
+    assert _run(capsys, "--trials", "1", "--out", str(out), "--pick", "0", *FAST)[0] == 0
     code, _, err = _run(capsys, "--trials", "1", "--out", str(out), "--mode", "ablate", *FAST)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "holds another study (mode: 'steer' before, 'ablate' now" in err
+    assert _run(capsys, "--trials", "1", "--out", str(out), "--mode", "ablate", "--fresh",
+                *FAST)[0] == 0
+    assert json.loads((out / "search.json").read_text())["mode"] == "ablate"
     stranger = tmp_path / "x"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     code, _, err = _run(capsys, "--trials", "1", "--out", str(stranger), *FAST)
     assert code == 2 and "holds files that are not a search (notes.txt)" in err
+    code, _, err = _run(capsys, "--trials", "1", "--out", str(stranger), "--fresh", *FAST)
+    assert code == 2 and "not a search (notes.txt)" in err
     assert (stranger / "notes.txt").read_text() == "mine"
 
 

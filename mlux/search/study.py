@@ -21,7 +21,7 @@ from ..collect.fingerprint import diff_model, diff_settings, model_fingerprint
 __all__ = ["JOURNAL", "SETTINGS", "digest", "open_study", "prompt_digest"]
 
 JOURNAL, SETTINGS = "study.journal", "settings.json"
-_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", f"{JOURNAL}.lock"}
+_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", f"{JOURNAL}.lock", "picked.safetensors"}
 
 
 def digest(directions: dict[int, mx.array]) -> str:
@@ -47,11 +47,14 @@ def _check_folder(out: Path, settings: dict[str, Any], model: dict[str, Any]) ->
         return
     path = out / SETTINGS
     if not path.is_file():
+        if (out / JOURNAL).exists():
+            raise ValueError(f"{out} holds a study journal without its {SETTINGS}, so what it "
+                             "searched is unknown; choose another output folder or pass --fresh")
         strangers = sorted(p.name for p in out.iterdir() if p.name not in _OURS)
-        if strangers or (out / JOURNAL).exists():
+        if strangers:
             raise ValueError(f"{out} holds files that are not a search ({', '.join(strangers[:3])}"
                              f"{'...' if len(strangers) > 3 else ''}); choose another output "
-                             "folder or pass --fresh")
+                             "folder")
         return
     try:
         old = json.loads(path.read_text())
