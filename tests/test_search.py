@@ -13,6 +13,7 @@ import pytest
 from mlux import HookedModel, SteeringVector, generate_batch
 from mlux.evaluation import first_token_kl, first_token_logits, kl_divergence
 from mlux.experiments.common import residual_norms, sweep_directions
+from mlux.hooks import HookContext
 from mlux.search import (
     SearchSpace,
     TrialScorer,
@@ -26,7 +27,8 @@ from mlux.search import (
     token_ids,
 )
 from mlux.search.result import Trial
-from mlux.steering import create_ablation_hook, steering_hooks
+from mlux.steering import Steering, create_ablation_hook, steering_hooks
+from mlux.testing import save_tiny_model
 from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS, feature_scorer
 
 HAPPY = feature_scorer("sentiment", "happy")
@@ -116,8 +118,6 @@ def test_layer_weights_follow_the_kernel():
 def test_weighted_ablation_removes_that_share_of_the_component(toy, setup):
     u = interpolated_direction(setup[0], 2.0)
     x = mx.random.normal((1, 3, toy.hidden_size), key=mx.random.key(0))
-    from mlux.hooks import HookContext
-
     ctx = HookContext("mlp_1", 1, length=3)
     for w in (1.0, 0.5, 0.0):
         out = create_ablation_hook(u, weight=w)(x, ctx)
@@ -280,3 +280,20 @@ def test_ablation_trial_kl_equals_each_prompt_ablated_alone(toy, setup):
     # float32 logits of differently shaped batches round differently: KLs agree to ~1e-6
     assert m.kl == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-2, abs=1e-6)
     assert m.kl > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_bigcode"])  # padded batch / rows one by one
+def test_per_row_steered_kl_equals_each_row_steered_alone(tmp_path, arch):
+    hooked = HookedModel.from_pretrained(str(save_tiny_model(tmp_path / arch, arch)))
+    d = mx.random.normal((hooked.hidden_size,), key=mx.random.key(4))
+    prompts = ["w3 w4", "w8 w9 w10", "w5"]
+    rows = [Steering({1: d}, 1.5, positions="generated"), None, Steering({0: d, 2: d}, -1.0)]
+    got = first_token_kl(hooked, prompts, steering=rows, per_prompt=True)
+    for p, row, value in zip(prompts, rows, got, strict=True):
+        n = len(hooked.tokenize(p).tokens[0])
+        hooks = None if row is None else steering_hooks(
+            row.vector, row.alpha, positions=row.positions, prompt_length=n)
+        ref = kl_divergence(hooked.run_with_hooks(p, None)[0, -1],
+                            hooked.run_with_hooks(p, hooks)[0, -1])
+        assert value == pytest.approx(ref, rel=1e-3, abs=1e-5)
+    assert got[1] == pytest.approx(0.0, abs=1e-6) and got[0] > 0 and got[2] > 0

@@ -21,7 +21,7 @@ from ..experiments.common import steered_perplexity
 from ..generate import generate_batch
 from ..hooks import Hook
 from ..model import HookedModel
-from ..steering import Steering, create_ablation_hook, row_steering_hooks
+from ..steering import Steering, create_ablation_hook
 from .space import interpolated_direction, layer_weights
 from .tokens import token_logodds
 
@@ -117,9 +117,8 @@ class TrialScorer:
     # -- steer: every trial a block of rows ---------------------------------------------------
     def _measure_rows(self, rows: list[Steering]) -> list[Measurement]:
         k, h = len(rows), len(self.harmless)
-        lengths = [len(ids) for ids in self.harmless] * k
-        hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(h)], lengths)
-        kls = first_token_kl(self.hooked, self.harmless * k, hooks, per_prompt=True,
+        kls = first_token_kl(self.hooked, self.harmless * k, per_prompt=True,
+                             steering=[r for r in rows for _ in range(h)],
                              reference=self._reference(k))
         main = self._row_behaviour(self.prompts, rows, self.perplexity)
         avoid = self._row_behaviour(self.avoid, rows, False) if self.avoid else None
@@ -135,9 +134,8 @@ class TrialScorer:
         """Each row's behaviour on `prompts`: every (row, prompt[, sample]) one batch row."""
         k, n = len(rows), len(prompts)
         if self.score == "logodds":
-            hooks = row_steering_hooks(self.hooked, [r for r in rows for _ in range(n)],
-                                       [len(ids) for ids in prompts] * k)
-            lo = token_logodds(self.hooked, prompts * k, self.target, self.against, hooks)
+            lo = token_logodds(self.hooked, prompts * k, self.target, self.against,
+                               steering=[r for r in rows for _ in range(n)])
             return [self._logodds(lo[t * n:(t + 1) * n]) for t in range(k)]
         per = n * self.samples
         texts = self._generate(prompts, [r for r in rows for _ in range(per)], None, k)

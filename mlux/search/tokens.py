@@ -54,10 +54,12 @@ def token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 
 
 def token_logodds(hooked: Any, prompts: Sequence[Any], target: Sequence[int],
-                  against: Sequence[int] = (), hooks: Any = None) -> mx.array:
+                  against: Sequence[int] = (), hooks: Any = None,
+                  steering: Optional[Sequence[Any]] = None) -> mx.array:
     """Per prompt `(N,)`: log p(target set) - log p(against set) at the last position, or
-    log p(T) - log(1 - p(T)) without an `against` set. One forward; `hooks` may be per-row."""
-    logits = first_token_logits(hooked, prompts, hooks)  # (N, V)
+    log p(T) - log(1 - p(T)) without an `against` set. One forward with `hooks`, or per-row
+    `steering` (as `first_token_logits`)."""
+    logits = first_token_logits(hooked, prompts, hooks, steering=steering)  # (N, V)
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     hit = mx.logsumexp(logp[:, mx.array(list(target))], axis=-1)  # (N,)
     if against:
