@@ -286,7 +286,7 @@ def test_ablation_trial_kl_equals_each_prompt_ablated_alone(toy, setup):
 def test_per_row_steered_kl_equals_each_row_steered_alone(tmp_path, arch):
     hooked = HookedModel.from_pretrained(str(save_tiny_model(tmp_path / arch, arch)))
     d = mx.random.normal((hooked.hidden_size,), key=mx.random.key(4))
-    prompts = ["w3 w4", "w8 w9 w10", "w5"]
+    prompts = ["w9 w13", "w15 w16 w17", "w8"]
     rows = [Steering({1: d}, 1.5, positions="generated"), None, Steering({0: d, 2: d}, -1.0)]
     got = first_token_kl(hooked, prompts, steering=rows, per_prompt=True)
     for p, row, value in zip(prompts, rows, got, strict=True):
