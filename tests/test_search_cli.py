@@ -15,10 +15,10 @@ from pathlib import Path
 
 import jsonschema
 import mlx.core as mx
-import optuna
 import pytest
 
 from mlux import HookedModel, SteeringVector, cli, generate_batch
+from mlux.collect.lock import folder_lock
 from mlux.experiments.common import residual_norms, sweep_directions
 from mlux.search import steering_of
 from mlux.serve import create_server_app
@@ -157,6 +157,10 @@ def test_output_folder_holding_another_study_is_refused(tmp_path, capsys):
     assert code == 2 and "holds files that are not a search (notes.txt)" in err
     code, _, err = _run(capsys, "--trials", "1", "--out", str(stranger), "--fresh", *FAST)
     assert code == 2 and "not a search (notes.txt)" in err
+    with folder_lock(out, "another search", echo=print):  # a run still going on in `out`
+        code, _, err = _run(capsys, "--trials", "2", "--out", str(out), "--mode", "ablate",
+                            *FAST)
+    assert code == 2 and f"{out} is in use by" in err and len(err.strip().splitlines()) == 1
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
@@ -176,16 +180,16 @@ def test_logodds_score_runs_without_generation(tmp_path, capsys, monkeypatch):
 
 
 def _complete(out: Path) -> int:
+    """Complete trials in the journal, read as text (no lock taken from the running study)."""
     journal = out / "study.journal"
-    if not journal.exists():
-        return 0
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal)))
-    try:
-        study = optuna.load_study(study_name="mlux-search", storage=storage)
-    except KeyError:  # the study is not created yet
-        return 0
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    count = 0
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            op = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        count += op.get("op_code") == 6 and op.get("state") == 1  # set state: COMPLETE
+    return count
 
 
 def test_ctrl_c_then_the_same_command_ends_with_exactly_n_trials(tmp_path, capsys):

@@ -4,7 +4,9 @@ and decoded as rows of one batch (steer)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from ..atomic import PathLike, atomic_write_json
 from ..behavior import Prompt, Scorer, prompt_ids
+from ..collect.lock import folder_lock
 from ..experiments.common import _jsonable, residual_norms, sweep_directions
 from ..model import HookedModel
 from .objectives import TrialScorer
@@ -136,7 +139,10 @@ def search(
         target=token_ids(tok, target) if score == "logodds" else (),
         against=token_ids(tok, against) if score == "logodds" and against else (),
         perplexity=perplexity and score == "sampled", avoid=elsewhere)
-    _run(study, scoring, space, mode, trials, batch, progress)
+    with contextlib.ExitStack() as stack:
+        if folder is not None:  # one run per study folder; a second one is told who holds it
+            stack.enter_context(folder_lock(folder, "search", echo=_note))
+        _run(study, scoring, space, mode, trials, batch, progress)
     done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
                   key=lambda t: t.number)
     result = SearchResult(mode, [Trial(t.number, t.user_attrs["params"], t.values[0], t.values[1],
@@ -146,6 +152,10 @@ def search(
         atomic_write_json(folder / "search.json", _jsonable(
             {"schema": SCHEMA, "model": str(hooked.model_id), **result.to_dict()}))
     return result
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def _run(study: optuna.Study, scoring: TrialScorer, space: SearchSpace, mode: str,

@@ -17,11 +17,13 @@ import optuna
 
 from ..atomic import atomic_write_json
 from ..collect.fingerprint import diff_model, diff_settings, model_fingerprint
+from ..collect.lock import LOCK_NAME
 
 __all__ = ["JOURNAL", "SETTINGS", "digest", "open_study", "prompt_digest"]
 
 JOURNAL, SETTINGS = "study.journal", "settings.json"
-_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", f"{JOURNAL}.lock", "picked.safetensors"}
+_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", f"{JOURNAL}.lock", "picked.safetensors",
+         LOCK_NAME}
 
 
 def digest(directions: dict[int, mx.array]) -> str:
