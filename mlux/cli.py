@@ -15,6 +15,7 @@ from .builtin import DEFAULT_MODEL
 from .collect import cli as collect_cli
 from .entry import Verb, run_command
 from .experiments import alpha_calibration, layer_sweep, strength_sweep
+from .experiments.options import add_model_argument
 from .explorer import launch
 from .info import model_info
 from .model import HookedModel
@@ -34,13 +35,18 @@ EXAMPLES = """examples (offline, on the built-in model mlux-toy):
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"model directory, hub id or built-in name (default: {DEFAULT_MODEL})")
+    p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL",
+                   help=f"the model, as a positional (default: {DEFAULT_MODEL}); or --model")
+    add_model_argument(p, default=None, help="model directory, hub id or built-in name "
+                       f"(default: {DEFAULT_MODEL}), as on every other verb")
     p.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = model_info(HookedModel.from_pretrained(args.model))
+    if args.model and args.model_pos and args.model != args.model_pos:
+        raise ValueError(f"two models given ({args.model_pos!r} and --model {args.model!r}); "
+                         "give one")
+    info = model_info(HookedModel.from_pretrained(args.model or args.model_pos or DEFAULT_MODEL))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -19,7 +19,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from .hooks import Hook, cache_offsets
+from .hooks import Hook, Start, cache_offsets, cache_start, normalise_start
 from .inputs import RowGroup, to_token_batch
 from .model import HookedModel, HookSpec
 from .sampling import Sampler, make_seeded_sampler, sample_rows
@@ -47,22 +47,29 @@ def eos_ids(tokenizer: Any) -> set[int]:
     return {int(eos)} if isinstance(eos, int) else set()
 
 
+def _shift(start: Start, by: int) -> Start:
+    offset, rows = normalise_start(start)
+    return offset + by if rows is None else [r + by for r in rows]
+
+
 def fill_cache(hooked: HookedModel, tokens: mx.array, cache: list[Any],
-               chunk_size: int = PREFILL_CHUNK) -> None:
+               chunk_size: int = PREFILL_CHUNK, start: Start = 0) -> None:
     """Run `tokens` `(B, T)` into `cache` in chunks, evaluating only the cache state: the one
-    chunked prefill (no logits are kept, so no `(T, vocab)` array is ever materialised)."""
-    for start in range(0, tokens.shape[1], chunk_size):
-        hooked.model(tokens[:, start : start + chunk_size], cache=cache)
+    chunked prefill (no logits are kept, so no `(T, vocab)` array is ever materialised).
+    `start`: the position of column 0 (per row: minus its left padding)."""
+    for s in range(0, tokens.shape[1], chunk_size):
+        hooked.forward_at(tokens[:, s : s + chunk_size], cache, _shift(start, s))
         mx.eval([c.state for c in cache])
         mx.clear_cache()
 
 
 def prefill(hooked: HookedModel, tokens: mx.array, cache: list[Any],
-            chunk_size: int = PREFILL_CHUNK) -> mx.array:
+            chunk_size: int = PREFILL_CHUNK, start: Start = 0) -> mx.array:
     """`fill_cache` with all but the last token, then the last token alone: its logits `(B, V)`.
     Hooks are whatever the caller has installed."""
-    fill_cache(hooked, tokens[:, :-1], cache, chunk_size)
-    return hooked.model(tokens[:, -1:], cache=cache)[:, -1]
+    fill_cache(hooked, tokens[:, :-1], cache, chunk_size, start)
+    last = _shift(start, tokens.shape[1] - 1)
+    return hooked.forward_at(tokens[:, -1:], cache, last)[:, -1]
 
 
 @dataclass
@@ -181,7 +188,7 @@ class Decoder:
             self._finished.append(Event(row.uid, None, "length"))
             return row.uid
         lane = _Lane([row], cache, self._sample([row], logits.reshape(1, -1)),
-                     lent=(cache_offsets(cache[0])[0], _checkpoint(cache, max_tokens)))
+                     lent=(cache_start(cache)[0], _checkpoint(cache, max_tokens)))
         lane.hooks = self._row_hooks(lane.rows)
         mx.async_eval(lane.y)
         self._lanes.append(lane)
@@ -200,7 +207,8 @@ class Decoder:
     def _prefill_group(self, group: RowGroup, rows: list[_Row]) -> _Lane:
         hooks = self._row_hooks(rows)
         with self.hooked.hooks(hooks):
-            logits = prefill(self.hooked, group.tokens, group.cache, self.chunk_size)
+            logits = prefill(self.hooked, group.tokens, group.cache, self.chunk_size,
+                             group.start)
             y = self._sample(rows, logits)
         mx.async_eval(y)
         return _Lane(rows, group.cache, y, hooks)
@@ -210,12 +218,12 @@ class Decoder:
         last prompt token with its own steering."""
         prefix = make_prompt_cache(self.hooked.model)
         fill_cache(self.hooked, tokens[None, :-1], prefix, self.chunk_size)
-        last = tokens[None, -1:]
+        last, n = tokens[None, -1:], tokens.shape[0] - 1
         if self.hooked.supports_padded_batch():
             groups = [RowGroup(list(range(len(rows))), mx.repeat(last, len(rows), axis=0),
-                               [type(c).merge([c] * len(rows)) for c in prefix])]
+                               [type(c).merge([c] * len(rows)) for c in prefix], [n] * len(rows))]
         else:
-            groups = [RowGroup([i], last, copy.deepcopy(prefix)) for i in range(len(rows))]
+            groups = [RowGroup([i], last, copy.deepcopy(prefix), n) for i in range(len(rows))]
         return [self._prefill_group(g, [rows[i] for i in g.rows]) for g in groups]
 
     def _add(self, lane: _Lane) -> None:
@@ -276,8 +284,9 @@ class Decoder:
         events, self._finished = self._finished, []
         for lane in self._lanes:
             if any(r.produced + 1 < r.max_tokens for r in lane.rows):
+                at = [r.prompt_length + r.produced for r in lane.rows]  # each row's position
                 with self.hooked.hooks(lane.hooks):
-                    logits = self.hooked.model(lane.y[:, None], cache=lane.cache)[:, -1]
+                    logits = self.hooked.forward_at(lane.y[:, None], lane.cache, at)[:, -1]
                     lane.next_y = self._sample(lane.rows, logits)
                 mx.async_eval(lane.next_y)
         for lane in list(self._lanes):

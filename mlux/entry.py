@@ -9,7 +9,11 @@ Either way the verb goes through `run_verb`, the one entry style:
   exits 2;
 - Ctrl-C (`KeyboardInterrupt`) prints `mlux <verb>: interrupted` and exits 130, no traceback;
 - anything else is a bug and keeps its traceback;
-- a warning raised while the verb runs prints one line `mlux <verb>: warning: <message>`.
+- a warning raised while the verb runs prints one line `mlux <verb>: warning: <message>`;
+- a closed stdout (`mlux info | head -3`) ends the verb quietly with exit code 141 (128 +
+  SIGPIPE, what a shell reports for a Unix tool killed by a closed pipe);
+- an unknown option is `mlux <verb>: error: unrecognized arguments: ...` with a "did you mean"
+  from the verb's own options.
 
 Help keeps descriptions (and their example commands) verbatim and shows every option's default
 (`HelpFormatter`); `int_in` makes range-checked int options (`--samples`, `--seed`, `--port`).
@@ -20,18 +24,21 @@ This module imports no verb, so the verbs and `mlux.cli` can both import it with
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
+import os
 import re
 import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS", "HelpFormatter", "UsageError",
-           "Verb", "int_in", "run_command", "run_verb"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS",
+           "HelpFormatter", "UsageError", "Verb", "int_in", "run_command", "run_verb"]
 
 EXIT_USER_ERROR = 2  # argparse's own exit code for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 # Errors a user can fix. The project's own error types (HookError, APIError, ScorerError, ...)
 # derive from ValueError; FileNotFoundError and PermissionError are OSErrors.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
@@ -118,7 +125,7 @@ class Verb:
                                        formatter_class=HelpFormatter)
         parser.label = self.label
         self.add_arguments(parser)
-        parser.set_defaults(func=self.run, verb=self)
+        parser.set_defaults(func=self.run, verb=self, verb_parser=parser)
         return parser
 
     def alias(self, module: str) -> Callable[[Optional[Sequence[str]]], int]:
@@ -131,7 +138,7 @@ class Verb:
                          formatter_class=HelpFormatter)
         parser.label = self.label
         self.add_arguments(parser)
-        parser.set_defaults(func=self.run, verb=self)
+        parser.set_defaults(func=self.run, verb=self, verb_parser=parser)
         return _parse_and_run(parser, argv)
 
 
@@ -142,6 +149,8 @@ def run_verb(verb: Verb, args: argparse.Namespace) -> int:
             warnings.simplefilter("default")
             warnings.showwarning = _warning_line(verb.label)
             return verb.run(args)
+    except BrokenPipeError:  # an OSError, but not the user's: `_quiet_on_closed_stdout`'s
+        raise
     except KeyboardInterrupt:
         note = f"; {verb.on_interrupt}" if verb.on_interrupt else ""
         print(f"{verb.label}: interrupted{note}", file=sys.stderr)
@@ -166,21 +175,62 @@ def run_command(prog: str, verbs: Sequence[Verb], argv: Optional[Sequence[str]] 
         verb.register(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        parser.print_help()
-        return 0
+        return _quiet_on_closed_stdout(lambda: parser.print_help() or 0)
     return _parse_and_run(parser, argv)
 
 
+def _quiet_on_closed_stdout(run: Callable[[], int]) -> int:
+    """`run()`, ending quietly with `EXIT_BROKEN_PIPE` when stdout is closed under it."""
+    try:
+        code = run()
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
 def _parse_and_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+    return _quiet_on_closed_stdout(functools.partial(_parse_then_run, parser, argv))
+
+
+def _parse_then_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
     _Parser.argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the verb's parser, so the message names the verb
+            verb_parser = getattr(args, "verb_parser", parser)
+            verb_parser.error(_unrecognized(extra, verb_parser))
     except UsageError as e:
         print(f"{e.label}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SystemExit as e:  # --help, --version: printed; return their code, don't exit
         return e.code if isinstance(e.code, int) else 0
     return run_verb(args.verb, args)
+
+
+def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's message for unknown arguments, plus the closest option of this verb."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    hints = []
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})"
+                                                           if hints else "")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit finds no closed pipe
+    (and prints no "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor behind stdout
+        pass
 
 
 def _warning_line(label: str) -> Callable[..., None]:

@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .decode import PREFILL_CHUNK, Decoder, prefill
-from .hooks import cache_offsets
+from .hooks import cache_start
 from .inputs import Inputs
 from .model import HookedModel, HookSpec
 from .steering import RowSteering
@@ -33,8 +33,8 @@ __all__ = [
 
 
 def cache_length(cache: list[Any]) -> int:
-    """Token slots already in a prompt cache."""
-    return cache_offsets(cache[0])[0] if cache else 0
+    """Tokens a prompt cache has consumed (for state-space layers: as mlux stamped it)."""
+    return cache_start(cache)[0]
 
 
 def prefill_with_cache(
@@ -55,9 +55,10 @@ def prefill_with_cache(
         raise ValueError("prefill_with_cache takes one prompt; use generate_batch for several")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    start = 0 if cache is None else cache_length(cache)
     cache = make_prompt_cache(hooked.model) if cache is None else cache
     with hooked.hooks(hooks):
-        logits = prefill(hooked, batch.tokens, cache, chunk_size)
+        logits = prefill(hooked, batch.tokens, cache, chunk_size, start)
         mx.eval(logits)
     return cache, logits[0]
 

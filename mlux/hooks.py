@@ -9,12 +9,13 @@ A wrapper is a transparent proxy: attribute reads and writes, and the dict inter
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 
-__all__ = ["Hook", "HookContext", "HookError", "HookWrapper", "BlockFrame", "cache_offsets"]
+__all__ = ["BlockFrame", "Hook", "HookContext", "HookError", "HookWrapper", "TokenClock",
+           "cache_offsets", "cache_start", "mark_position", "normalise_start"]
 
 
 class HookError(ValueError):
@@ -25,10 +26,11 @@ class HookError(ValueError):
 class HookContext:
     """What a hook knows about the forward pass it runs in.
 
-    `offset` is the number of token slots already in the KV cache before this forward, so the
-    absolute position of `x[:, t]` is `offset + t`. In a left-padded batch, `row_offsets` holds the
-    per-row count of real tokens already cached (negative while the row is still in its padding):
-    use `positions()` to get absolute positions per row.
+    `offset` is the number of tokens the sequence consumed before this forward, so the absolute
+    position of `x[:, t]` is `offset + t`, whatever the layer's cache is (KV, state-space, conv,
+    shared or none): mlux's decoder, prefill and capture declare it (`TokenClock`). In a batch,
+    `row_offsets` holds each row's count (negative while a left-padded row is still in its
+    padding) and `offset` the largest: use `positions()` for absolute positions per row.
     """
 
     name: str
@@ -54,18 +56,71 @@ Hook = Callable[[mx.array, HookContext], Union[mx.array, None]]
 
 
 def cache_offsets(cache: Any) -> tuple[int, Optional[mx.array]]:
-    """(slots already cached, per-row real offsets or None) for an mlx-lm cache object."""
+    """(tokens already consumed, per-row offsets or None) read from one mlx-lm cache entry:
+    its KV offset (of the KV half of a `CacheList`), else the position mlux stamped on it
+    after its last forward (`mark_position`), else 0."""
     if cache is None:
         return 0, None
-    if hasattr(cache, "caches"):  # CacheList: sub-caches advance together
-        cache = cache.caches[0]
-    offset = getattr(cache, "offset", 0)
+    if hasattr(cache, "caches"):  # CacheList (e.g. conv/SSM state + KV): the KV half counts
+        cache = next((c for c in cache.caches if hasattr(c, "offset")), cache.caches[0])
+    offset = getattr(cache, "offset", None)
+    if offset is None:  # state-space / conv state: no count of its own
+        stamp = getattr(cache, "_mlux_position", (0, None))
+        return stamp
     if isinstance(offset, mx.array):  # Batch*KVCache: per-row offsets, int slot index aside
         slots = getattr(cache, "_offset", None)
         if slots is None:
             slots = getattr(cache, "_idx", 0)
         return int(slots), offset
     return int(offset), None
+
+
+def cache_start(cache: Optional[Sequence[Any]]) -> tuple[int, Optional[mx.array]]:
+    """Where the next token of a prompt cache (mlx-lm's per-layer list) goes: the largest count
+    over its entries, KV offsets first (state-space entries count only what mlux stamped)."""
+    if not cache:
+        return 0, None
+    counts = [cache_offsets(c) for c in cache]
+    return max(counts, key=lambda c: c[0])
+
+
+def mark_position(cache: Optional[Sequence[Any]], offset: int,
+                  row_offsets: Optional[mx.array]) -> None:
+    """Stamp every entry of a cache with the count it has consumed: state-space, conv and
+    linear-attention states carry none of their own."""
+    for c in cache or ():
+        for entry in getattr(c, "caches", (c,)):
+            entry._mlux_position = (offset, row_offsets)
+
+
+class TokenClock:
+    """The one source of the position hooks see: set by whoever runs a forward (the decoder,
+    prefill, capture) for all blocks at once, never read from a block's own cache. Unset (a plain
+    mlx-lm call), each block falls back to its cache's count (`cache_offsets`)."""
+
+    __slots__ = ("offset", "row_offsets")
+
+    def __init__(self) -> None:
+        self.offset: Optional[int] = None
+        self.row_offsets: Optional[mx.array] = None  # (B,)
+
+    def set(self, start: Start) -> tuple[Optional[int], Optional[mx.array]]:
+        """Declare the position of column 0 (one int, or one per row); returns the old value."""
+        old = (self.offset, self.row_offsets)
+        self.offset, rows = normalise_start(start)
+        self.row_offsets = None if rows is None else mx.array(rows)
+        return old
+
+
+Start = Union[int, Sequence[int], mx.array, None]
+
+
+def normalise_start(start: Start) -> tuple[Optional[int], Optional[list[int]]]:
+    """(the largest row's position, each row's or None when there is one) of a start."""
+    if start is None or isinstance(start, int):
+        return start, None
+    rows = [int(r) for r in (start.tolist() if isinstance(start, mx.array) else start)]
+    return max(rows), (rows if len(rows) > 1 else None)
 
 
 def _find_cache(args: tuple, kwargs: dict) -> Any:
@@ -81,10 +136,11 @@ class BlockFrame:
     """Per-block state shared by a block's wrappers: how many hooks are live, and the offsets of
     the forward pass currently running (set by the block wrapper, read by its sub-wrappers)."""
 
-    __slots__ = ("active", "offset", "row_offsets", "length")
+    __slots__ = ("active", "clock", "offset", "row_offsets", "length")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: TokenClock) -> None:
         self.active = 0
+        self.clock = clock
         self.offset = 0
         self.row_offsets: Optional[mx.array] = None
         self.length = 0
@@ -149,8 +205,11 @@ class HookWrapper(nn.Module):
         if not frame.active or not (self._mlux_is_block or self._mlux_hooks):
             return self._mlux_module(*args, **kwargs)
         if self._mlux_is_block:
-            # Read the cache offset before the block runs: its attention advances the cache.
-            frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
+            clock = frame.clock
+            if clock.offset is not None:
+                frame.offset, frame.row_offsets = clock.offset, clock.row_offsets
+            else:  # a plain mlx-lm call: read before the block runs, which advances the cache
+                frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
             frame.length = args[0].shape[1] if args and hasattr(args[0], "shape") else 0
         out = self._mlux_module(*args, **kwargs)
         if not self._mlux_hooks:

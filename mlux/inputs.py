@@ -48,11 +48,13 @@ class TokenBatch:
 @dataclass
 class RowGroup:
     """Rows of a batch that run through the model together: their indices in the batch, their
-    tokens `(b, T)` and the cache they run on (None: no cache)."""
+    tokens `(b, T)`, the cache they run on (None: no cache) and each row's position of column 0
+    (minus its left padding)."""
 
     rows: list[int]
     tokens: mx.array
     cache: Optional[list[Any]]
+    start: Union[int, list[int]] = 0
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

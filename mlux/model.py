@@ -12,7 +12,16 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .arch import Architecture, detect_architecture, hidden_size_of
 from .distributed import Sharding, detect_sharding
-from .hooks import BlockFrame, Hook, HookWrapper
+from .hooks import (
+    BlockFrame,
+    Hook,
+    HookWrapper,
+    Start,
+    TokenClock,
+    cache_start,
+    mark_position,
+    normalise_start,
+)
 from .inputs import (
     Inputs,
     RowGroup,
@@ -57,6 +66,7 @@ class HookedModel:
         # Steering added to every row mlux's decoder starts (`SteeringVector.apply`).
         self.ambient_steering: list[Any] = []
         self._config = None
+        self.clock = TokenClock()  # the position every hook sees, declared per forward
         self._unknown_warned = False  # the mostly-<unk> prompt warning is given once per model
         self._install_wrappers()
 
@@ -79,8 +89,9 @@ class HookedModel:
             block = blocks[i]
             if isinstance(block, HookWrapper):  # wrapped before (another HookedModel): reuse
                 frame = block._mlux_frame
+                self.clock = frame.clock
             else:
-                frame = BlockFrame()
+                frame = BlockFrame(self.clock)
                 block = blocks[i] = HookWrapper(block, f"residuals_{i}", i, frame)
             self._points[f"residuals_{i}"] = block
             inner = block.wrapped
@@ -278,18 +289,33 @@ class HookedModel:
         if len(rows) == 1:  # a lone row runs on mlx-lm's plain cache, as mlx-lm runs it
             return [RowGroup(rows, batch.tokens, make_prompt_cache(self.model))]
         if self.supports_padded_batch():
-            return [RowGroup(rows, batch.tokens, make_batch_cache(self.model, batch.left_padding))]
+            return [RowGroup(rows, batch.tokens, make_batch_cache(self.model, batch.left_padding),
+                             [-p for p in batch.left_padding])]
         return [RowGroup([i], batch.tokens[i : i + 1, pad:],
                          make_prompt_cache(self.model) if cache else None)
                 for i, pad in enumerate(batch.left_padding)]
 
+    def forward_at(self, tokens: mx.array, cache: Any, start: Start = 0) -> mx.array:
+        """The one way mlux runs the model: logits of `tokens` `(B, T)` on `cache`, with every
+        hook told that column 0 sits at absolute position `start` (one int, or one per row),
+        whatever kind of cache each block holds; the cache is stamped with where it now is."""
+        old = self.clock.set(start)
+        try:
+            logits = self.model(tokens, cache=cache)
+        finally:
+            self.clock.offset, self.clock.row_offsets = old
+        if cache is not None:
+            t = tokens.shape[1]
+            offset, rows = normalise_start(start)
+            mark_position(cache, offset + t, None if rows is None else mx.array(rows) + t)
+        return logits
+
     def forward(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
         """Logits `(B, T, V)`. Padded batches run masked, so each row equals its own run."""
         batch = inputs if isinstance(inputs, TokenBatch) else self.tokenize(inputs)
-        if cache is not None:
-            return self.model(batch.tokens, cache=cache)
-        return self._join(batch, [self.model(g.tokens, cache=g.cache)
-                                  for g in self.split_batch(batch)])
+        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache,
+                            _start_of(cache))] if cache is not None else self.split_batch(batch))
+        return self._join(batch, [self.forward_at(g.tokens, g.cache, g.start) for g in groups])
 
     @staticmethod
     def _join(batch: TokenBatch, parts: list[mx.array]) -> mx.array:
@@ -368,14 +394,14 @@ class HookedModel:
             return hook
 
         batch = self.tokenize(inputs)
-        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache)]
-                  if cache is not None else self.split_batch(batch))
+        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache,
+                            _start_of(cache))] if cache is not None else self.split_batch(batch))
         logits, parts = [], []
         with self.hooks(hooks), self.hooks([(n, record(n)) for n in local]):
             for group in groups:
                 store.clear()
                 try:
-                    logits.append(self.model(group.tokens, cache=group.cache))
+                    logits.append(self.forward_at(group.tokens, group.cache, group.start))
                 except _Stop:
                     pass
                 missing = [n for n in local if n not in store]
@@ -391,6 +417,12 @@ class HookedModel:
         precision = f"{q['bits']}-bit" if q else str(self.dtype)
         return (f"HookedModel({self.model_id!r}, {self.model_type}, layers={self.num_layers}, "
                 f"hidden={self.hidden_size}, {precision})")
+
+
+def _start_of(cache: Any) -> Union[int, list[int]]:
+    """A caller's cache's position: one int, or one per row of a batch cache."""
+    offset, rows = cache_start(cache)
+    return offset if rows is None else [int(r) for r in rows.tolist()]
 
 
 def _model_id_of(model: nn.Module) -> Optional[str]:

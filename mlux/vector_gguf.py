@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlux.atomic import PathLike, atomic_write
+from mlux.untrusted import short
 from mlux.vector_files import existing_file, from_header, header_json
 
 __all__ = ["UNKNOWN_MODEL_HINT", "export_gguf", "import_gguf", "llama_layer_index"]
@@ -107,7 +108,7 @@ def import_gguf(path: PathLike, *, vector_cls: Any) -> SteeringVector:
     arch = _gguf_string(reader, "general.architecture", path)
     if arch != _ARCH:
         raise ValueError(f"{path} is not a llama.cpp control vector: general.architecture is "
-                         f"{arch!r}, expected {_ARCH!r}")
+                         f"{short(arch)}, expected {_ARCH!r}")
     directions: dict[int, np.ndarray] = {}
     for tensor in reader.tensors:
         _add_direction(directions, tensor, gguf, path)
@@ -117,7 +118,7 @@ def import_gguf(path: PathLike, *, vector_cls: Any) -> SteeringVector:
     raw = _gguf_string(reader, _META_KEY, path)
     del reader
     if raw is not None:
-        return from_header(vector_cls, directions, raw, path)
+        return from_header(vector_cls, directions, raw, path)[0]
     model_id = None if hint in (None, "", UNKNOWN_MODEL_HINT) else hint
     return vector_cls(directions, model_id=model_id, method="unknown",
                       metadata={"source_format": "gguf", "model_hint": hint})
@@ -128,21 +129,21 @@ def _add_direction(directions: dict[int, np.ndarray], tensor: Any, gguf: Any, pa
     """Check one tensor as llama.cpp does and add it into `directions` (summing repeats)."""
     name = tensor.name
     layer = llama_layer_index(name)
-    refused = f"{path}: llama.cpp refuses this file: tensor {name!r}"
+    refused = f"{path}: llama.cpp refuses this file: tensor {short(name)}"
     if layer is None or layer < 0:
         raise ValueError(f"{refused} is not named direction.N with N a layer index >= 1")
     if layer == 0:
         raise ValueError(f"{refused} is layer 0 (llama.cpp never steers block 0's output: "
                          "'invalid (zero) direction tensor layer index')")
     if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-        raise ValueError(f"{path}: tensor {name} is {tensor.tensor_type.name}, not F32")
+        raise ValueError(f"{path}: tensor {short(name)} is {tensor.tensor_type.name}, not F32")
     if len(tensor.shape) != 1:
-        raise ValueError(f"{path}: tensor {name} is not 1-D: {list(tensor.shape)}")
+        raise ValueError(f"{path}: tensor {short(name)} is not 1-D: {list(tensor.shape)}")
     # Copy out of the reader's memory map so the file can be closed or replaced.
     data = np.array(tensor.data, dtype=np.float32)
     sizes = {d.shape[0] for d in directions.values()}
     if sizes and data.shape[0] not in sizes:
-        raise ValueError(f"{path}: tensor {name} has {data.shape[0]} values, the others "
+        raise ValueError(f"{path}: tensor {short(name)} has {data.shape[0]} values, the others "
                          f"{sizes.pop()} (llama.cpp: 'does not match previous dimensions')")
     # llama.cpp adds every tensor into its layer's slot, so two names for one layer sum.
     directions[layer] = directions[layer] + data if layer in directions else data
@@ -160,7 +161,11 @@ def _gguf_string(reader: Any, key: str, path: Path) -> str | None:
     fld = reader.get_field(key)
     if fld is None:
         return None
-    value = fld.contents()
-    if not isinstance(value, str):
-        raise ValueError(f"{path}: GGUF key {key} should be a string, got {value!r}")
-    return value
+    if fld.types != [_import_gguf().GGUFValueType.STRING]:
+        kinds = "/".join(t.name for t in fld.types) or "nothing"
+        raise ValueError(f"{path}: GGUF key {key} should be a string, got {kinds}")
+    try:  # decoded here, not by gguf, so that a bad byte names the file and the key
+        return bytes(fld.parts[-1]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: GGUF key {key} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlux.vectors import SteeringVector, read_summary
+from mlux.vectors import SteeringVector
 
 __all__ = ["NAME_RULE", "VectorLibrary", "validate_name"]
 
@@ -101,9 +101,10 @@ class VectorLibrary:
         """One dict per stored vector, sorted by name: ``name`` plus summary metadata
         (model_id, method, num_pairs, hidden_size, layers, norms, created, version).
 
-        Reads only file headers, checked against the file (a truncated one is unreadable);
-        a file without mlux metadata is loaded, for its norms. A file that cannot be read is
-        listed with an ``error`` entry (naming no folder) rather than hiding it or failing.
+        Each file is checked by the one validator that loading uses (``mlux.vector_check``
+        through ``SteeringVector.load``), so a file listed as fine loads. A file that cannot
+        be read is listed with an ``error`` entry (naming no folder) rather than hiding it or
+        failing the list.
         """
         if not self.root.is_dir():
             return []
@@ -114,18 +115,11 @@ class VectorLibrary:
                 continue  # temp files and names this library could never have written
             try:
                 with self._errors():
-                    info = read_summary(path)
-                    if info.get("norms") is None:  # no mlux header: load for norms and checks
-                        vector = SteeringVector.load(path)
-                        info = {**info, "norms": vector.norms, "layers": vector.layers}
+                    vector = SteeringVector.load(path)
             except (OSError, ValueError) as exc:
                 entries.append({"name": name, "error": str(exc)})
                 continue
-            entry: dict[str, Any] = {"name": name}
-            entry.update({key: info.get(key) for key in _SUMMARY_KEYS})
-            if isinstance(entry["norms"], dict):  # JSON keys are strings; match .norms
-                entry["norms"] = {int(k): v for k, v in entry["norms"].items()}
-            entries.append(entry)
+            entries.append({"name": name, **{key: getattr(vector, key) for key in _SUMMARY_KEYS}})
         return entries
 
     @contextlib.contextmanager

@@ -318,5 +318,6 @@ class SteeringVector(Mapping):
 
 
 def read_summary(path: PathLike) -> dict[str, Any]:
-    """The mlux metadata of a saved vector without loading its tensors (for listings)."""
-    return vector_files.read_summary(path)
+    """The mlux metadata of a saved vector (for listings), checked exactly as ``load`` checks
+    it (``mlux.vector_check``): a file summarised here loads."""
+    return vector_files.read_summary(path, vector_cls=SteeringVector)

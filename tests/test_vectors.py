@@ -382,7 +382,7 @@ def test_library_lists_unreadable_files_with_error(tmp_path: Path) -> None:
     (tmp_path / ".tmpfile.safetensors").write_bytes(b"xx")  # never a legal name: skipped
     listing = VectorLibrary(tmp_path).list()
     assert [e["name"] for e in listing] == ["broken"]
-    assert "not a safetensors file" in listing[0]["error"]
+    assert "not a readable safetensors file" in listing[0]["error"]
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,11 @@ from tqdm import tqdm
 from mlux.atomic import PathLike, atomic_write_json
 from mlux.distributed import world_size
 from mlux.model import HookedModel
+from mlux.untrusted import short
 
 from .capture import encode_prompts
-from .chunks import CollectionResult, chunk_tensors, prepare_dir, run_chunk, run_header
+from .chunks import CollectionResult, chunk_tensors, claimed_dir, run_chunk, run_header
 from .data import load_dataset
-from .lock import folder_lock, remove_orphans
 from .manifest import Manifest
 from .parallel import collect_data_parallel
 from .plan import CollectionPlan, make_plan
@@ -62,18 +62,19 @@ def _check_vocab(rows: dict[str, list[list[int]]], prompts: dict[str, list[str]]
     for c, rs in rows.items():
         for i, r in enumerate(rs):
             if vocab_size and max(r) >= vocab_size:
-                raise ValueError(f"prompt {prompts[c][i]!r} (category {c!r}) encodes to token "
-                                 f"id {max(r)}, beyond the model's vocabulary of {vocab_size}: "
-                                 "the tokenizer does not match the model's weights")
+                raise ValueError(f"prompt {short(prompts[c][i])} (category {short(c)}) encodes "
+                                 f"to token id {max(r)}, beyond the model's vocabulary of "
+                                 f"{vocab_size}: the tokenizer does not match the model's weights")
 
 
 def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedModel] = None,
-            progress: bool = True, dry_run: bool = False,
+            progress: bool = True, dry_run: bool = False, force: bool = False,
             echo: Callable[[str], None] = print) -> CollectionResult:
     """Collect the activations a config describes (a `CollectConfig` or a YAML path).
 
     Prints the plan (hook points, storage and memory estimates, suggested batch size) first;
     `dry_run` stops there. `hooked` reuses an already loaded model as is. Reruns resume.
+    A non-empty folder without an mlux manifest is refused unless `force`.
     """
     if not isinstance(config, CollectConfig):
         config = load_config(config)
@@ -98,11 +99,8 @@ def collect(config: Union[CollectConfig, PathLike], *, hooked: Optional[HookedMo
     if group is not None:
 
         return collect_data_parallel(group, config, hooked, hooks, dataset, rows, lengths, plan,
-                                     result_dir, progress, echo)
-    prepare_dir(result_dir)
-    with folder_lock(result_dir, "collect", echo=echo):
-        # temp files of a killed run: ours now, and never complete (sae/ has its own lock)
-        remove_orphans(result_dir, ("activations", "generations"))
+                                     result_dir, progress, echo, force=force)
+    with claimed_dir(result_dir, force=force, echo=echo):
         return _collect_chunks(config, hooked, hooks, dataset, rows, lengths, plan, result_dir,
                                progress)
 

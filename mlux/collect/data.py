@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from mlux.untrusted import short
+
 from .run_config import DataSection
 
 __all__ = [
@@ -65,7 +67,7 @@ def resolve_data_path(path: str, config_file: Optional[Path]) -> Path:
             return c
     tried = " or ".join(str(c) for c in candidates[:2]) + (" or their parents"
                                                            if len(candidates) > 2 else "")
-    raise FileNotFoundError(f"data.path {path!r} does not exist (looked in {tried})")
+    raise FileNotFoundError(f"data.path {short(path)} does not exist (looked in {tried})")
 
 
 def _add(out: dict[str, list[str]], category: str, text: str, where: str) -> None:
@@ -79,23 +81,24 @@ def _read_rows(rows: Sequence[tuple[str, dict]], text_field: str, category_field
     has_cat = [category_field in r for _, r in rows]
     if any(has_cat) and not all(has_cat):
         where = rows[has_cat.index(False)][0]
-        raise ValueError(f"{where}: no {category_field!r} field, but other rows have one")
+        raise ValueError(f"{where}: no {short(category_field)} field, but other rows have one")
     out: dict[str, list[str]] = {}
     for where, row in rows:
         if text_field not in row:
-            raise ValueError(f"{where}: no {text_field!r} field (fields: {', '.join(row)}); "
+            fields = short(", ".join(row), 200)
+            raise ValueError(f"{where}: no {short(text_field)} field (fields: {fields}); "
                              "set data.text_field")
         text, cat = row[text_field], row.get(category_field, DEFAULT_CATEGORY)
         if not isinstance(text, str) or not isinstance(cat, (str, int)):
-            raise ValueError(f"{where}: {text_field!r} must be a string and {category_field!r} "
-                             "a string")
+            raise ValueError(f"{where}: {short(text_field)} must be a string and "
+                             f"{short(category_field)} a string")
         _add(out, str(cat), text, where)
     return out
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -109,7 +112,7 @@ def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> list[tuple[str, dict]]:
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM is no field
         reader = csv.DictReader(fh)
         return [(f"{path}:{n}", {k: v for k, v in row.items() if k is not None and v is not None})
                 for n, row in enumerate(reader, 2)]
@@ -123,7 +126,7 @@ def _folder(path: Path) -> dict[str, list[str]]:
                 if line.strip():
                     _add(out, entry.stem, line, f"{entry}:{n}")
         elif entry.is_dir():
-            for f in sorted(entry.glob("*.txt")):
+            for f in sorted(f for f in entry.glob("*.txt") if f.is_file()):  # no FIFO: hangs
                 _add(out, entry.name, f.read_text(encoding="utf-8").strip(), str(f))
     return out
 
@@ -131,6 +134,9 @@ def _folder(path: Path) -> dict[str, list[str]]:
 def read_prompts(path: Path, *, text_field: str = "text", category_field: str = "category"
                  ) -> dict[str, list[str]]:
     """All prompts of a JSONL/CSV file or folder, by category, in file order."""
+    if not path.is_dir() and not path.is_file():  # reading a FIFO or device would block
+        raise ValueError(f"data.path {path} is not a regular file or folder (a pipe or "
+                         "device?); give a .jsonl or .csv file or a folder of .txt files")
     try:
         if path.is_dir():
             out = _folder(path)
@@ -139,8 +145,8 @@ def read_prompts(path: Path, *, text_field: str = "text", category_field: str = 
         elif path.suffix == ".csv":
             out = _read_rows(_csv_rows(path), text_field, category_field)
         else:
-            raise ValueError(f"data.path {path}: unsupported file type {path.suffix!r}; use a "
-                             ".jsonl or .csv file or a folder of .txt files")
+            raise ValueError(f"data.path {path}: unsupported file type {short(path.suffix)}; "
+                             "use a .jsonl or .csv file or a folder of .txt files")
     except UnicodeDecodeError as e:
         raise ValueError(f"data.path {path}: not UTF-8 text ({e.reason})") from None
     if not out:

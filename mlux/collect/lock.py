@@ -122,11 +122,15 @@ def folder_lock(folder: Path, purpose: str, *, echo: Callable[[str], None] = pri
         os.close(fd)
 
 
-def remove_orphans(folder: Path, recurse_into: tuple[str, ...] = ()) -> list[Path]:
+def remove_orphans(folder: Path, recurse_into: tuple[str, ...] = (), *,
+                   targets: Optional[tuple[str, ...]] = None) -> list[Path]:
     """Delete temp files/directories of interrupted atomic writes in `folder` and anywhere under
-    its subfolders `recurse_into`. Call it only while holding `folder_lock`: a live writer's temp
-    files look the same (hence no blind recursion into folders another lock guards)."""
-    found = [p for p in folder.glob(".*") if _ORPHAN.match(p.name)]
+    its subfolders `recurse_into`. `targets` names the files mlux writes in `folder` itself:
+    only their temp files are removed there (a user's `.notes.0123456789ab.tmp` stays); None
+    means any. Call it only while holding `folder_lock`: a live writer's temp files look the
+    same (hence no blind recursion into folders another lock guards)."""
+    found = [p for p in folder.glob(".*") if _ORPHAN.match(p.name) and (
+        targets is None or p.name[1:].rsplit(".", 2)[0] in targets)]
     for sub in recurse_into:
         found += [p for p in (folder / sub).rglob(".*") if _ORPHAN.match(p.name)]
     for p in found:

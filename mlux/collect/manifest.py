@@ -22,6 +22,7 @@ from mlux.atomic import PathLike, atomic_write_json
 
 from .data import category_slug
 from .fingerprint import diff_model, diff_settings
+from .run_config import SAESection, section
 from .store import ActivationStore
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "load_activations",
@@ -111,6 +112,12 @@ class Manifest:
 
     def save(self) -> None:
         atomic_write_json(self.root / MANIFEST_NAME, self.data)
+
+    def sae_settings(self) -> SAESection:
+        """The `sae:` section of the config this collection was made with (the defaults when
+        it had none): what `mlux train-sae` and `train_saes(result_dir)` train with."""
+        raw = (self.data.get("config") or {}).get("sae")
+        return SAESection() if raw is None else section("sae", raw)
 
     # -- facts --------------------------------------------------------------------------------
     @property

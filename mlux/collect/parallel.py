@@ -29,8 +29,7 @@ from tqdm import tqdm
 from mlux.atomic import atomic_write_json
 from mlux.model import HookedModel
 
-from .chunks import CollectionResult, chunk_tensors, prepare_dir, run_chunk, run_header
-from .lock import folder_lock, remove_orphans
+from .chunks import CollectionResult, chunk_tensors, claimed_dir, run_chunk, run_header
 from .manifest import Manifest
 from .plan import CollectionPlan
 from .run_config import CollectConfig
@@ -109,7 +108,8 @@ def _all_ok(group: Any, ok: bool) -> bool:
 def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel,
                           hooks: list[str], dataset: Any, rows: dict[str, list[list[int]]],
                           lengths: dict[str, list[int]], plan: CollectionPlan, result_dir: Path,
-                          progress: bool, echo: Callable[[str], None]) -> CollectionResult:
+                          progress: bool, echo: Callable[[str], None], *, force: bool = False
+                          ) -> CollectionResult:
     me, size = group.rank(), group.size()
     header = run_header(config, hooked, hooks, dataset.prompts, lengths, dataset.source)
     mine = {"fingerprint": header["fingerprint"], "model": header["model"]["fingerprint"],
@@ -119,9 +119,7 @@ def collect_data_parallel(group: Any, config: CollectConfig, hooked: HookedModel
     with contextlib.ExitStack() as stack:
         if me == 0:
             try:
-                prepare_dir(result_dir)
-                stack.enter_context(folder_lock(result_dir, "collect", echo=echo))
-                remove_orphans(result_dir, ("activations", "generations"))
+                stack.enter_context(claimed_dir(result_dir, force=force, echo=echo))
                 manifest = Manifest.open(result_dir, header)
                 work = [(c, i, s, min(s + config.output.shard_size, len(rs)))
                         for c, rs in rows.items()

@@ -12,11 +12,13 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from mlux.atomic import PathLike
+from mlux.untrusted import short
 
 from .config_checks import UniqueKeyLoader, _choice, _fail, _int, _number, _type
 
 __all__ = [
     "BALANCE_STRATEGIES",
+    "MAX_CONFIG_BYTES",
     "MODEL_DTYPES",
     "POSITIONS",
     "SAE_KINDS",
@@ -29,6 +31,7 @@ __all__ = [
     "SAESection",
     "config_from_dict",
     "load_config",
+    "section",
 ]
 
 POSITIONS = ("last", "mean", "all", "generated")
@@ -58,7 +61,7 @@ class ModelSection:
         if not items or any(isinstance(s, bool) or not isinstance(s, (str, int)) for s in items):
             raise _fail("model.activation_layers", "must be a layer spec string ('all', "
                         "'residuals_10-21', 'mlp_all', ...), an int, or a list of these; "
-                        f"got {spec!r}")
+                        f"got {short(spec)}")
         if isinstance(spec, list):
             object.__setattr__(self, "activation_layers", tuple(spec))
 
@@ -82,7 +85,7 @@ class InferenceSection:
         positions = (positions,) if isinstance(positions, str) else positions
         if not isinstance(positions, (list, tuple)) or not positions:
             raise _fail("inference.positions", f"must be one of {', '.join(POSITIONS)} or a "
-                                               f"list of them; got {self.positions!r}")
+                                               f"list of them; got {short(self.positions)}")
         for p in positions:
             _choice("inference.positions", p, POSITIONS)
         object.__setattr__(self, "positions", tuple(dict.fromkeys(positions)))
@@ -111,7 +114,7 @@ class DataSection:
         if cats is None:
             cats = ()
         if not isinstance(cats, (list, tuple)) or not all(isinstance(c, str) for c in cats):
-            raise _fail("data.categories", f"must be a list of category names, got {cats!r}")
+            raise _fail("data.categories", f"must be a list of category names, got {short(cats)}")
         repeated = sorted({c for c in cats if list(cats).count(c) > 1})
         if repeated:
             raise _fail("data.categories", f"lists {', '.join(map(repr, repeated))} more than once")
@@ -134,6 +137,9 @@ class OutputSection:
 
     def __post_init__(self) -> None:
         _type("output.result_dir", self.result_dir, str, "a directory path")
+        if not self.result_dir.strip():  # "" would silently mean the current folder
+            raise _fail("output.result_dir", "is empty; give a folder (\".\" for the current "
+                                             "one)")
         _int("output.shard_size", self.shard_size, 1)
         _choice("output.activation_dtype", self.activation_dtype, STORE_DTYPES)
 
@@ -199,6 +205,7 @@ _SECTIONS: Mapping[str, type] = {
     "output": OutputSection, "sae": SAESection,
 }
 _REQUIRED = ("model", "data", "output")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _listify(value: Any) -> Any:
@@ -213,15 +220,16 @@ def _unknown(where: str, keys: list[str], valid: list[str]) -> ValueError:
     hints = []
     for key in keys:
         close = difflib.get_close_matches(str(key), valid, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints.append(short(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
     return ValueError(f"config {where}: unknown key{'s' if len(keys) > 1 else ''} "
                       f"{', '.join(hints)}; valid keys: {', '.join(valid)}")
 
 
-def _section(name: str, raw: Any) -> Any:
+def section(name: str, raw: Any) -> Any:
+    """One validated section (`"sae"`, `"model"`, ...) from its parsed mapping."""
     cls = _SECTIONS[name]
     if not isinstance(raw, Mapping):
-        raise _fail(name, f"must be a mapping of keys to values, got {raw!r}")
+        raise _fail(name, f"must be a mapping of keys to values, got {short(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in fields]
     if unknown:
@@ -246,7 +254,7 @@ def config_from_dict(raw: Any, *, source: Optional[PathLike] = None) -> CollectC
     if missing:
         raise ValueError(f"config is missing section{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(missing)} (required: {', '.join(_REQUIRED)})")
-    sections = {name: _section(name, raw[name]) for name in _SECTIONS if name in raw}
+    sections = {name: section(name, raw[name]) for name in _SECTIONS if name in raw}
     return CollectConfig(**sections, source=Path(source) if source else None)
 
 
@@ -256,13 +264,19 @@ def load_config(path: PathLike) -> CollectConfig:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist" if not p.exists()
                                 else f"config path {p} is not a file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config {p} is {p.stat().st_size} bytes; a collection config is "
+                         f"at most {MAX_CONFIG_BYTES} (prompts belong in data.path)")
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        raw = yaml.load(p.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise ValueError(f"config {p}: nested too deeply to be a collection config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"config {p}: malformed YAML{where}: {problem}") from None
+        kind = "refused" if isinstance(e, yaml.constructor.ConstructorError) else "malformed YAML"
+        raise ValueError(f"config {p}: {kind}{where}: {problem}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"config {p}: not UTF-8 text ({e.reason})") from None
     if raw is None:

@@ -4,13 +4,14 @@ Per layer: the vector's norm, then a geometric sweep of alpha. At each alpha the
 continuations are measured for repetition, distinct-2 collapse, non-finite activations,
 perplexity under the *unsteered* model and KL of the next-token distribution from the
 baseline. The first alpha that trips a threshold is the degeneration point; the one before is
-`max_safe_alpha`. Across layers `max_safe_alpha ~= c / norm`, and `c` (with its spread) gives
-a starting range for any layer. A layer that never degenerated within the grid has a lower
+`max_safe_alpha`; each layer's starting range is [0.25, 0.5] x its own max safe alpha. Across
+layers `max_safe_alpha ~= c / norm`, and `c` (with its spread) gives a first guess for layers
+not calibrated. A layer that never degenerated within the grid has a lower
 bound only (its max safe alpha is the grid's end), and so has `c` when no layer degenerated.
 The plot shows the perplexity ratio to the unsteered text (the metric that usually trips) and
 marks each layer's degeneration point with what tripped.
 
-    python -m mlux.experiments.alpha_calibration --output results.json
+    mkdir -p results && mlux calibrate --output results/alpha_calibration.json
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from .options import (
     sweep_inputs,
 )
 
-__all__ = ["THRESHOLDS", "VERB", "CalibrationResult", "alpha_calibration", "main"]
+__all__ = ["THRESHOLDS", "VERB", "CalibrationResult", "alpha_calibration", "main",
+           "start_ranges"]
 
 # A cell degenerates when any of these trips (relative to the unsteered baseline).
 THRESHOLDS = {"distinct_2_ratio": 0.6, "repetition_3": 0.5,
@@ -159,7 +161,7 @@ def alpha_calibration(
     c = statistics.median(cs) if cs else 0.0
     spread = {"min": min(cs, default=0.0), "max": max(cs, default=0.0),
               "std": statistics.pstdev(cs) if len(cs) > 1 else 0.0}
-    rec = {r["layer"]: [0.25 * c / r["vector_norm"], 0.5 * c / r["vector_norm"]] for r in rows}
+    rec = start_ranges(rows)
     lower = all(r["degenerates_at"] is None for r in rows)
     out = CalibrationResult(rows, {k: base[k] for k in ("distinct_2", "repetition_3",
                                                         "perplexity")}, c, spread, rec, lower)
@@ -167,6 +169,12 @@ def alpha_calibration(
         result.finish({"c": c, "c_spread": spread, "recommended": rec, "lower_bound": lower,
                        "max_safe_alpha": {r["layer"]: r["max_safe_alpha"] for r in rows}})
     return out
+
+
+def start_ranges(rows: Sequence[dict[str, Any]]) -> dict[int, list[float]]:
+    """Each layer's starting alpha range, [0.25, 0.5] x that layer's own max safe alpha: never
+    above what that layer stood (the median c / norm can be, for a layer that breaks early)."""
+    return {r["layer"]: [0.25 * r["max_safe_alpha"], 0.5 * r["max_safe_alpha"]] for r in rows}
 
 
 def _ratio(m: dict[str, Any], base: dict[str, float], cap: float = 1e3) -> float:
@@ -251,8 +259,8 @@ def print_table(res: CalibrationResult) -> None:
               "alphas tried, so the real limits are higher; extend --alphas to find them. "
               "The start ranges are safe but may be timid.")
     else:
-        print(f"c = {res.c:.3g} ({spread}); start at alpha in [0.25, 0.5] * c / norm (the "
-              "start ranges above).")
+        print(f"c = {res.c:.3g} ({spread}): a first guess for other layers, alpha ~ c / norm; "
+              "each layer above starts at [0.25, 0.5] x its own max safe alpha.")
 
 
 VERB = Verb("calibrate", "find where each layer's output degenerates", add_arguments, run,

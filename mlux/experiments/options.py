@@ -28,6 +28,10 @@ __all__ = [
     "SweepInputs",
     "add_common_arguments",
     "add_contrast_arguments",
+    "add_model_argument",
+    "check_chat",
+    "float_at_least",
+    "probability",
     "check_output_folders",
     "contrast_from_args",
     "contrast_prompts",
@@ -133,10 +137,39 @@ def float_at_least(low: float) -> Any:
     return parse
 
 
+def probability(text: str) -> float:
+    """An argparse `type` for `--top-p`: a float in (0, 1], checked before anything runs."""
+    value = float(text)  # a ValueError is argparse's "invalid probability value: 'x'"
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_model_argument(p: argparse.ArgumentParser, **overrides: Any) -> None:
+    """`--model`, the same on every verb that takes a model (default: the built-in model)."""
+    kwargs: dict[str, Any] = dict(default=DEFAULT_MODEL, help="model directory, hub id or "
+                                  f"built-in name ({', '.join(BUILTIN_MODELS)})")
+    p.add_argument("--model", **{**kwargs, **overrides})
+
+
+def check_chat(hooked: HookedModel, chat: bool) -> None:
+    """Refuse `--chat` for a model whose chat template would change nothing: none at all, or
+    one that only joins the messages' text (the built-in model's)."""
+    if not chat:
+        return
+    template = getattr(hooked.tokenizer, "chat_template", None)
+    probe = "mlux probe"
+    rendered = None if template is None else hooked.tokenizer.apply_chat_template(
+        [{"role": "user", "content": probe}], add_generation_prompt=True, tokenize=False)
+    if template is None or str(rendered).strip() == probe:
+        what = "has no chat template" if template is None else (
+            "has no chat template that adds anything (it only joins the messages' text)")
+        raise ValueError(f"--chat: model {hooked.model_id!r} {what}; leave --chat out")
+
+
 def add_contrast_arguments(p: argparse.ArgumentParser) -> None:
     """Where a vector comes from: a model and a contrast (two files, or a built-in set)."""
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="model directory, hub id or built-in name")
+    add_model_argument(p)
     p.add_argument("--positive", metavar="FILE", help="positive contrast prompts, one per line "
                    "(.txt; or .json list / .jsonl); needs --negative (default: the built-in set)")
     p.add_argument("--negative", metavar="FILE", help="negative contrast prompts; needs "
@@ -227,6 +260,7 @@ def sweep_inputs(args: argparse.Namespace) -> SweepInputs:
     test = load_prompts(args.prompts) if args.prompts else test
     scorer, behavior = resolve_scorer(args.behavior, args.model, args.feature)
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     settings: dict[str, Any] = {
         "behavior": behavior, "samples": args.samples, "max_tokens": args.max_tokens,
         "temperature": args.temperature, "seed": args.seed, "chat": args.chat,

@@ -40,7 +40,14 @@ from .common import (
     timed_cell,
     warn_if_few_labelled,
 )
-from .options import RESUME_NOTE, add_common_arguments, parse_floats, plot_path, sweep_inputs
+from .options import (
+    RESUME_NOTE,
+    add_common_arguments,
+    layer_ints,
+    parse_floats,
+    plot_path,
+    sweep_inputs,
+)
 
 __all__ = ["VERB", "find_best_layers", "main", "prompting_baseline", "random_like",
            "strength_sweep"]
@@ -145,8 +152,10 @@ def find_best_layers(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, "strength_sweep.json")
-    p.add_argument("--layer", type=int, default=None, help="layer to steer (default: "
-                   "the model config's first recommended layer; with --vector: its layers)")
+    p.add_argument("--layers", "--layer", dest="layers", default=None,
+                   help='layers to steer, e.g. "2", "1-3" or "residuals_2,residuals_4", as on '
+                   "the other verbs (default: the model config's first recommended layer; with "
+                   "--vector: its layers)")
     p.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS),
                    help="comma-separated alphas; start negative ones with '=' "
                    "(--strengths=-4,-2,0,2,4)")
@@ -157,7 +166,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     strengths = parse_floats(args.strengths, "--strengths")
     inp = sweep_inputs(args)
-    layers = ([args.layer] if args.layer is not None else None if args.vector
+    layers = (layer_ints(inp.hooked, args.layers) if args.layers is not None
+              else None if args.vector
               else inp.hooked.config.get_recommended_layers("default")[:1])
     settings = {**inp.settings, "layers": layers, "strengths": strengths,
                 "instruction": args.instruction}

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..entry import Verb
 from ..experiments.options import (
     add_contrast_arguments,
+    check_chat,
     check_output_folders,
     contrast_from_args,
     layer_ints,
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folders(out)
     pos, neg, _ = contrast_from_args(args)
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     layers = layer_ints(hooked, args.layers) or list(range(hooked.num_layers))
     vector = extract_steering_vectors(hooked, pos, neg, layers, method=args.method,
                                       chat=args.chat)

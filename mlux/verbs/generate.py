@@ -15,9 +15,15 @@ import sys
 from typing import Any, TextIO
 
 from ..behavior import prompt_ids
-from ..builtin import DEFAULT_MODEL
 from ..entry import Verb, int_in
-from ..experiments.options import float_at_least, layer_ints, load_vector
+from ..experiments.options import (
+    add_model_argument,
+    check_chat,
+    float_at_least,
+    layer_ints,
+    load_vector,
+    probability,
+)
 from ..generate import prefill_with_cache, stream_from_cache
 from ..model import HookedModel
 from ..steering import steering_hooks
@@ -27,8 +33,7 @@ __all__ = ["VERB", "stream_text"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory, hub id or "
-                   "built-in name")
+    add_model_argument(p)
     p.add_argument("--vector", metavar="FILE", help="steering vector (.safetensors/.gguf), "
                    "e.g. from mlux extract (default: none, unsteered)")
     p.add_argument("--alpha", type=float, default=None, help="strength: alpha * vector is "
@@ -41,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int_in(1), default=40, help="tokens to generate")
     p.add_argument("--temperature", type=float_at_least(0.0), default=0.0,
                    help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling, in (0, 1]")
     p.add_argument("--seed", type=int_in(0), default=0, help="sampling seed")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat "
                    "template (default: plain text)")
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.vector is None and (args.alpha is not None or args.layers is not None):
         raise ValueError("--alpha and --layers steer with a vector: give --vector FILE too")
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     vector = load_vector(args.vector, hooked) if args.vector else None
     ids = prompt_ids(hooked, args.prompt, args.chat)
     sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature,
