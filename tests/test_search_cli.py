@@ -211,3 +211,20 @@ def test_ctrl_c_then_the_same_command_ends_with_exactly_n_trials(tmp_path, capsy
     trials = json.loads((out / "search.json").read_text())["trials"]
     assert len(trials) == n == _complete(out)
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == n
+
+
+def test_on_a_terminal_without_pick_the_user_is_asked(tmp_path, capsys, monkeypatch):
+    import mlux.verbs.search as verb
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    asked = []
+    monkeypatch.setattr(verb.sys, "stdin", Terminal())
+    monkeypatch.setattr(verb.sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "1")
+    out = tmp_path / "s"
+    code, stdout, _ = _run(capsys, "--trials", "2", "--out", str(out), *FAST)
+    assert code == 0 and asked and "saved trial 1" in stdout
+    assert SteeringVector.load(out / "picked.safetensors").metadata["search"]["trial"] == 1
