@@ -297,3 +297,15 @@ def test_per_row_steered_kl_equals_each_row_steered_alone(tmp_path, arch):
                             hooked.run_with_hooks(p, hooks)[0, -1])
         assert value == pytest.approx(ref, rel=1e-3, abs=1e-5)
     assert got[1] == pytest.approx(0.0, abs=1e-6) and got[0] > 0 and got[2] > 0
+
+
+def test_a_saved_vector_is_searched_over_its_own_layers(toy, setup):
+    vec = SteeringVector({i: setup[0][i] for i in (2, 3)}, model_id="mlux-toy")
+    res = search(
+        toy, vec, list(TEST_PROMPTS), HAPPY, harmless=list(TEST_PROMPTS), trials=3, seed=0,
+        **SMALL)
+    assert res.settings["space"]["layers"] == [2.0, 3.0]
+    assert all(2.0 <= t.params["layer"] <= 3.0 for t in res.trials)
+    gap = SteeringVector({i: setup[0][i] for i in (1, 3)})
+    with pytest.raises(ValueError, match=r"no direction at layers \[2\] of the layer range 1-3"):
+        search(toy, gap, ["the"], HAPPY, harmless=["the"], trials=1)

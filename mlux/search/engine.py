@@ -5,6 +5,7 @@ and decoded as rows of one batch (steer)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -71,6 +72,26 @@ def _directions(hooked: HookedModel, vector: Any, prompts: Sequence[Prompt], cha
     return directions, residual_norms(hooked, list(directions), acts, prompts, chat)
 
 
+def _within(space: SearchSpace, directions: dict[int, mx.array], num_layers: int
+            ) -> SearchSpace:
+    """The space resolved against the vector: by default its own layers (but the model's last
+    fifth); every whole layer of the span must have a direction (the fractional layer
+    interpolates between neighbours)."""
+    if space.layers is None:
+        cap = SearchSpace().resolved(num_layers).layers[1]
+        low = float(min(directions))
+        space = dataclasses.replace(space, layers=(low, max(low, min(float(max(directions)),
+                                                                      cap))))
+    space = space.resolved(num_layers)
+    low, high = space.layers
+    missing = [i for i in range(math.floor(low), math.ceil(high) + 1) if i not in directions]
+    if missing:
+        raise ValueError(f"the vector has no direction at layers {missing} of the layer range "
+                         f"{low:g}-{high:g}; it has {sorted(directions)}: pass a range inside "
+                         "them")
+    return space
+
+
 def search(
     hooked: HookedModel,
     vector_or_contrast: Any,
@@ -114,11 +135,10 @@ def search(
     if avoid and mode != "steer":
         raise ValueError("avoid prompts (a false-positive penalty) go with mode steer: an "
                          "ablation only removes the behaviour")
-    space = (space or SearchSpace()).resolved(hooked.num_layers)
+    space = space or SearchSpace()
+    space.resolved(hooked.num_layers)  # bad ranges fail before any extraction
     directions, residual = _directions(hooked, vector_or_contrast, prompts, chat)
-    if space.layers[1] > max(directions) or math.floor(space.layers[0]) < min(directions):
-        raise ValueError(f"layer range {space.layers[0]:g}-{space.layers[1]:g} reaches past the "
-                         f"vector's layers {sorted(directions)}; pass a range inside them")
+    space = _within(space, directions, hooked.num_layers)
     test = [prompt_ids(hooked, p, chat) for p in prompts]
     neutral = [prompt_ids(hooked, p, chat) for p in harmless]
     elsewhere = [prompt_ids(hooked, p, chat) for p in avoid]
