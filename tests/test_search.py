@@ -306,6 +306,11 @@ def test_a_saved_vector_is_searched_over_its_own_layers(toy, setup):
         **SMALL)
     assert res.settings["space"]["layers"] == [2.0, 3.0]
     assert all(2.0 <= t.params["layer"] <= 3.0 for t in res.trials)
+    wide = search(toy, vec, list(TEST_PROMPTS), HAPPY, harmless=list(TEST_PROMPTS), trials=3,
+                  seed=0, space=SearchSpace(kernel=True, max_distance=5.0), **SMALL)
+    assert any(t.params["distance"] >= 1 for t in wide.trials)
+    for t in wide.trials:  # a profile reaching past the vector steers only where it has layers
+        assert set(wide.to_vector(t).layers) <= {2, 3}
     gap = SteeringVector({i: setup[0][i] for i in (1, 3)})
     with pytest.raises(ValueError, match=r"no direction at layers \[2\] of the layer range 1-3"):
         search(toy, gap, ["the"], HAPPY, harmless=["the"], trials=1)

@@ -43,7 +43,8 @@ def steering_of(params: Params, directions: dict[int, mx.array],
     times weight * strength * the layer's residual norm (alpha 1: the deltas are final)."""
     u = interpolated_direction(directions, float(params["layer"]))
     s = float(params["strength"])
-    deltas = {i: u * (w * s * residual[i]) for i, w in layer_weights(params, num_layers).items()}
+    weights = layer_weights(params, num_layers, residual)
+    deltas = {i: u * (w * s * residual[i]) for i, w in weights.items()}
     return Steering(deltas, 1.0, positions=params["window"])
 
 

@@ -93,7 +93,8 @@ class SearchResult:
         weights in the metadata. Metadata `search` holds params, weights, window, scores."""
         t = trial or self.best()
         u = interpolated_direction(self.directions, float(t.params["layer"]))
-        weights = layer_weights(t.params, self.num_layers)
+        weights = layer_weights(t.params, self.num_layers,
+                                self.residual if self.mode == "steer" else None)
         if self.mode == "steer":
             s = float(t.params["strength"])
             directions = {i: u * (w * s * self.residual[i]) for i, w in weights.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping, Optional
 
 import mlx.core as mx
 
@@ -89,9 +89,11 @@ def suggest(trial: Any, space: SearchSpace, mode: str) -> dict[str, Any]:
     return params
 
 
-def layer_weights(params: Mapping[str, Any], num_layers: int) -> dict[int, float]:
+def layer_weights(params: Mapping[str, Any], num_layers: int,
+                  layers: Optional[Collection[int]] = None) -> dict[int, float]:
     """Per-layer weight of a trial: 1 at `round(layer)`, linear fall-off to `min_weight` at
-    `distance`, nothing beyond; times `max_weight` (ablate). Layers of weight 0 are left out."""
+    `distance`, nothing beyond; times `max_weight` (ablate). Layers of weight 0, and layers
+    outside `layers` when given (steering needs the vector's own layers), are left out."""
     centre = int(round(float(params["layer"])))
     distance = float(params.get("distance", 0.0))
     floor = float(params.get("min_weight", 1.0))
@@ -99,7 +101,7 @@ def layer_weights(params: Mapping[str, Any], num_layers: int) -> dict[int, float
     out = {}
     for i in range(num_layers):
         d = abs(i - centre)
-        if d > distance:
+        if d > distance or (layers is not None and i not in layers):
             continue
         w = scale * (1.0 - (1.0 - floor) * (d / distance if distance > 0 else 0.0))
         if w > 0:
