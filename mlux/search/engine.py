@@ -4,10 +4,8 @@ and decoded as rows of one batch (steer)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,7 +16,6 @@ from tqdm import tqdm
 
 from ..atomic import PathLike, atomic_write_json
 from ..behavior import Prompt, Scorer, prompt_ids
-from ..collect.lock import folder_lock
 from ..experiments.common import _jsonable, residual_norms, sweep_directions
 from ..model import HookedModel
 from .objectives import TrialScorer
@@ -152,30 +149,24 @@ def search(
     folder = None if out is None else Path(out).expanduser()
     goals = ["maximize" if mode == "steer" else "minimize", "minimize"] + \
         (["minimize"] if elsewhere else [])
-    study = open_study(folder, settings, hooked, goals, seed, fresh)
-    scoring = TrialScorer(
-        hooked, mode, directions, residual, test, neutral, scorer, samples=samples,
-        max_tokens=max_tokens, temperature=temperature, seed=seed or 0, score=score,
-        target=token_ids(tok, target) if score == "logodds" else (),
-        against=token_ids(tok, against) if score == "logodds" and against else (),
-        perplexity=perplexity and score == "sampled", avoid=elsewhere)
-    with contextlib.ExitStack() as stack:
-        if folder is not None:  # one run per study folder; a second one is told who holds it
-            stack.enter_context(folder_lock(folder, "search", echo=_note))
+    with open_study(folder, settings, hooked, goals, seed, fresh) as study:
+        scoring = TrialScorer(
+            hooked, mode, directions, residual, test, neutral, scorer, samples=samples,
+            max_tokens=max_tokens, temperature=temperature, seed=seed or 0, score=score,
+            target=token_ids(tok, target) if score == "logodds" else (),
+            against=token_ids(tok, against) if score == "logodds" and against else (),
+            perplexity=perplexity and score == "sampled", avoid=elsewhere)
         _run(study, scoring, space, mode, trials, batch, progress)
-    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
-                  key=lambda t: t.number)
-    result = SearchResult(mode, [Trial(t.number, t.user_attrs["params"], t.values[0], t.values[1],
-                                       t.user_attrs.get("extras", {})) for t in done],
-                          settings, directions, residual, hooked.num_layers, hooked.model_id)
-    if folder is not None:
-        atomic_write_json(folder / "search.json", _jsonable(
-            {"schema": SCHEMA, "model": str(hooked.model_id), **result.to_dict()}))
+        done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.number)
+        result = SearchResult(mode, [Trial(t.number, t.user_attrs["params"], t.values[0],
+                                           t.values[1], t.user_attrs.get("extras", {}))
+                                     for t in done],
+                              settings, directions, residual, hooked.num_layers, hooked.model_id)
+        if folder is not None:
+            atomic_write_json(folder / "search.json", _jsonable(
+                {"schema": SCHEMA, "model": str(hooked.model_id), **result.to_dict()}))
     return result
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _run(study: optuna.Study, scoring: TrialScorer, space: SearchSpace, mode: str,

@@ -1,29 +1,33 @@
 """Where a search lives: an optuna study in the output folder (journal file), so Ctrl-C and a
 rerun continue it, next to `settings.json`, which identifies the study: a rerun with other
 settings is refused naming what changed (the collection's own comparison,
-`mlux.collect.fingerprint`)."""
+`mlux.collect.fingerprint`), and a second run while one holds the folder is refused naming it
+(the collection's `folder_lock`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from ..atomic import atomic_write_json
 from ..collect.fingerprint import diff_model, diff_settings, model_fingerprint
-from ..collect.lock import LOCK_NAME
+from ..collect.lock import LOCK_NAME, folder_lock
 
 __all__ = ["JOURNAL", "SETTINGS", "digest", "open_study", "prompt_digest"]
 
 JOURNAL, SETTINGS = "study.journal", "settings.json"
-_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", f"{JOURNAL}.lock", "picked.safetensors",
-         LOCK_NAME}
+_OURS = {JOURNAL, SETTINGS, "search.json", "search.png", "picked.safetensors", LOCK_NAME}
 
 
 def digest(directions: dict[int, mx.array]) -> str:
@@ -40,13 +44,20 @@ def prompt_digest(prompts: Sequence[Any]) -> dict[str, Any]:
     return {"count": len(prompts), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
+class _HeldByFolderLock(JournalFileOpenLock):
+    """The journal's lock, given up for the folder's: `folder_lock`, held around every use of
+    the study, already makes this process its only writer, and optuna's file locks are not
+    Ctrl-C safe (an interrupt inside their release surfaces as FileNotFoundError or
+    RuntimeError instead of KeyboardInterrupt)."""
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
 def _check_folder(out: Path, settings: dict[str, Any], model: dict[str, Any]) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"search output {out} is a file, not a folder")
-    if not out.parent.is_dir():
-        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
-    if not out.is_dir():
-        return
     path = out / SETTINGS
     if not path.is_file():
         if (out / JOURNAL).exists():
@@ -70,27 +81,39 @@ def _check_folder(out: Path, settings: dict[str, Any], model: dict[str, Any]) ->
                          "--fresh")
 
 
+@contextlib.contextmanager
 def open_study(out: Optional[Path], settings: dict[str, Any], hooked: Any,
-               directions: list[str], seed: Optional[int], fresh: bool = False) -> optuna.Study:
-    """The study of `settings` (in memory when `out` is None), created or resumed. `fresh`
-    drops a previous study in `out` first."""
+               directions: list[str], seed: Optional[int], fresh: bool = False
+               ) -> Iterator[optuna.Study]:
+    """The study of `settings` (in memory when `out` is None), created or resumed, while this
+    process holds `out` (`folder_lock`: a second run is told who holds it). `fresh` drops a
+    previous study in `out` first."""
     optuna.logging.set_verbosity(logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed)
     if out is None:
-        return optuna.create_study(directions=directions, sampler=sampler)
-    if fresh and out.is_dir():
-        for name in _OURS:
-            (out / name).unlink(missing_ok=True)
+        yield optuna.create_study(directions=directions, sampler=sampler)
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"search output {out} is a file, not a folder")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
     model = model_fingerprint(str(hooked.model_id), hooked)
-    _check_folder(out, settings, model)
-    out.mkdir(exist_ok=True)
-    if not (out / SETTINGS).is_file():
-        atomic_write_json(out / SETTINGS, {"settings": settings, "model_fingerprint": model})
-    backend = optuna.storages.journal.JournalFileBackend(str(out / JOURNAL))
-    storage = optuna.storages.JournalStorage(backend)
-    study = optuna.create_study(study_name="mlux-search", storage=storage,
-                                directions=directions, sampler=sampler, load_if_exists=True)
-    if study.trials and seed is not None:
-        # A resumed sampler seeded as before would draw the first run's startup trials again.
-        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    return study
+    with folder_lock(out, "search", echo=_note):
+        if fresh:
+            for name in _OURS - {LOCK_NAME}:
+                (out / name).unlink(missing_ok=True)
+        _check_folder(out, settings, model)
+        if not (out / SETTINGS).is_file():
+            atomic_write_json(out / SETTINGS, {"settings": settings, "model_fingerprint": model})
+        journal = str(out / JOURNAL)
+        backend = JournalFileBackend(journal, lock_obj=_HeldByFolderLock(journal))
+        study = optuna.create_study(study_name="mlux-search", storage=JournalStorage(backend),
+                                    directions=directions, sampler=sampler, load_if_exists=True)
+        if study.trials and seed is not None:
+            # A resumed sampler seeded as before would draw the first run's startup trials again.
+            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+        yield study
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
