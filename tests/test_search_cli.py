@@ -128,11 +128,12 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "logodds": (["--score", "logodds", "--behavior", "json:loads"], "pass --target-words"),
         "pick": (["--pick", "first"], "--pick must be 'best' or a trial number, got 'first'"),
         "save": (["--save", "v.txt"], "--save must end in .safetensors or .gguf"),
+        "chat": (["--chat"], "--chat: model 'mlux-toy' has no chat template that adds anything"),
     }
 
 
 @pytest.mark.parametrize("case", ["trials", "mode", "prompts", "harmless", "vector", "window",
-                                  "logodds", "pick", "save"])
+                                  "logodds", "pick", "save", "chat"])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
     argv, message = _bad(tmp_path)[case]
     code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "s"), *FAST)

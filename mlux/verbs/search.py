@@ -24,6 +24,7 @@ from ..builtin import BUILTIN_MODELS
 from ..entry import Verb, int_in
 from ..experiments.options import (
     add_contrast_arguments,
+    check_chat,
     check_output_folders,
     contrast_from_args,
     float_at_least,
@@ -160,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     harmless = load_prompts(args.harmless) if args.harmless else test
     target, against = _token_words(args, behavior)
     hooked = HookedModel.from_pretrained(args.model)
+    check_chat(hooked, args.chat)
     vector: Any = load_vector(args.vector, hooked) if args.vector else (pos, neg)
     res = search(hooked, vector, prompts, scorer, harmless=harmless, trials=args.trials,
                  mode=args.mode, seed=args.seed, out=args.out, space=space, behavior=behavior,
