@@ -10,7 +10,7 @@ attention and MLP outputs of every block, what `mlux bake --ablate` edits), and 
 of the neutral prompts. Seed 0 throughout; nothing here asserts on timing.
 
     PYTHONPATH=. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
-        python experiments/bench_search.py    # --quick: 6 trials, a smoke test
+        python experiments/bench_search.py    # --quick: a smoke test (4 trials, short samples)
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def _short(params: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser(__doc__, OUT, quick="6 trials: a smoke test").parse_args(argv)
-    trials = 6 if args.quick else 40
+    args = parser(__doc__, OUT, quick="4 trials of 1 short sample, layers 1-2 swept: a smoke "
+                  "test").parse_args(argv)
+    trials = 4 if args.quick else 40
+    samples, max_tokens = (1, 4) if args.quick else (SAMPLES, MAX_TOKENS)
     hooked = HookedModel.from_pretrained("mlux-toy")
     contrast, happy = CONTRAST_PROMPTS["sentiment"], feature_scorer("sentiment", "happy")
     test = list(TEST_PROMPTS)
@@ -57,12 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     residual = residual_norms(hooked, list(directions), acts, test)
     ids = [hooked.tokenize(p).tokens[0].tolist() for p in test]
     steer = TrialScorer(hooked, "steer", directions, residual, ids, ids, happy,
-                        samples=SAMPLES, max_tokens=MAX_TOKENS, seed=SEED)
+                        samples=samples, max_tokens=max_tokens, seed=SEED)
     sweeps = []
     for alpha in ALPHAS:  # the sweep's default push, and the README's
         t0 = clock()
         sweep = layer_sweep(hooked, contrast, test, happy, alpha=alpha, seed=SEED,
-                            samples_per_prompt=SAMPLES, max_tokens=MAX_TOKENS)
+                            samples_per_prompt=samples, max_tokens=max_tokens,
+                            layers=[1, 2] if args.quick else None)
         best_layer = sweep.best_layers[0]
         (grid,) = steer.measure([{"layer": float(best_layer), "strength": alpha,
                                   "window": "all"}])
@@ -78,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = clock()
         res = search(hooked, contrast, test, happy, harmless=test, trials=trials, seed=SEED,
                      out=Path(tmp) / "steer", behavior="toy:sentiment=happy",
-                     samples=SAMPLES, max_tokens=MAX_TOKENS)
+                     samples=samples, max_tokens=max_tokens)
         wall, cpu, _ = since(t0)
         for sw in sweeps:
             kl = sw["grid_point"]["kl"]
@@ -91,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         marked_ids = [hooked.tokenize(p).tokens[0].tolist() for p in marked]
         ablate = TrialScorer(hooked, "ablate", directions, residual, marked_ids, ids, happy,
-                             samples=SAMPLES, max_tokens=MAX_TOKENS, seed=SEED)
+                             samples=samples, max_tokens=max_tokens, seed=SEED)
         # Full weight in every block, the direction of each layer the search may centre on;
         # the one that lands closest to the base rate is the baseline.
         full = [{"layer": float(i), "max_weight": 1.0, "distance": 6.0, "min_weight": 1.0,
@@ -101,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = clock()
         res_a = search(hooked, contrast, marked, happy, harmless=test, trials=trials,
                        seed=SEED, mode="ablate", out=Path(tmp) / "ablate",
-                       behavior="toy:sentiment=happy", samples=SAMPLES, max_tokens=MAX_TOKENS)
+                       behavior="toy:sentiment=happy", samples=samples, max_tokens=max_tokens)
         wall_a, cpu_a, _ = since(t0)
         everywhere, where = min(zip(fulls, full, strict=True),
                                 key=lambda m: abs(m[0].behavior - base.behavior))
@@ -144,8 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = {**environment("bench_search.py", list(argv or []),
                             {"id": "mlux-toy", "num_layers": hooked.num_layers,
                              "hidden_size": hooked.hidden_size},
-                            {"trials": trials, "seed": SEED, "samples": SAMPLES,
-                             "max_tokens": MAX_TOKENS}),
+                            {"trials": trials, "seed": SEED, "samples": samples,
+                             "max_tokens": max_tokens, "quick": args.quick}),
               **report, "table": "\n".join(lines)}
     write_report(args.output, result)
     return 0
