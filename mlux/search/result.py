@@ -10,6 +10,7 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from ..vectors import SteeringVector
+from .objectives import steering_of
 from .space import interpolated_direction, layer_weights
 
 __all__ = ["SearchResult", "Trial", "pareto_front"]
@@ -84,7 +85,9 @@ class SearchResult:
     def trial(self, number: int) -> Trial:
         found = [t for t in self.trials if t.number == number]
         if not found:
-            raise ValueError(f"no trial {number}; trials are 0..{len(self.trials) - 1}")
+            numbers = [t.number for t in self.trials]
+            raise ValueError(f"no trial {number}; the trials are numbered {min(numbers)}.."
+                             f"{max(numbers)}" if numbers else "there are no trials")
         return found[0]
 
     def to_vector(self, trial: Optional[Trial] = None) -> SteeringVector:
@@ -92,14 +95,14 @@ class SearchResult:
         (apply at alpha 1); ablate: the unit direction at the centre layer, the per-layer
         weights in the metadata. Metadata `search` holds params, weights, window, scores."""
         t = trial or self.best()
-        u = interpolated_direction(self.directions, float(t.params["layer"]))
-        weights = layer_weights(t.params, self.num_layers,
-                                self.residual if self.mode == "steer" else None)
-        if self.mode == "steer":
-            s = float(t.params["strength"])
-            directions = {i: u * (w * s * self.residual[i]) for i, w in weights.items()}
+        if self.mode == "steer":  # the very deltas the search steered with
+            directions = dict(steering_of(t.params, self.directions, self.residual,
+                                          self.num_layers).vector)
+            weights = layer_weights(t.params, self.num_layers, self.residual)
         else:
-            directions = {int(round(float(t.params["layer"]))): u}
+            directions = {int(round(float(t.params["layer"]))):
+                          interpolated_direction(self.directions, float(t.params["layer"]))}
+            weights = layer_weights(t.params, self.num_layers)
         meta = {"search": {"mode": self.mode, "trial": t.number, "params": t.params,
                            "window": t.params["window"],
                            "layer_weights": {str(i): w for i, w in weights.items()},
