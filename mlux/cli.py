@@ -19,6 +19,7 @@ from .experiments.options import add_model_argument
 from .explorer import launch
 from .info import model_info
 from .model import HookedModel
+from .sae import cli as sae_cli
 from .verbs import bake, extract, generate
 from .verbs import search as search_verb
 
@@ -83,6 +84,7 @@ VERBS: tuple[Verb, ...] = (
     serve.VERB,
     launch.VERB,
     *collect_cli.VERBS,
+    *sae_cli.VERBS,
     search_verb.VERB,
 )
 

@@ -257,14 +257,22 @@ class Steering:
 
     `vector` is a `(D,)` array (added at every layer in `layers`), a `{layer: (D,)}` dict or a
     `SteeringVector` (its own layers unless `layers` narrows them).
+    `sae_clamp=(sae, feature, value)` clamps an SAE feature at the SAE's hook point instead
+    (`mlux.sae`: adds decode(clamped) - decode(original); value None = its own value).
     """
 
-    vector: Any
+    vector: Any = None
     alpha: float = 1.0
     layers: Optional[Sequence[int]] = None
     positions: Positions = "all"
+    sae_clamp: Optional[tuple[Any, int, Optional[float]]] = None
 
     def per_layer(self) -> dict[int, mx.array]:
+        if self.vector is None:
+            if self.sae_clamp is None:
+                raise ValueError("a Steering term needs a vector or sae_clamp=(sae, feature, "
+                                 "value)")
+            return {}
         return {i: mx.array(v, dtype=mx.float32)
                 for i, v in directions_at(self.vector, self.layers).items()}
 
@@ -314,4 +322,30 @@ def row_steering_hooks(
                 ends.append(end)
             hooks.append((f"residuals_{layer}",
                           create_row_steering_hook(mx.stack(deltas), starts, ends)))
+    return hooks + _sae_clamp_hooks(hooked, rows, prompt_lengths)
+
+
+def _sae_clamp_hooks(hooked: Any, rows: Sequence[RowSteering], prompt_lengths: Sequence[int]
+                     ) -> list[tuple[str, Hook]]:
+    """One hook per (SAE, clamp slot) carrying every row's `sae_clamp` (None for rows without)."""
+    by_sae: dict[int, tuple[Any, dict[int, list[tuple[Any, float, float]]]]] = {}
+    for r, row in enumerate(rows):
+        for term in row_terms(row):
+            if term.sae_clamp is None:
+                continue
+            sae, feature, value = term.sae_clamp
+            if sae.config.hook not in hooked.hook_points:
+                raise ValueError(f"sae_clamp: the SAE's hook_name {sae.config.hook_name!r} is "
+                                 "not a hook point of this model")
+            sae.check_model(hooked.hidden_size, hooked.num_layers)
+            start, end = resolve_positions(term.positions, prompt_lengths[r])
+            by_sae.setdefault(id(sae), (sae, {}))[1].setdefault(r, []).append(
+                ((feature, value), start, end))
+    hooks = []
+    for sae, per_row in by_sae.values():
+        for k in range(max(len(v) for v in per_row.values())):
+            slot = [per_row.get(r, [])[k] if k < len(per_row.get(r, [])) else
+                    (None, 0, float("inf")) for r in range(len(rows))]
+            hooks.append((sae.config.hook, sae.row_clamp_hook(
+                [c for c, _, _ in slot], [s for _, s, _ in slot], [e for _, _, e in slot])))
     return hooks

@@ -21,11 +21,11 @@ from mlux.collect import (
     config_from_dict,
     folder_lock,
     load_activations,
-    train_saes,
 )
 from mlux.collect.cli import main as cli_main
 from mlux.collect.run_config import SAESection
 from mlux.model import HookedModel
+from mlux.sae import train_saes
 from mlux.testing import save_tiny_model
 
 HOOKS = ("residuals_1", "residuals_2")

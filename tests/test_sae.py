@@ -1,4 +1,5 @@
-"""Sparse autoencoders: dictionary recovery, bounded streaming memory, encode, files, vectors."""
+"""Sparse autoencoders: dictionary recovery, bounded streaming memory, encode, files, vectors
+(formats and steering in test_sae_formats.py and test_sae_steering.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,16 @@ import pytest
 from safetensors.numpy import save_file
 
 from mlux import SteeringVector
-from mlux.collect import (
-    ActivationStore,
+from mlux.collect import ActivationStore, SAESection, collect, config_from_dict
+from mlux.model import HookedModel
+from mlux.sae import (
     SAEConfig,
-    SAESection,
     SparseAutoencoder,
-    collect,
-    config_from_dict,
-    encode_activations,
     evaluate_sae,
     feature_to_steering_vector,
     train_sae,
     train_saes,
 )
-from mlux.model import HookedModel
 from mlux.testing import save_tiny_model
 
 D, TRUE_K = 32, 3
@@ -57,7 +54,7 @@ def matched(sae: SparseAutoencoder, dic: np.ndarray) -> float:
     return float(((dic @ w.T).max(axis=1) > 0.9).mean())
 
 
-@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")  # short on purpose
+@pytest.mark.filterwarnings("ignore::mlux.sae.FewStepsWarning")  # short on purpose
 @pytest.mark.parametrize("settings", [
     SAESection(kind="topk", num_latents=96, k=TRUE_K, learning_rate=3e-3, batch_size=128,
                epochs=3, shuffle_buffer=2048),
@@ -70,7 +67,11 @@ def test_recovers_a_known_sparse_dictionary(tmp_path, settings):
                        progress=False)
     assert matched(result.sae, dic) >= 0.9  # ground-truth atoms with a decoder row at cos > 0.9
     norms = np.linalg.norm(np.asarray(result.sae.W_dec), axis=1)
-    np.testing.assert_allclose(norms, 1.0, atol=1e-5)  # the decoder-norm constraint holds
+    # The decoder-norm constraint held in training space; the input scale s is folded in since
+    # (W_dec / s), and s = sqrt(d) / the rows' RMS norm.
+    scale = np.sqrt(D) / result.sae.config.activation_norm
+    np.testing.assert_allclose(norms * scale, 1.0, atol=1e-5)
+    assert result.sae.config.normalize_activations == "none"
     assert result.metrics["fve"] > 0.8
     assert result.history["mse"][-1] < result.history["mse"][0]
 
@@ -89,7 +90,7 @@ def _peaks(paths: list[Path]) -> tuple[int, int]:
     return heap, mx.get_peak_memory()
 
 
-@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")
+@pytest.mark.filterwarnings("ignore::mlux.sae.FewStepsWarning")
 def test_training_memory_does_not_grow_with_the_number_of_shards(tmp_path):
     rows = 8192
     x, _ = sparse_data(8 * rows, atoms=48, seed=1)
@@ -112,8 +113,9 @@ def test_store_streams_every_row_once_per_epoch(tmp_path):
 
 
 def test_encode_matches_the_formula_and_files_round_trip(tmp_path):
-    cfg = SAEConfig(d_model=D, num_latents=40, kind="topk", k=5, input_scale=0.7,
-                    hook="residuals_3", model_id="some/model")
+    cfg = SAEConfig(d_in=D, d_sae=40, architecture="topk", k=5,
+                    normalize_activations="expected_average_only_in", norm_scaling_factor=0.7,
+                    hook_name="blocks.3.hook_resid_post", model_name="some/model")
     sae = SparseAutoencoder(cfg, seed=3)
     sae.b_enc = mx.random.normal((40,), key=mx.random.key(1)) * 0.1
     sae.b_dec = mx.random.normal((D,), key=mx.random.key(2))
@@ -122,19 +124,21 @@ def test_encode_matches_the_formula_and_files_round_trip(tmp_path):
     pre = (x * 0.7 - b_dec) @ w_enc + b_enc
     kth = np.sort(pre, axis=1)[:, -5][:, None]
     want = np.where(pre >= kth, np.maximum(pre, 0), 0)
-    np.testing.assert_allclose(np.asarray(encode_activations(sae, x)), want, atol=1e-5)
-    sae.save(tmp_path / "sae")
+    np.testing.assert_allclose(np.asarray(sae.encode(x)), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sae.forward(x)),
+                               (want @ np.asarray(sae.W_dec) + b_dec) / 0.7, atol=1e-4)
+    sae.save(tmp_path / "sae")  # folds the 0.7 into the weights, as SAELens expects
     loaded = SparseAutoencoder.load(tmp_path / "sae")
-    assert loaded.config == cfg
+    assert loaded.config.normalize_activations == "none" and loaded.config.hook == "residuals_3"
     np.testing.assert_allclose(np.asarray(loaded.encode(x)), want, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(loaded.reconstruct(x)),
+    np.testing.assert_allclose(np.asarray(loaded.forward(x)),
                                (want @ np.asarray(sae.W_dec) + b_dec) / 0.7, atol=1e-4)
 
 
 def test_feature_to_steering_vector(tmp_path):
-    # input_scale 0.1: training rows had root-mean-square norm sqrt(D) / 0.1
-    sae = SparseAutoencoder(SAEConfig(D, 16, k=2, hook="residuals_2", model_id="m",
-                                      input_scale=0.1), seed=0)
+    # training rows had root-mean-square norm sqrt(D) / 0.1
+    sae = SparseAutoencoder(SAEConfig(D, 16, k=2, hook_name="blocks.2.hook_resid_post",
+                                      model_name="m", activation_norm=np.sqrt(D) / 0.1), seed=0)
     vec = feature_to_steering_vector(sae, 5)  # default: half the layer's mean norm
     assert isinstance(vec, SteeringVector) and list(vec.directions) == [2]
     row = np.asarray(sae.W_dec[5])
@@ -153,11 +157,12 @@ def test_feature_to_steering_vector(tmp_path):
 def test_evaluate_matches_numpy_over_all_rows(tmp_path):
     x, _ = sparse_data(700, atoms=20, seed=2)
     store = ActivationStore(write_shards(x, tmp_path, 256))
-    sae = SparseAutoencoder(SAEConfig(D, 24, k=3, input_scale=1.3), seed=1)
+    sae = SparseAutoencoder(SAEConfig(D, 24, k=3, normalize_activations="expected_average_only_in",
+                                      norm_scaling_factor=1.3), seed=1)
     m = evaluate_sae(sae, store, batch_size=100)
-    xs = x.astype(np.float64) * 1.3
+    xs = x.astype(np.float64)
     f = np.asarray(sae.encode(x)).astype(np.float64)
-    err = ((f @ np.asarray(sae.W_dec) + np.asarray(sae.b_dec) - xs) ** 2).sum()
+    err = ((((f @ np.asarray(sae.W_dec) + np.asarray(sae.b_dec))) / 1.3 - xs) ** 2).sum()
     assert m["rows"] == 700 and m["l0"] == pytest.approx((f > 0).sum(1).mean())
     assert m["mse"] == pytest.approx(err / xs.size, rel=1e-4)
     assert m["fve"] == pytest.approx(1 - err / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-4)
@@ -182,9 +187,16 @@ def test_train_saes_on_a_collection_writes_weights_json_and_plot(tmp_path):
                          progress=False, echo=lines.append)
     assert list(results) == ["residuals_2"] and "fve" in lines[-1]
     out = tmp_path / "out" / "sae" / "all" / "residuals_2"
-    saved = json.loads((out / "sae.json").read_text())
-    assert saved["config"]["hook"] == "residuals_2" and saved["metrics"]["rows"] == 40 * 7
+    saved = json.loads((out / "mlux.json").read_text())
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert cfg["architecture"] == "topk"
+    assert cfg["metadata"]["model_name"] == str(path) and saved["metrics"]["rows"] == 40 * 7
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert SparseAutoencoder.load(out).config.num_latents == 128
+    assert SparseAutoencoder.load(out).config.d_sae == 128
+    # CE loss and KL with the SAE spliced in, on the collected prompts
+    m = saved["metrics"]
+    assert m["spliced_tokens"] == 32 * 6  # 32 prompts of 7 tokens: 6 predictions each
+    assert m["kl_div_with_sae"] >= 0 and np.isfinite(m["ce_loss_recovered"])
     with pytest.raises(ValueError, match=r"residuals_0.*not collected"):
         train_saes(tmp_path / "out", SAESection(position="all", hook_points="residuals_0"))

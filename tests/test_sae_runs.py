@@ -11,24 +11,17 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import mlux.collect.sae_fit as fit_mod
-import mlux.collect.sae_train as runs_mod
+import mlux.sae.fit as fit_mod
+import mlux.sae.runs as runs_mod
 from mlux.atomic import atomic_write_dir
-from mlux.collect import (
-    ActivationStore,
-    FewStepsWarning,
-    SAESection,
-    collect,
-    config_from_dict,
-    load_config,
-    train_sae,
-    train_saes,
-)
-from mlux.collect.sae_fit import few_steps_message
+from mlux.collect import ActivationStore, SAESection, collect, config_from_dict, load_config
 from mlux.model import HookedModel
+from mlux.sae import FewStepsWarning, train_sae, train_saes
+from mlux.sae.fit import few_steps_message
 from mlux.testing import save_tiny_model
 
 SETTINGS = SAESection(expansion=1, k=4, batch_size=8, epochs=2)
+QUIET = {"progress": False, "splice_prompts": 0}  # resume logic only: no spliced metrics
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +40,19 @@ def collection(tmp_path_factory):
 
 
 def _stamp(folder: Path) -> tuple[int, int]:
-    st = (folder / "sae.safetensors").stat()
+    st = (folder / "sae_weights.safetensors").stat()
     return st.st_ino, st.st_mtime_ns
 
 
 def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_path,
                                                                 monkeypatch):
     out, lines = tmp_path / "sae", []
-    train_saes(collection, SETTINGS, out_dir=out, progress=False, echo=lines.append)
+    train_saes(collection, SETTINGS, out_dir=out, **QUIET, echo=lines.append)
     assert any("warning: only 6 optimizer steps" in s and "sae.epochs" in s for s in lines)
     k8 = SAESection(expansion=1, k=8, batch_size=8, epochs=2)
     with pytest.raises(ValueError, match=r"trained differently: k: 4 before, 8 now "
                                          r"\(residuals_0, residuals_1, residuals_2\).*fresh"):
-        train_saes(collection, k8, out_dir=out, progress=False, echo=lines.append)
+        train_saes(collection, k8, out_dir=out, **QUIET, echo=lines.append)
 
     real, calls = runs_mod.train_sae, []
 
@@ -71,7 +64,7 @@ def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_
 
     monkeypatch.setattr(runs_mod, "train_sae", dies_on_the_second_layer)
     with pytest.raises(KeyboardInterrupt):
-        train_saes(collection, k8, out_dir=out, fresh=True, progress=False, echo=lines.append)
+        train_saes(collection, k8, out_dir=out, fresh=True, **QUIET, echo=lines.append)
     monkeypatch.setattr(runs_mod, "train_sae", real)
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["layers"]) == ["residuals_0"] and summary["settings"]["k"] == 8
@@ -79,23 +72,23 @@ def test_interrupted_train_sae_resumes_and_never_mixes_settings(collection, tmp_
     before = _stamp(out / "residuals_0")
 
     lines.clear()
-    results = train_saes(collection, k8, out_dir=out, progress=False, echo=lines.append)
+    results = train_saes(collection, k8, out_dir=out, **QUIET, echo=lines.append)
     assert any(s.startswith("residuals_0") and "resumed" in s for s in lines)
     assert _stamp(out / "residuals_0") == before  # finished layer kept, not retrained
     assert all(r.sae.config.k == 8 for r in results.values())
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["layers"]) == ["residuals_0", "residuals_1", "residuals_2"]
     for h in summary["layers"]:
-        assert json.loads((out / h / "sae.json").read_text())["config"]["k"] == 8
+        assert json.loads((out / h / "cfg.json").read_text())["k"] == 8
 
 
-@pytest.mark.filterwarnings("ignore::mlux.collect.FewStepsWarning")
+@pytest.mark.filterwarnings("ignore::mlux.sae.FewStepsWarning")
 def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection, tmp_path,
                                                                      monkeypatch):
     out = tmp_path / "sae"
     one = SAESection(expansion=1, k=4, batch_size=8, epochs=2, hook_points="residuals_1")
-    train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
-    before = (out / "residuals_1" / "sae.safetensors").read_bytes()
+    train_saes(collection, one, out_dir=out, **QUIET, echo=lambda s: None)
+    before = (out / "residuals_1" / "sae_weights.safetensors").read_bytes()
 
     def fails_late(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -105,12 +98,12 @@ def test_a_layer_directory_is_replaced_whole_and_orphans_are_removed(collection,
         train_sae(ActivationStore(list((collection / "activations").rglob(
             "residuals_1/*.safetensors"))), one, hook="residuals_1", out_dir=out / "residuals_1",
             progress=False)
-    assert (out / "residuals_1" / "sae.safetensors").read_bytes() == before
+    assert (out / "residuals_1" / "sae_weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["residuals_1", "summary.json"]
     orphan = out / ".residuals_2.0123456789ab.tmp"
     orphan.mkdir()
-    (orphan / "sae.safetensors").write_bytes(b"half")
-    train_saes(collection, one, out_dir=out, progress=False, echo=lambda s: None)
+    (orphan / "sae_weights.safetensors").write_bytes(b"half")
+    train_saes(collection, one, out_dir=out, **QUIET, echo=lambda s: None)
     assert not orphan.exists()
 
 
@@ -171,7 +164,7 @@ def test_shipped_sae_settings_train_on_the_shipped_data(tmp_path):
             echo=lambda s: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FewStepsWarning)
-        results = train_saes(tmp_path / "out", cfg.sae, progress=False, echo=lambda s: None)
+        results = train_saes(tmp_path / "out", cfg.sae, **QUIET, echo=lambda s: None)
     assert {h: r.metrics["rows"] for h, r in results.items()} == {"residuals_0": 64,
                                                                   "residuals_31": 64}
     assert all(r.metrics["fve"] > 0.8 for r in results.values()), {

@@ -1,8 +1,7 @@
-"""Activation collection over data sets, per-layer sparse autoencoders, layer separability.
+"""Activation collection over data sets, and layer separability (SAEs: `mlux.sae`).
 
-    from mlux.collect import collect, train_saes, analyze_layers
+    from mlux.collect import collect, analyze_layers
     result = collect("configs/models/mlux-toy.yaml")          # shards + manifest, resumable
-    saes = train_saes(result.result_dir)                       # one SAE per hook point
     report = analyze_layers(result.result_dir)                 # where do categories separate?
 
 Readers refuse an incomplete collection unless `allow_partial=True`, verify every shard's size
@@ -27,8 +26,6 @@ from .run_config import (
     config_from_dict,
     load_config,
 )
-from .sae import SAEConfig, SparseAutoencoder, encode_activations, feature_to_steering_vector
-from .sae_train import FewStepsWarning, SAETrainResult, evaluate_sae, train_sae, train_saes
 from .shards import read_shard_tensor
 from .store import ActivationStore
 
@@ -39,23 +36,16 @@ __all__ = [
     "CollectionResult",
     "DataSection",
     "Dataset",
-    "FewStepsWarning",
     "FolderLockedError",
     "InferenceSection",
     "Manifest",
     "ModelSection",
     "OutputSection",
-    "SAEConfig",
     "SAESection",
-    "SAETrainResult",
-    "SparseAutoencoder",
     "analyze_layers",
     "balance_categories",
     "collect",
     "config_from_dict",
-    "encode_activations",
-    "evaluate_sae",
-    "feature_to_steering_vector",
     "fit_logistic_probe",
     "folder_lock",
     "layer_separability",
@@ -68,6 +58,4 @@ __all__ = [
     "read_prompts",
     "read_shard_tensor",
     "resolve_hook_points",
-    "train_sae",
-    "train_saes",
 ]

@@ -14,11 +14,11 @@ from typing import Any, Optional, Sequence
 
 from ..distributed import is_main_process
 from ..entry import Verb, int_in, run_command
+from ..sae.runs import train_saes
 from .analysis import analyze_layers
 from .collector import collect
 from .manifest import Manifest
 from .run_config import POSITIONS, SAE_KINDS, SAESection, load_config
-from .sae_train import train_saes
 
 __all__ = ["VERBS", "cmd_analyze_layers", "cmd_collect", "cmd_train_sae", "main", "register"]
 

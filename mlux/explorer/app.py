@@ -18,6 +18,7 @@ from mlux.contrasts import contrast_task
 from mlux.explorer.api import bp, error_body
 from mlux.explorer.engine import SweepFn, projection_sweep
 from mlux.explorer.library_api import library_bp
+from mlux.explorer.sae_api import install_sae
 from mlux.explorer.state import STATE_KEY, ExplorerState, get_state
 from mlux.explorer.validation import Limits
 from mlux.info import model_info
@@ -51,13 +52,15 @@ def create_app(
     sweeps: Optional[Mapping[str, SweepFn]] = None,
     lock_timeout: float = 300.0,
     allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS,
+    sae: Any = None,
 ) -> Flask:
     """The explorer app for an already loaded model.
 
     `sweeps` adds layer-sweep modes next to the built-in "projection" (see `engine.SweepFn`);
     `allowed_hosts=None` accepts any Host header (for `--host`), else requests naming another
     host are refused, which stops DNS-rebinding pages from reaching a loopback server
-    (`mlux.web.allowed_hosts_for(bind_address)` picks the right one).
+    (`mlux.web.allowed_hosts_for(bind_address)` picks the right one). `sae` (a
+    `mlux.sae.SparseAutoencoder`) enables the SAE panel (`sae_api.py`).
     """
     limits = limits or Limits()
     app = Flask(__name__)
@@ -73,4 +76,5 @@ def create_app(
         allowed_hosts=allowed_hosts)
     app.register_blueprint(bp)
     app.register_blueprint(library_bp)
+    install_sae(app, sae)
     return app

@@ -15,6 +15,7 @@ from .. import web
 from ..builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from ..entry import Verb
 from ..model import HookedModel
+from ..sae.model import SparseAutoencoder
 from .app import create_app
 from .behavior_sweep import toy_behavior_sweeps
 from .validation import Limits
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"vector library folder (default {DEFAULT_VECTORS})")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="cap on tokens per generation (default 256)")
+    parser.add_argument("--sae", default=None, metavar="DIR",
+                        help="an SAE (SAELens folder or Gemma Scope params.npz) whose top "
+                             "features the SAE panel shows (default: none)")
     return parser
 
 
@@ -49,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and not 0 < args.max_tokens <= 4096:
         raise ValueError(f"--max-tokens must be in 1..4096, got {args.max_tokens}")
     model = args.model or DEFAULT_MODEL
+    sae = SparseAutoencoder.load(args.sae) if args.sae else None  # a bad file fails first
     print(f"mlux explore: loading {model} …", file=sys.stderr, flush=True)
     hooked = HookedModel.from_pretrained(model)
     limits = Limits() if args.max_tokens is None else Limits(max_tokens=args.max_tokens)
     # The built-in model's features have scorers, so its sweep can measure behaviour too.
     sweeps = toy_behavior_sweeps() if model in BUILTIN_MODELS else None
     app = create_app(hooked, vectors_dir=args.vectors, limits=limits, sweeps=sweeps,
-                     allowed_hosts=web.allowed_hosts_for(host))
+                     allowed_hosts=web.allowed_hosts_for(host), sae=sae)
     print(f"mlux explore: {hooked!r}", file=sys.stderr, flush=True)
     return web.run_server(app, host, args.port, allow_remote=args.host is not None,
                           exposes=f"the model and read and overwrite the vector library in "

@@ -9,6 +9,7 @@ from .. import web
 from ..builtin import DEFAULT_MODEL
 from ..entry import Verb, int_in
 from ..model import HookedModel
+from ..sae.model import SparseAutoencoder
 from .app import create_server_app
 from .engine import Engine
 from .protocol import APIError, Limits
@@ -28,14 +29,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int_in(1), default=8, help="rows decoded together")
     p.add_argument("--max-tokens", type=int_in(1), default=512,
                    help="cap on max_tokens per request")
+    p.add_argument("--sae", default=None, metavar="DIR", help="an SAE (SAELens folder or Gemma "
+                   "Scope params.npz) whose features requests may clamp with \"sae_clamp\" "
+                   "(default: none)")
 
 
 def serve(args: argparse.Namespace) -> int:
     """Load the model and serve the OpenAI-compatible API until interrupted."""
+    sae = SparseAutoencoder.load(args.sae) if args.sae else None  # a bad file fails first
     hooked = HookedModel.from_pretrained(args.model)
+    if sae is not None:
+        sae.check_model(hooked.hidden_size, hooked.num_layers)
     app = create_server_app(hooked, vectors=args.vectors, max_batch=args.max_batch,
                             limits=Limits(max_tokens=args.max_tokens),
-                            allowed_hosts=web.allowed_hosts_for(args.host))
+                            allowed_hosts=web.allowed_hosts_for(args.host), sae=sae)
     try:
         return web.run_server(app, args.host, args.port, allow_remote=True,
                               name=f"mlux serve: {args.model}", path="/v1")

@@ -31,11 +31,13 @@ bp = Blueprint("openai", __name__)
 
 def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = None,
                       limits: Optional[Limits] = None, max_batch: int = 8,
-                      allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS) -> Flask:
+                      allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS,
+                      sae: Any = None) -> Flask:
     """The server app for a loaded model; its engine thread starts now (close it with
     `app.extensions["mlux_serve"]["engine"].close()`). `allowed_hosts` as for the explorer:
     None accepts any Host header (a server bound to a public address on purpose), see
-    `mlux.web.allowed_hosts_for`."""
+    `mlux.web.allowed_hosts_for`. `sae` (a `mlux.sae.SparseAutoencoder`) lets requests clamp
+    one of its features (`"sae_clamp": {"feature": int, "value": number}`)."""
     limits = limits or Limits()
     app = Flask(__name__)
     web.install(app, error_body=error_body, allowed_hosts=allowed_hosts, csp=web.API_CSP,
@@ -46,6 +48,7 @@ def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = No
         "library": VectorLibrary(vectors) if vectors else None,
         "limits": limits,
         "model_id": hooked.model_id or "mlux-model",
+        "sae": sae,
     }
     app.register_blueprint(bp)
     return app
@@ -66,7 +69,8 @@ def _parse(f: Fields, tokens: list[int]) -> GenerationRequest:
     st = _state()
     hooked = st["hooked"]
     return parse_request(f, tokens, limits=st["limits"], num_layers=hooked.num_layers,
-                         hidden_size=hooked.hidden_size, load_vector=_load_vector)
+                         hidden_size=hooked.hidden_size, load_vector=_load_vector,
+                         sae=st.get("sae"))
 
 
 @bp.get("/v1/models")

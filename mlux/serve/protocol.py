@@ -19,7 +19,7 @@ from ..steering import Steering
 from ..web import Fields, RequestError
 
 __all__ = ["APIError", "GenerationRequest", "Limits", "error_body", "parse_request",
-           "parse_steering"]
+           "parse_sae_clamp", "parse_steering"]
 
 APIError = RequestError  # the name `mlux.serve` has always exported: the one web error type
 
@@ -107,8 +107,28 @@ def parse_steering(
                            load_vector=load_vector, limits=limits) for t in terms]
 
 
-def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, **steer: Any
-                  ) -> GenerationRequest:
+def parse_sae_clamp(f: Fields, sae: Any) -> list[Steering]:
+    """The body's `sae_clamp`: `{"feature": int, "value": float, "positions": ...}` -> one
+    `Steering(sae_clamp=...)` term on the server's SAE (`mlux serve --sae DIR`)."""
+    raw = f.get("sae_clamp")
+    if raw is None:
+        return []
+    if sae is None:
+        raise f.fail("sae_clamp", "the server has no SAE (start it with --sae DIR)")
+    if not isinstance(raw, dict):
+        raise f.fail("sae_clamp", 'must be an object {"feature": int, "value": number}')
+    c = Fields(raw, f"{f.prefix}sae_clamp.")
+    feature = c.integer("feature", 0, sae.config.d_sae - 1)
+    if feature is None:
+        raise c.fail("feature", f"is required (0..{sae.config.d_sae - 1})")
+    value = c.number("value", -1e6, 1e6)
+    positions = c.positions()
+    c.done()
+    return [Steering(positions=positions, sae_clamp=(sae, feature, value))]
+
+
+def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, sae: Any = None,
+                  **steer: Any) -> GenerationRequest:
     """Read the sampling and steering fields of a (chat) completion body (`f`) whose prompt is
     tokenized; `steer` is the model's `num_layers`, `hidden_size` and `load_vector(name)`."""
     if not prompt_tokens:
@@ -124,5 +144,5 @@ def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, **stee
         top_p=f.number("top_p", 1e-6, 1.0, 1.0),
         seed=f.integer("seed", 0, 2**31 - 1),
         stream=f.boolean("stream", False),
-        steering=parse_steering(f, limits=limits, **steer),
+        steering=parse_steering(f, limits=limits, **steer) + parse_sae_clamp(f, sae),
     )

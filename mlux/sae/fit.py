@@ -2,8 +2,9 @@
 
 Memory stays bounded by one shard plus the shuffle buffer, whatever the number of shards. Reports
 reconstruction MSE, fraction of variance explained (FVE), L0 and dead latents on a uniform
-(seeded) sample of the rows; saves weights, config, metrics and a training-curve PNG into one
-directory, replaced as a whole (`atomic_write_dir`). Warns (`FewStepsWarning`, saying what to
+(seeded) sample of the rows (and, given a `splice`, CE loss and KL with the SAE spliced in);
+saves a SAELens folder, mlux's record and a training-curve PNG into one directory, replaced as
+a whole (`atomic_write_dir`). Warns (`FewStepsWarning`, saying what to
 change) when the data and settings make fewer than ~200 optimizer steps.
 """
 
@@ -15,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,17 +25,20 @@ import numpy as np
 from tqdm import tqdm
 
 from mlux.atomic import PathLike, atomic_write_dir
+from mlux.collect.plots import plot_training_curve
+from mlux.collect.run_config import SAESection
+from mlux.collect.store import ActivationStore
 
-from .plots import plot_training_curve
-from .run_config import SAESection
-from .sae import SAEConfig, SparseAutoencoder
-from .store import ActivationStore
+from .config import SAEConfig, to_saelens_hook
+from .metrics import evaluate_sae
+from .model import SparseAutoencoder
 
-__all__ = ["MIN_STEPS", "FewStepsWarning", "SAETrainResult", "evaluate_sae", "few_steps_message",
-           "latents_for", "train_sae", "training_settings"]
+__all__ = ["ARCHITECTURE_OF_KIND", "MIN_STEPS", "FewStepsWarning", "SAETrainResult",
+           "few_steps_message", "latents_for", "train_sae", "training_settings"]
+
+ARCHITECTURE_OF_KIND = {"topk": "topk", "relu": "standard"}  # sae.kind -> SAELens architecture
 
 _SCALE_ROWS = 4096  # rows used to fix the input scale and the decoder bias before training
-_EVAL_ROWS = 65536  # rows of the final evaluation pass (at most, sampled uniformly)
 _LOG_POINTS = 100  # training-curve points
 MIN_STEPS = 200  # fewer optimizer steps than this rarely train an SAE: warn
 
@@ -54,9 +58,10 @@ class SAETrainResult:
 
 def _loss(model: SparseAutoencoder, x: mx.array, l1: float) -> tuple[mx.array, ...]:
     """Loss (MSE, plus L1 on the features for ReLU SAEs), MSE, batch FVE, features."""
-    x_hat, f = model(x)
+    x_hat, f = model.forward_normalized(x)
     mse = mx.square(x_hat - x).mean()
-    loss = (mse + l1 * mx.abs(f).sum(axis=-1).mean()) if model.config.kind == "relu" else mse
+    loss = (mse + l1 * mx.abs(f).sum(axis=-1).mean()) if model.config.architecture == "standard" \
+        else mse
     var = mx.square(x - x.mean(axis=0)).sum()  # 0 for a one-row batch: no FVE to report
     fve = mx.where(var > 0, 1 - mx.square(x_hat - x).sum() / mx.maximum(var, 1e-30), 0.0)
     return loss, mse, fve, f
@@ -96,41 +101,6 @@ def few_steps_message(rows: int, settings: SAESection) -> Optional[str]:
             f"{hint}, or collect more prompts")
 
 
-def evaluate_sae(sae: SparseAutoencoder, store: ActivationStore, *, batch_size: int = 1024,
-                 max_rows: Optional[int] = _EVAL_ROWS, seed: int = 0) -> dict[str, float]:
-    """Metrics on raw activations: MSE (scaled and raw), FVE, L0, dead latents; over every row,
-    or `max_rows` drawn uniformly (seeded) across all shards and categories."""
-    n, sse, l0 = 0, 0.0, 0.0
-    s1 = s2 = None
-    fired = np.zeros(sae.config.num_latents, dtype=np.int64)
-    scale = sae.config.input_scale
-    batches = (store.iter_batches(batch_size) if max_rows is None
-               else store.iter_sample(max_rows, batch_size, seed=seed))
-    for batch in batches:
-        x = mx.array(batch) * scale
-        x_hat, f = sae(x)
-        active = f > 0
-        err, cnt, fire = mx.square(x_hat - x).sum(), active.sum(), active.sum(axis=0)
-        mx.eval(err, cnt, fire)
-        sse += err.item()
-        l0 += cnt.item()
-        fired += np.asarray(fire)
-        xd = batch.astype(np.float64) * scale
-        s1 = xd.sum(0) if s1 is None else s1 + xd.sum(0)
-        s2 = (xd**2).sum(0) if s2 is None else s2 + (xd**2).sum(0)
-        n += len(batch)
-    if n == 0:
-        raise ValueError("no activations to evaluate")
-    total_var = float((s2 - s1**2 / n).sum())
-    d = sae.config.d_model
-    dead = int((fired == 0).sum())
-    # Constant data has no variance to explain: FVE is 1 if reconstructed exactly, else 0.
-    fve = 1 - sse / total_var if total_var > 0 else float(sse == 0)
-    return {"rows": n, "mse": sse / (n * d), "mse_raw": sse / (n * d) / scale**2,
-            "fve": fve, "l0": l0 / n,
-            "dead_latents": dead, "dead_fraction": dead / sae.config.num_latents}
-
-
 def _initial_stats(store: ActivationStore, seed: int) -> tuple[float, np.ndarray]:
     """Input scale and initial decoder bias (the mean) from a shuffled sample of rows."""
     x = next(store.iter_batches(_SCALE_ROWS, shuffle_buffer=_SCALE_ROWS, seed=seed,
@@ -143,9 +113,12 @@ def _initial_stats(store: ActivationStore, seed: int) -> tuple[float, np.ndarray
 def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
               hook: Optional[str] = None, model_id: Optional[str] = None,
               out_dir: Optional[PathLike] = None, progress: bool = True,
-              extra: Optional[dict[str, Any]] = None) -> SAETrainResult:
-    """Train one SAE on the rows of `store`; with `out_dir`, replace that directory with the
-    weights, `sae.json` (config, metrics, history, settings, `extra`) and the curve."""
+              extra: Optional[dict[str, Any]] = None,
+              splice: Optional[Callable[[SparseAutoencoder], dict[str, float]]] = None
+              ) -> SAETrainResult:
+    """Train one SAE on the rows of `store`; with `out_dir`, replace that directory with a
+    SAELens folder plus `mlux.json` (metrics, history, settings, `extra`) and the curve.
+    `splice(sae)` adds metrics measured with the SAE spliced into the model."""
     settings = settings or SAESection()
     d = store.dim
     num_latents = latents_for(settings, d)
@@ -155,9 +128,12 @@ def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
         warnings.warn(f"SAE{' ' + hook if hook else ''}: {message}",
                       FewStepsWarning, stacklevel=2)
     scale, mean = _initial_stats(store, settings.seed)
-    cfg = SAEConfig(d_model=d, num_latents=num_latents, kind=settings.kind,
-                    k=settings.k, l1_coeff=settings.l1_coeff,
-                    input_scale=scale, hook=hook, position=store.key, model_id=model_id)
+    # Trained on inputs scaled to E||x||^2 = d (one setting suits every layer), then folded.
+    cfg = SAEConfig(d_in=d, d_sae=num_latents, architecture=ARCHITECTURE_OF_KIND[settings.kind],
+                    k=settings.k, normalize_activations="expected_average_only_in",
+                    norm_scaling_factor=scale, hook_name=to_saelens_hook(hook) if hook else None,
+                    model_name=model_id, position=store.key,
+                    activation_norm=math.sqrt(d) / scale)
     sae = SparseAutoencoder(cfg, seed=settings.seed)
     sae.b_dec = mx.array(mean)
     opt = optim.Adam(learning_rate=settings.learning_rate)
@@ -199,7 +175,9 @@ def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
                 window, sums = mx.zeros_like(window), np.zeros(4)
                 bar.set_postfix(mse=f"{history['mse'][-1]:.4f}", l0=f"{history['l0'][-1]:.1f}")
             bar.update(1)
-    metrics = {**evaluate_sae(sae, store, seed=settings.seed), "steps": i}
+    sae.fold_scaling()  # saved and used on raw activations from here on
+    metrics = {**evaluate_sae(sae, store, seed=settings.seed), "steps": i,
+               **(splice(sae) if splice else {})}
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,8 +186,8 @@ def train_sae(store: ActivationStore, settings: Optional[SAESection] = None, *,
 
         def write(tmp: Path) -> None:
             sae.save(tmp, extra=record)
-            plot_training_curve(history, tmp / "training_curve.png",
-                                title=f"SAE {hook or ''} ({cfg.kind}, {num_latents} latents)")
+            plot_training_curve(history, tmp / "training_curve.png", title=(
+                f"SAE {hook or ''} ({cfg.architecture}, {num_latents} latents)"))
 
         atomic_write_dir(out, write)
     return SAETrainResult(hook, sae, metrics, history, out)
