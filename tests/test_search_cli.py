@@ -229,3 +229,14 @@ def test_on_a_terminal_without_pick_the_user_is_asked(tmp_path, capsys, monkeypa
     code, stdout, _ = _run(capsys, "--trials", "2", "--out", str(out), *FAST)
     assert code == 0 and asked and "saved trial 1" in stdout
     assert SteeringVector.load(out / "picked.safetensors").metadata["search"]["trial"] == 1
+
+
+def test_ablate_default_prompts_follow_the_behaviour(tmp_path, capsys):
+    """A toy feature: its marker's prompts (formality: "style: formal ..."); another behaviour
+    on the built-in model: the plain test prompts."""
+    for behavior, marked in (("toy:formality=formal", True), ("contains:sunny", False)):
+        out = tmp_path / behavior.replace(":", "_")
+        assert _run(capsys, "--mode", "ablate", "--behavior", behavior, "--trials", "1",
+                    "--out", str(out), *FAST)[0] == 0
+        prompts = json.loads((out / "search.json").read_text())["settings"]["prompts"]
+        assert (prompts["behavior"] != prompts["harmless"]) == marked  # harmless: test prompts

@@ -97,10 +97,12 @@ def _span(text: str) -> tuple[float, float]:
 
 
 def _prompts(args: argparse.Namespace, test: list[str], feature_target: str) -> list[str]:
+    """--prompts, else the test prompts; ablating a toy feature on the built-in model: them
+    after the feature's marker, whose pull the ablation should remove."""
     if args.prompts:
         return load_prompts(args.prompts)
-    if args.mode == "ablate" and args.model in BUILTIN_MODELS:
-        feature, _, value = feature_target.partition("=")
+    feature, _, value = feature_target.partition("=")
+    if args.mode == "ablate" and args.model in BUILTIN_MODELS and feature in MARKER_PREFIX:
         marker = f"{MARKER_PREFIX[feature]} {value}"
         return [marker] + [f"{marker} {p}" for p in TEST_PROMPTS if not p.startswith("<")]
     return test
