@@ -240,3 +240,22 @@ def test_ablate_default_prompts_follow_the_behaviour(tmp_path, capsys):
                     "--out", str(out), *FAST)[0] == 0
         prompts = json.loads((out / "search.json").read_text())["settings"]["prompts"]
         assert (prompts["behavior"] != prompts["harmless"]) == marked  # harmless: test prompts
+
+
+def test_generate_steers_in_the_window_the_vector_file_records(tmp_path, capsys):
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    directions, _ = sweep_directions(hooked, CONTRAST_PROMPTS["sentiment"], [2])
+    plain, windowed = tmp_path / "plain.safetensors", tmp_path / "windowed.safetensors"
+    SteeringVector(dict(directions), model_id="mlux-toy").save(plain)
+    SteeringVector(dict(directions), model_id="mlux-toy",
+                   metadata={"positions": "prompt"}).save(windowed)
+
+    def text(*argv: str) -> str:
+        assert cli.main(["generate", "today the", "--max-tokens", "6", "--alpha", "8",
+                         *argv]) == 0
+        return capsys.readouterr().out
+
+    recorded = text("--vector", str(windowed))
+    assert recorded == text("--vector", str(plain), "--positions", "prompt")
+    assert recorded != text("--vector", str(plain))  # "all" steers differently
+    assert text("--vector", str(windowed), "--positions", "all") == text("--vector", str(plain))
