@@ -109,8 +109,9 @@ def atomic_write_dir(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Replace the directory ``path`` with what ``write(tmp)`` puts into a new temp directory.
 
     Readers see the old directory or the complete new one, never a mix of their files. The old
-    one is renamed aside (``.<name>.<hex>.old``) just before the new one is renamed into place
-    and removed after; on an error it is put back. A crash between the two renames leaves the
+    one (a folder, or a file or link of the same name) is renamed aside (``.<name>.<hex>.old``)
+    just before the new one is renamed into place and removed after, leaving nothing behind; on
+    an error it is put back. A crash between the two renames leaves the
     target missing and both hidden directories behind (to be removed as orphans).
     """
     target = Path(path)
@@ -127,23 +128,33 @@ def atomic_write_dir(path: PathLike, write: Callable[[Path], None]) -> Path:
             if f.is_file():
                 _fsync_file(f)
         _fsync_dir(tmp)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too: rename cannot replace it by a dir
             os.replace(target, old)
         os.replace(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
+        if os.path.lexists(old) and not os.path.lexists(target):
             with contextlib.suppress(OSError):
                 os.replace(old, target)
         if isinstance(exc, OSError):
             raise _naming(exc, target) from exc
         raise
     _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     return target
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _remove(path: Path) -> None:
+    """Delete what was renamed aside: a folder, a file or a link (never what a link points to).
+    Best effort: the new content is already in place, so a failure here is not the write's."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 def _fsync_file(path: Path) -> None:

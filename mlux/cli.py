@@ -22,6 +22,7 @@ from .model import HookedModel
 from .sae import cli as sae_cli
 from .verbs import bake, extract, generate
 from .verbs import condition_search as condition_search_verb
+from .verbs import search as search_verb
 
 __all__ = ["VERBS", "main"]
 
@@ -85,6 +86,7 @@ VERBS: tuple[Verb, ...] = (
     launch.VERB,
     *collect_cli.VERBS,
     *sae_cli.VERBS,
+    search_verb.VERB,
     condition_search_verb.VERB,
 )
 

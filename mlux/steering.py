@@ -187,10 +187,14 @@ def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
 
 
 def create_ablation_hook(
-    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None
+    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None,
+    weight: float = 1.0,
 ) -> Hook:
-    """Project `direction` out of the stream: x - (x . d) d with d unit-norm (computed in f32)."""
+    """Project `direction` out of the stream: x - weight (x . d) d with d unit-norm (computed in
+    f32); a `weight` below 1 removes only that share of the component (heretic's kernels)."""
     d = _as_f32(_one_direction(direction), "ablation direction")
+    if weight != weight or abs(weight) == float("inf"):
+        raise ValueError(f"ablation weight must be finite, got {weight}")
     if d.ndim != 1:
         raise ValueError(f"ablation direction must have shape (D,), got {d.shape}")
     norm = float(mx.linalg.norm(d).item())
@@ -203,7 +207,7 @@ def create_ablation_hook(
         if x.shape[-1] != unit.shape[0]:
             raise ValueError(f"direction has size {unit.shape[0]}, {ctx.name} has {x.shape[-1]}")
         proj = x.astype(mx.float32) @ unit  # (B, T)
-        return (-proj[..., None] * unit).astype(x.dtype)
+        return (-weight * proj[..., None] * unit).astype(x.dtype)
 
     return _positional(delta_of, start, end)
 

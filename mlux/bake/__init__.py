@@ -4,48 +4,76 @@ mlx-lm model folder that `mlx_lm.load` / `mlx_lm.generate` run with no mlux.
 - `bake_ablation(hooked, vector, layers=None, out=DIR)` — weight orthogonalisation (Arditi et
   al. 2024, FailSpy's abliterator): one global unit direction `u`, the vector's direction at the
   chosen layer (`layers` names exactly one; a one-layer vector needs none), is projected out of
-  every matrix that writes into the residual stream: the token (and position) embedding, every
-  block's attention output projection and MLP down projection (every expert of an MoE) and their
-  biases. The stream then never carries `u`: the baked model equals the original run with the
-  ablation hook on the embedding output and on every attention and MLP output. A tied LM head is
-  untied (written as `lm_head`, `tie_word_embeddings: false`) so it stays unchanged. Exact only
-  for pre-norm blocks (`edits.ABLATION_ARCHS`); post-norm ones (gemma2, gemma3_text, olmo2) and
-  classes that cannot untie (gemma, gpt2, cohere) are refused.
+  every matrix that writes into the residual stream (`writers.find_writers`): the token (and
+  position) embeddings, every block's attention / mixer output projection, its MLP output
+  projection — for a mixture of experts every routed expert, fused `SwitchLinear` included, and
+  every shared expert — and their biases. The stream then never carries `u`: the baked model
+  equals the original run with the ablation hook on the embedding output and on every attention
+  and MLP output. A tied LM head is untied so it stays unchanged.
 - `bake_steering(hooked, vector, alpha, layers=None, out=DIR)` — `alpha * v_L` added at
   `residuals_L` at every position, for each chosen layer `L` (default: all the vector's), baked
-  as the bias of block `L`'s MLP output projection, its last write into the stream (llama's
-  `mlp_bias` switch is set, the other biases are zero). Architectures: `edits.ADDITIVE_ARCHS`.
+  as the bias of block `L`'s MLP output projection, its last write into the stream (a config
+  switch such as llama's `mlp_bias` is turned on if needed, the other new biases are zero).
+- `bake_support(hooked, mode)` — None if `mode` ("ablation" or "additive") bakes exactly into
+  this model, else the reason it is refused (post-norm blocks, a head that cannot be untied, an
+  MoE block for additive baking, a module mlux cannot place, ...).
 
-Quantized models: each edited matrix is dequantized, edited in float32 and requantized with its
-own bits and group size (the error is reported); every other weight is copied bit for bit.
+Every bake is checked before anything is written: the edited weights are loaded the way
+`mlx_lm.load` loads them and run on a probe (ablation: the direction's component left in the
+stream at every layer; additive: the logits against the hooked original); a bake that is not
+exact is refused. Quantized models: each edited matrix is dequantized, edited in float32,
+requantized with its own bits and group size, its rounding chosen to keep the direction out
+(`edits`, `rounding`); the component left and the error are reported; every other weight is
+copied bit for bit.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import math
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.utils import _get_classes, save_config, save_model
+import numpy as np
+from mlx.utils import tree_flatten
 
-from ..atomic import atomic_write_dir
-from ..builtin import builtin_model_path
+from ..experiments.options import load_vector  # the one loader of vector files
+from ..model import HookedModel
 from ..vectors import SteeringVector
-from .edits import (
-    ABLATION_ARCHS,
-    ADDITIVE_ARCHS,
-    ablate_weights,
-    additive_bias_key,
-    check_mode,
+from .checks import (
+    bias_config,
+    build,
+    class_parameters,
+    measure_ablation,
+    measure_additive,
+    stream_check,
+    untied_head,
 )
+from .edits import ablate_weights
+from .folder import check_target, model_card, model_name, source_dir, write_folder
+from .writers import Writers, find_writers
 
-__all__ = ["ABLATION_ARCHS", "ADDITIVE_ARCHS", "bake_ablation", "bake_steering"]
+__all__ = ["MODES", "bake_ablation", "bake_steering", "bake_support"]
 
-_MODEL_FILES = ("config.json", "model.safetensors.index.json", "README.md")
+MODES = ("ablation", "additive")
+T = TypeVar("T")
+_ALIASES = {"ablation": "ablation", "ablate": "ablation", "additive": "additive",
+            "add": "additive", "steering": "additive"}
+
+
+def bake_support(hooked: Any, mode: str, *, source: Optional[Union[str, Path]] = None
+                 ) -> Optional[str]:
+    """None if `mode` ("ablation" or "additive") bakes exactly into `hooked`'s model, else
+    why not (one sentence, the message `bake_ablation` / `bake_steering` would refuse with).
+    `source`: the model's folder, if `hooked.model_id` does not name it."""
+    kind = _mode(mode)
+    try:
+        config = _config(source_dir(source if source is not None else hooked.model_id))
+        _plan(hooked, config, kind, _weights(hooked), list(range(hooked.num_layers)), None)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
@@ -53,28 +81,40 @@ def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
                   overwrite: bool = False, source: Optional[Union[str, Path]] = None
                   ) -> dict[str, Any]:
     """Write `hooked`'s model with the vector's direction ablated into its weights to `out`
-    (see the module); returns the bake's summary (also in `out/README.md`)."""
-    vec, config, src, model_type = _prepare(hooked, vector, out, overwrite, source, "ablate")
+    (see the module); returns the bake's summary (also in `out/mlux_bake.json`)."""
+    vec, config, src, target = _prepare(hooked, vector, out, overwrite, source)
     chosen = _chosen_layers(vec, layers, hooked.num_layers)
     if len(chosen) != 1:
         raise ValueError(f"an ablation bakes one global direction; choose one layer of the "
                          f"vector's {vec.layers} with layers=/--layers (got {chosen})")
-    d = vec[chosen[0]].astype(mx.float32)
-    norm = float(mx.linalg.norm(d).item())
+    d = np.asarray(vec[chosen[0]].astype(mx.float32), dtype=np.float64)
+    norm = float(np.linalg.norm(d))
     if norm == 0.0:
         raise ValueError(f"the vector is zero at layer {chosen[0]}")
+    unit = mx.array((d / norm).astype(np.float32))
     weights = _weights(hooked)
-    if "lm_head.weight" not in weights:  # untie: the head keeps the original embedding
-        embed = next(k[:-len(".weight")] for k in weights
-                     if k.endswith("embed_tokens.weight") or k.endswith("wte.weight"))
+    writers, config = _plan(hooked, config, "ablation", weights, chosen, unit)
+    if writers.head is None:  # untie: the head keeps the original embedding
+        head, embed = untied_head(config, weights, writers)
         for leaf in ("weight", "scales", "biases"):
             if f"{embed}.{leaf}" in weights:
-                weights[f"lm_head.{leaf}"] = weights[f"{embed}.{leaf}"]
-        config["tie_word_embeddings"] = False
-    errors = ablate_weights(weights, config, d / norm, hooked.num_layers)
+                weights[f"{head}.{leaf}"] = weights[f"{embed}.{leaf}"]
+        config = {**config, "tie_word_embeddings": False}
+    edits = ablate_weights(weights, config, unit, writers.embeddings, writers.outputs)
+    left = _checked(hooked, "ablation",
+                    lambda: measure_ablation(hooked, _load(config, weights, hooked), unit))
+    quantized = {k: e for k, e in edits.items() if e is not None}
+    worst = max(range(len(left)), key=lambda i: left[i])
+    limit = 0.5 if quantized else 1e-3 if hooked.dtype == mx.float32 else 5e-2
+    if left[worst] > limit:
+        raise _refusal(hooked, "ablation", f"the edited weights leave {left[worst]:.3g} of the "
+                       f"direction's component in the stream at layer {worst} (limit {limit}): "
+                       "mlux has not found every residual writer of this architecture")
     summary = {"mode": "ablation", "direction_layer": chosen[0], "direction_norm": norm,
-               "edited": sorted(errors), "requantization_error": _errors(errors)}
-    return _write(out, src, weights, config, vec, summary, model_type)
+               "edited": sorted(edits), "remaining_component": {
+                   "max": left[worst], "per_layer": left},
+               "requantization": _requant(quantized)}
+    return _write(target, hooked, src, weights, config, vec, summary)
 
 
 def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: float, *,
@@ -83,55 +123,97 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
                   ) -> dict[str, Any]:
     """Write `hooked`'s model with `alpha * v_L` added at `residuals_L` (every position, every
     chosen layer) baked into MLP output biases, to `out`; returns the bake's summary."""
-    if alpha is None or not isinstance(alpha, (int, float)) or alpha != alpha:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(
+            alpha):
         raise ValueError(f"additive baking needs a finite alpha, got {alpha!r}")
-    vec, config, src, model_type = _prepare(hooked, vector, out, overwrite, source, "add")
+    vec, config, src, target = _prepare(hooked, vector, out, overwrite, source)
     chosen = _chosen_layers(vec, layers, hooked.num_layers)
     weights = _weights(hooked)
-    switch = ADDITIVE_ARCHS[model_type]
-    if switch is not None and not config.get(switch, False):
-        config[switch] = True
-        _add_zero_biases(weights, config)
+    writers, config = _plan(hooked, config, "additive", weights, chosen, None)
+    fresh = None
     for layer in chosen:
-        key = additive_bias_key(weights, layer)
+        key = f"{writers.last_writes[layer]}.bias"
+        if key not in weights:  # a bias the switched-on config adds: zeros, like the others
+            fresh = fresh or _class_biases(config, weights)
+            weights.update(fresh)
         b = weights[key]
-        weights[key] = (b.astype(mx.float32) + float(alpha) * vec[layer]).astype(b.dtype)
+        new = (b.astype(mx.float32) + float(alpha) * vec[layer].astype(mx.float32)
+               ).astype(b.dtype)
+        if not bool(mx.isfinite(new).all()):
+            dtype = str(b.dtype).rpartition(".")[2]
+            raise ValueError(f"alpha {alpha:g} times the vector at layer {layer} overflows "
+                             f"{dtype} (largest |v| {float(mx.abs(vec[layer]).max()):.3g}): "
+                             "choose a smaller alpha")
+        weights[key] = new
     mx.eval(weights)
+    error = _checked(hooked, "additive", lambda: measure_additive(
+        hooked, _load(config, weights, hooked), vec, float(alpha), chosen))
+    limit = 1e-4 if hooked.dtype == mx.float32 and hooked.quantization is None else 2e-2
+    if not math.isfinite(error):
+        raise ValueError(f"at alpha {alpha:g} the steered model's logits are not finite (the "
+                         "stream overflows): choose a smaller alpha")
+    if error > limit:
+        raise _refusal(hooked, "additive", f"the baked logits differ from the steered "
+                       f"original by {error:.3g} (limit {limit})")
     summary = {"mode": "additive", "alpha": float(alpha), "layers": chosen,
-               "norms": {str(i): vec.norms[i] for i in chosen}}
-    return _write(out, src, weights, config, vec, summary, model_type)
+               "norms": {str(i): float(np.linalg.norm(np.asarray(vec[i], dtype=np.float64)))
+                         for i in chosen}, "logit_error": error}
+    return _write(target, hooked, src, weights, config, vec, summary)
+
+
+def _mode(mode: str) -> str:
+    if mode not in _ALIASES:
+        raise ValueError(f"unknown bake mode {mode!r}; valid: {', '.join(MODES)}")
+    return _ALIASES[mode]
+
+
+def _config(src: Path) -> dict[str, Any]:
+    return json.loads((src / "config.json").read_text())
+
+
+def _refusal(hooked: Any, kind: str, why: str) -> ValueError:
+    what = "an ablation" if kind == "ablation" else "an additive vector"
+    other = ("steer at run time with mlux's ablation hook" if kind == "ablation" else
+             "export the vector as a llama.cpp control vector (`mlux extract --output V.gguf`) "
+             "or steer at run time")
+    return ValueError(f"cannot bake {what} into {hooked.model_type!r} exactly: {why} "
+                      f"(instead: {other})")
+
+
+def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.array],
+          layers: list[int], unit: Optional[mx.array]) -> tuple[Writers, dict[str, Any]]:
+    """The writers to edit and the config to write; raises the refusal if not exact."""
+    try:
+        writers = find_writers(hooked)
+        moe = [i for i in layers if writers.last_writes[i] is None]
+        if kind == "additive" and moe:
+            raise ValueError(f"block {moe[0]}'s MLP is a mixture of experts: a bias on an "
+                             "expert is scaled by its routing weight")
+        if unit is None:  # any direction shows a post-norm block; a fixed one, reproducibly
+            unit = mx.random.normal((hooked.hidden_size,), key=mx.random.key(7))
+            unit = unit / mx.linalg.norm(unit)
+        why = stream_check(hooked, unit, additive=kind == "additive")
+        if why is not None:
+            raise ValueError(why)
+        if kind == "ablation" and writers.head is None:
+            untied_head(config, weights, writers)
+        if kind == "additive":
+            config = bias_config(config, weights, [writers.last_writes[i] for i in layers])
+    except ValueError as e:
+        raise _refusal(hooked, kind, str(e)) from e
+    return writers, config
 
 
 def _prepare(hooked: Any, vector: Any, out: Union[str, Path], overwrite: bool,
-             source: Any, mode: str) -> tuple[SteeringVector, dict, Path, str]:
-    src = _source_dir(source if source is not None else hooked.model_id)
-    config = json.loads((src / "config.json").read_text())
-    model_type = str(config.get("model_type"))
-    check_mode(model_type, mode)
-    vec = vector if isinstance(vector, SteeringVector) else SteeringVector.load(vector)
-    vec.check_compatible(hooked.hidden_size)
-    target = Path(out).expanduser()
-    if target.resolve() == src.resolve():
-        raise ValueError(f"--out {target} is the source model's own folder")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise ValueError(f"--out {target} exists and is not empty (pass --overwrite to "
-                         "replace it)")
-    if not target.parent.is_dir():
-        raise ValueError(f"cannot write {target}: folder {target.parent} does not exist")
-    return vec, config, src, model_type
-
-
-def _source_dir(model_id: Any) -> Path:
-    if model_id is None:
-        raise ValueError("the model's folder is unknown; pass source=DIR")
-    builtin = builtin_model_path(str(model_id))
-    path = builtin or Path(str(model_id)).expanduser()
-    if not path.exists():
-        from huggingface_hub import snapshot_download  # already fetched by mlx_lm.load
-        path = Path(snapshot_download(str(model_id), local_files_only=True))
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} has no config.json: not an mlx-lm model folder")
-    return path
+             source: Any) -> tuple[SteeringVector, dict, Path, Path]:
+    src = source_dir(source if source is not None else hooked.model_id)
+    target = check_target(out, src, overwrite)
+    if isinstance(vector, SteeringVector):
+        vector.check_compatible(hooked.hidden_size, hooked.num_layers)
+        vec = vector
+    else:
+        vec = load_vector(str(vector), hooked)
+    return vec, _config(src), src, target
 
 
 def _chosen_layers(vec: SteeringVector, layers: Any, num_layers: int) -> list[int]:
@@ -152,69 +234,46 @@ def _weights(hooked: Any) -> dict[str, mx.array]:
     return dict(tree_flatten(hooked.model.parameters()))
 
 
-def _add_zero_biases(weights: dict[str, mx.array], config: dict[str, Any]) -> None:
+def _class_biases(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """Zeros for every bias the switched-on config adds (e.g. llama's gate/up/down biases)."""
-    model_cls, args_cls = _get_classes(config)
-    expected = dict(tree_flatten(model_cls(args_cls.from_dict(config)).parameters()))
-    for k, v in expected.items():
+    out: dict[str, mx.array] = {}
+    for k, v in class_parameters(config).items():
         if k.endswith(".bias") and k not in weights:
             like = next(weights[k[:-5] + s] for s in (".scales", ".weight")
                         if k[:-5] + s in weights)
             dtype = like.dtype if mx.issubdtype(like.dtype, mx.floating) else mx.float32
-            weights[k] = mx.zeros(v.shape, dtype=dtype)
+            out[k] = mx.zeros(v.shape, dtype=dtype)
+    return out
 
 
-def _errors(errors: dict[str, Optional[dict[str, float]]]) -> Optional[dict[str, Any]]:
-    measured = {k: v for k, v in errors.items() if v is not None}
-    if not measured:
+def _checked(hooked: Any, kind: str, measure: Callable[[], T]) -> T:
+    """`measure()`, its failure (whatever the model's code raises) turned into the refusal."""
+    try:
+        return measure()
+    except Exception as e:  # noqa: BLE001 - an unverifiable bake is refused, never half-done
+        first = (str(e).splitlines() or [""])[0]
+        raise _refusal(hooked, kind, "the edited weights could not be loaded and run the way "
+                       f"mlx_lm.load would ({type(e).__name__}: {first})") from e
+
+
+def _load(config: dict[str, Any], weights: dict[str, mx.array], hooked: Any) -> Any:
+    return HookedModel(build(config, weights), hooked.tokenizer)
+
+
+def _requant(edits: dict[str, Any]) -> Optional[dict[str, Any]]:
+    if not edits:
         return None
-    worst = max(measured.values(), key=lambda e: e["relative"])
-    return {"max_relative": worst["relative"],
-            "max_abs": max(e["max_abs"] for e in measured.values()), "per_matrix": measured}
+    return {"max_relative": max(e.relative for e in edits.values()),
+            "max_abs": max(e.max_abs for e in edits.values()),
+            "max_remaining": max(e.remaining for e in edits.values()),
+            "per_matrix": {k: e.as_dict() for k, e in edits.items()}}
 
 
-def _write(out: Union[str, Path], src: Path, weights: dict[str, mx.array],
-           config: dict[str, Any], vec: SteeringVector, summary: dict[str, Any],
-           model_type: str) -> dict[str, Any]:
-    summary = {**summary, "source_model": str(src), "model_type": model_type,
+def _write(target: Path, hooked: Any, src: Path, weights: dict[str, mx.array],
+           config: dict[str, Any], vec: SteeringVector, summary: dict[str, Any]
+           ) -> dict[str, Any]:
+    summary = {**summary, "source_model": model_name(hooked.model_id, src),
+               "model_type": hooked.model_type,
                "vector": {"model": vec.model_id, "method": vec.method, "layers": vec.layers,
                           "hidden_size": vec.hidden_size}}
-
-    def write(tmp: Path) -> None:
-        holder = nn.Module()
-        for k, v in tree_unflatten(list(weights.items())).items():
-            holder[k] = v
-        save_model(tmp, holder)
-        save_config(dict(config), config_path=tmp / "config.json")
-        for f in src.iterdir():  # tokenizer, generation config, chat template, ...
-            if f.is_file() and f.suffix != ".safetensors" and f.name not in _MODEL_FILES:
-                shutil.copy2(f, tmp / f.name)
-        (tmp / "README.md").write_text(_card(summary))
-        (tmp / "mlux_bake.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    atomic_write_dir(Path(out).expanduser(), write)
-    return summary
-
-
-def _card(s: dict[str, Any]) -> str:
-    v = s["vector"]
-    if s["mode"] == "ablation":
-        what = (f"the direction of the vector at layer {s['direction_layer']} (norm "
-                f"{s['direction_norm']:.4g}) projected out of every residual-stream write "
-                "(embeddings, attention output projections, MLP down projections and their "
-                "biases); the LM head is unchanged (untied if it was tied)")
-        q = s["requantization_error"]
-        if q:
-            what += (f". Quantized matrices were requantized with their own bits and group "
-                     f"size: worst relative error {q['max_relative']:.3g}, max abs "
-                     f"{q['max_abs']:.3g}")
-    else:
-        what = (f"alpha {s['alpha']:g} times the vector added to the residual stream after "
-                f"blocks {s['layers']} at every position, as the bias of each block's MLP "
-                "output projection")
-    return (f"---\nlibrary_name: mlx\ntags: [mlx, mlux-bake]\n---\n\n# Baked with mlux\n\n"
-            f"Source model: `{s['source_model']}` ({s['model_type']}).\n\n"
-            f"Baked ({s['mode']}): {what}.\n\nVector: model `{v['model']}`, method "
-            f"`{v['method']}`, layers {v['layers']}, hidden size {v['hidden_size']}.\n\n"
-            "Runs with plain mlx-lm, no mlux needed: `mlx_lm.generate --model THIS_FOLDER "
-            "--prompt ...`. Full settings: `mlux_bake.json`.\n")
+    return write_folder(target, src, weights, config, summary, model_card)

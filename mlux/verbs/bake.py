@@ -5,10 +5,12 @@ output folder is a plain mlx-lm model that runs without mlux.
     mlux bake --model mlux-toy --vector happy.safetensors --alpha 2 --out toy-happy
     mlx_lm.generate --model toy-happy --prompt "the"          # no mlux needed
 
+Vector files are .safetensors or llama.cpp .gguf (read by the loader every verb uses).
 --ablate projects one direction (the vector's at the one chosen layer; a one-layer vector
 needs no --layers) out of every weight that writes into the residual stream; --vector adds
 alpha * v at residuals_L for each chosen layer (default: all the vector's) as MLP output biases.
-See `mlux.bake` for the architectures each mode supports and why the others are refused.
+A bake that cannot be exact for the model (post-norm blocks, a head that cannot be untied, an
+MoE block for --vector, ...) is refused with the reason; see `mlux.bake.bake_support`.
 """
 
 from __future__ import annotations
@@ -17,21 +19,22 @@ import argparse
 
 from ..bake import bake_ablation, bake_steering
 from ..entry import Verb
-from ..experiments.options import layer_ints
+from ..experiments.options import add_model_argument, layer_ints
 from ..model import HookedModel
 
 __all__ = ["VERB"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, hub id or built-in name")
+    add_model_argument(p)  # the built-in model by default, like every other verb
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--ablate", metavar="FILE", help="vector file whose direction to remove")
     mode.add_argument("--vector", metavar="FILE", help="vector file to add (needs --alpha)")
     p.add_argument("--alpha", type=float, default=None, help="strength for --vector")
     p.add_argument("--layers", default=None, help='layers of the vector to bake, e.g. "2" or '
                    '"1-3" (default: the vector\'s only layer / all its layers)')
-    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write (not the "
+                   "source's folder, a folder inside it or one that contains it)")
     p.add_argument("--overwrite", "--force", action="store_true",
                    help="replace --out if it exists and is not empty")
 
@@ -48,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite)
         print(f"baked an ablation of {args.ablate} (layer {s['direction_layer']}'s direction) "
               f"into {len(s['edited'])} weight matrices of {args.model}")
-        if s["requantization_error"]:
-            q = s["requantization_error"]
-            print(f"requantized: worst relative error {q['max_relative']:.3g}, max abs "
-                  f"{q['max_abs']:.3g}")
+        if (q := s["requantization"]):
+            print(f"requantized (rounding chosen to keep the direction out): worst relative "
+                  f"error {q['max_relative']:.3g}, direction's component left in the stream at "
+                  f"most {s['remaining_component']['max']:.3g} of the original")
     else:
         s = bake_steering(hooked, args.vector, args.alpha, layers=layers, out=args.out,
                           overwrite=args.overwrite)

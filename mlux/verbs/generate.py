@@ -46,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "added at each layer (default: 1.0)")
     p.add_argument("--layers", default=None, help='layers to steer, e.g. "2", "1-3", '
                    '"residuals_10-14" (default: every layer of the vector)')
-    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all",
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default=None,
                    help="where to steer: all; prompt = the prompt but its last token; "
-                        "generated = from the prompt's last token on")
+                        "generated = from the prompt's last token on (default: the window "
+                        "the vector file records, e.g. a picked search trial's, else all)")
     p.add_argument("--max-tokens", type=int_in(1), default=40, help="tokens to generate")
     p.add_argument("--temperature", type=float_at_least(0.0), default=0.0,
                    help="sampling temperature (0 = greedy)")
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if vector is not None:
         layers = layer_ints(hooked, args.layers) or vector.layers
         alpha = 1.0 if args.alpha is None else args.alpha
+        args.positions = args.positions or vector.metadata.get("positions") or "all"
         label = f"alpha {alpha:+g} at layers {layers} ({args.positions})"
         if condition is not None:
             runs.append((f"{label}, if the condition fires",
