@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -32,7 +31,6 @@ from mlux import HookedModel, generate_from_cache, prefill_with_cache, steering_
 from mlux.generate import collect_rows, generate_batch, stream_rows
 from mlux.serve import Limits, create_server_app
 from mlux.steering import Steering
-from mlux.testing import save_tiny_model
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_batch.json"
 ALPHAS = (-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0)
@@ -140,17 +138,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = bk.parser(__doc__, DEFAULT_OUTPUT, quick="small settings for a smoke test")
     args = p.parse_args(argv)
-    shape = {"hidden_size": 128 if args.quick else 512, "num_layers": 6, "vocab_size": 4096}
     tokens, repeats = (8, 1) if args.quick else (64, 3)
-    with tempfile.TemporaryDirectory(prefix="mlux-bench-") as tmp:
-        save_tiny_model(tmp, "llama", quantize_bits=4, **shape)
-        hooked = HookedModel.from_pretrained(tmp)
-    hooked.tokenizer.eos_token_ids = {-1}  # never emitted: every row makes `tokens` tokens
+    hooked, model = bk.random_llama(args.quick)
     prompt = hooked.tokenize(" ".join(f"w{5 + k % 90}" for k in range(48))).tokens[0].tolist()
-    vector = mx.random.normal((shape["hidden_size"],), key=mx.random.key(0)) * 0.05
-    result = bk.environment("bench_batch.py", argv,
-                            {"model_type": "llama", "quantize_bits": 4, **shape,
-                             "source": "mlux.testing.save_tiny_model (random weights)"},
+    vector = mx.random.normal((hooked.hidden_size,), key=mx.random.key(0)) * 0.05
+    result = bk.environment("bench_batch.py", argv, model,
                             {"quick": args.quick, "repeats": repeats, "new_tokens": tokens})
     result["sweep"] = sweep(hooked, prompt, vector, tokens, repeats)
     result["server"] = server_throughput(hooked, (1, 4, 8), tokens)

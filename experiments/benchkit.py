@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -26,8 +27,8 @@ import mlux
 from mlux.atomic import atomic_write_json
 
 __all__ = ["CLOCKS", "Run", "clock", "environment", "format_header", "format_row", "interleaved",
-           "measure", "paired", "paired_clocks", "parser", "per_clock", "since", "stats",
-           "stats_clocks", "timed_stream", "write_report"]
+           "measure", "paired", "paired_clocks", "parser", "per_clock", "random_llama", "since",
+           "stats", "stats_clocks", "timed_stream", "write_report"]
 
 CLOCKS = ("wall", "cpu")
 Run = tuple[float, float, dict[str, Any]]  # (wall seconds, cpu seconds, extras)
@@ -192,3 +193,18 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
     print(f"wrote {path}")
+
+
+def random_llama(quick: bool) -> tuple[Any, dict[str, Any]]:
+    """The benchmarks' random 4-bit llama (hidden 512, or 128 for `--quick`; 6 layers, 4k
+    vocabulary) as a `HookedModel` whose EOS is never emitted (every row makes all its tokens),
+    and its description for the report."""
+    from mlux.testing import save_tiny_model
+
+    shape = {"hidden_size": 128 if quick else 512, "num_layers": 6, "vocab_size": 4096}
+    with tempfile.TemporaryDirectory(prefix="mlux-bench-") as tmp:
+        save_tiny_model(tmp, "llama", quantize_bits=4, **shape)
+        hooked = mlux.HookedModel.from_pretrained(tmp)
+    hooked.tokenizer.eos_token_ids = {-1}
+    return hooked, {"model_type": "llama", "quantize_bits": 4, **shape,
+                    "source": "mlux.testing.save_tiny_model (random weights)"}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .condition_search import find_condition_point
+from .conditions import Condition
 from .contrastive import ContrastiveSteering
 from .extract import compute_steering_vector, extract_steering_vectors
 from .generate import generate_batch, generate_from_cache, prefill_with_cache, stream_from_cache
@@ -49,4 +51,7 @@ __all__ = [
     "prefill_with_cache",
     "steering_hooks",
     "stream_from_cache",
+    # conditional steering (CAST); rules (any_of, all_of, not_) are in mlux.conditions
+    "Condition",
+    "find_condition_point",
 ]

@@ -21,6 +21,8 @@ from .info import model_info
 from .model import HookedModel
 from .sae import cli as sae_cli
 from .verbs import bake, extract, generate
+from .verbs import condition_search as condition_search_verb
+from .verbs import search as search_verb
 
 __all__ = ["VERBS", "main"]
 
@@ -92,6 +94,8 @@ VERBS: tuple[Verb, ...] = (
     launch.VERB,
     *collect_cli.VERBS,
     *sae_cli.VERBS,
+    search_verb.VERB,
+    condition_search_verb.VERB,
 )
 
 

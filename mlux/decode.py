@@ -19,6 +19,8 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from .condition_gate import PrefillGate, is_conditional, plain_rows
+from .conditions import Decision
 from .hooks import Hook, Start, cache_offsets, cache_start, normalise_start
 from .inputs import RowGroup, to_token_batch
 from .model import HookedModel, HookSpec
@@ -82,6 +84,7 @@ class _Row:
     max_tokens: int
     stop: frozenset[int]
     produced: int = 0
+    decisions: list[Decision] = field(default_factory=list)  # one per term, set by the prefill
 
 
 @dataclass
@@ -184,6 +187,10 @@ class Decoder:
         """Add one row continuing from a cache the caller prefilled (and its last logits).
         The cache is lent: when the row ends it is trimmed (or restored) to how it was."""
         row = self._row(prompt_length, steering, max_tokens, temperature, top_p, seed, stop)
+        if any(is_conditional(t) for t in row_terms(row.steering)):
+            raise ValueError("a conditional Steering term is decided from the prompt during the "
+                             "decoder's own prefill: insert the prompt (Decoder.insert), not a "
+                             "prefilled cache")
         if row.max_tokens == 0:
             self._finished.append(Event(row.uid, None, "length"))
             return row.uid
@@ -195,8 +202,17 @@ class Decoder:
         return row.uid
 
     def _row_hooks(self, rows: list[_Row]) -> list[tuple[str, Hook]]:
-        return self._hooks + row_steering_hooks(self.hooked, [r.steering for r in rows],
+        return self._hooks + row_steering_hooks(self.hooked, plain_rows([r.steering for r in rows]),
                                                 [r.prompt_length for r in rows])
+
+    def decisions(self, uid: int) -> list[Decision]:
+        """How a live row's steering terms were decided (one per term; conditional terms from
+        its prefill, unconditional ones always fire)."""
+        for lane in self._lanes:
+            for r in lane.rows:
+                if r.uid == uid:
+                    return list(r.decisions)
+        raise KeyError(f"no live row {uid}")
 
     def _sample(self, rows: list[_Row], logits: mx.array) -> mx.array:
         y = sample_rows(logits, [r.sampler for r in rows], all(r.greedy for r in rows))
@@ -204,12 +220,24 @@ class Decoder:
             y = self.hooked.sharding.broadcast(y.astype(mx.int32)).astype(y.dtype)
         return y
 
-    def _prefill_group(self, group: RowGroup, rows: list[_Row]) -> _Lane:
+    def _prefill_group(self, group: RowGroup, rows: list[_Row],
+                       prefix: Optional[dict[int, mx.array]] = None) -> _Lane:
         hooks = self._row_hooks(rows)
-        with self.hooked.hooks(hooks):
+        end = normalise_start(group.start)[0] + group.tokens.shape[1]  # past the last column
+        gate = PrefillGate.for_rows(self.hooked, [r.steering for r in rows],
+                                    [r.prompt_length for r in rows], end, prefix)
+        with self.hooked.hooks(hooks + (gate.hooks() if gate else [])):
             logits = prefill(self.hooked, group.tokens, group.cache, self.chunk_size,
                              group.start)
             y = self._sample(rows, logits)
+        if gate is not None:  # decided: each row holds its decision from now on
+            for r, (steering, decisions) in zip(rows, gate.resolve([r.steering for r in rows]),
+                                                strict=True):
+                r.steering, r.decisions = steering, decisions
+            hooks = self._row_hooks(rows)
+        else:
+            for r in rows:
+                r.decisions = [Decision(True) for _ in row_terms(r.steering)]
         mx.async_eval(y)
         return _Lane(rows, group.cache, y, hooks)
 
@@ -217,14 +245,19 @@ class Decoder:
         """One unsteered prefill of `prompt[:-1]`, copied to every row; each row then runs the
         last prompt token with its own steering."""
         prefix = make_prompt_cache(self.hooked.model)
-        fill_cache(self.hooked, tokens[None, :-1], prefix, self.chunk_size)
+        # conditions sum the shared prefix once (every row's terms on one recording row)
+        every = [t for r in rows for t in row_terms(r.steering)]
+        record = PrefillGate.for_rows(self.hooked, [every], [tokens.shape[0]], float("inf"))
+        with self.hooked.hooks(record.hooks() if record else []):
+            fill_cache(self.hooked, tokens[None, :-1], prefix, self.chunk_size)
+        sums = record.sums if record else None
         last, n = tokens[None, -1:], tokens.shape[0] - 1
         if self.hooked.supports_padded_batch():
             groups = [RowGroup(list(range(len(rows))), mx.repeat(last, len(rows), axis=0),
                                [type(c).merge([c] * len(rows)) for c in prefix], [n] * len(rows))]
         else:
             groups = [RowGroup([i], last, copy.deepcopy(prefix), n) for i in range(len(rows))]
-        return [self._prefill_group(g, [rows[i] for i in g.rows]) for g in groups]
+        return [self._prefill_group(g, [rows[i] for i in g.rows], sums) for g in groups]
 
     def _add(self, lane: _Lane) -> None:
         """Join the running batch where the architecture runs padded batches (a lone row's

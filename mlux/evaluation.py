@@ -9,15 +9,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import mlx.core as mx
+
+from .steering import row_steering_hooks
 
 __all__ = [
     "REFUSAL_PHRASES",
     "BinaryClassifier",
     "Classification",
     "distinct_n",
+    "first_token_kl",
+    "first_token_logits",
     "is_refusal",
     "kl_divergence",
     "perplexity",
@@ -129,3 +133,48 @@ def kl_divergence(p_logits: mx.array, q_logits: mx.array) -> float:
     lp = p - mx.logsumexp(p, keepdims=True)
     lq = q - mx.logsumexp(q, keepdims=True)
     return float((mx.exp(lp) * (lp - lq)).sum().item())
+
+
+def first_token_logits(hooked: Any, prompts: Sequence[Any], hooks: Any = None, *,
+                       steering: Optional[Sequence[Any]] = None) -> mx.array:
+    """Float32 logits `(N, V)` at each prompt's last position (the first generated token's
+    distribution), all prompts in one left-padded forward with `hooks` installed; `steering`
+    gives each row its own `Steering` terms (or None), positions counted per row. Architectures
+    that cannot run padded batches run their rows one by one (`HookedModel.split_batch`)."""
+    if not prompts:
+        raise ValueError("first-token logits need at least one prompt")
+    if steering is None:
+        return hooked.run_with_hooks(list(prompts), hooks)[:, -1].astype(mx.float32)
+    if len(steering) != len(prompts):
+        raise ValueError(f"steering has {len(steering)} rows for {len(prompts)} prompts")
+    batch = hooked.tokenize(list(prompts))
+    out: list[Optional[mx.array]] = [None] * len(prompts)
+    for group in hooked.split_batch(batch):
+        rows = row_steering_hooks(hooked, [steering[i] for i in group.rows],
+                                  [batch.lengths[i] for i in group.rows])
+        with hooked.hooks(hooks), hooked.hooks(rows):
+            logits = hooked.model(group.tokens, cache=group.cache)[:, -1].astype(mx.float32)
+            mx.eval(logits)
+        for j, i in enumerate(group.rows):
+            out[i] = logits[j]
+    return mx.stack(out)
+
+
+def first_token_kl(hooked: Any, prompts: Sequence[Any], hooks: Any = None, *,
+                   steering: Optional[Sequence[Any]] = None,
+                   reference: Optional[mx.array] = None, per_prompt: bool = False
+                   ) -> Union[float, list[float]]:
+    """KL(unsteered || steered) of the first generated token, averaged over `prompts` (heretic's
+    damage measure, its `kl_div(steered, base, log_target=True, reduction="batchmean")`).
+
+    `hooks` steer the batch, `steering` each row (see `first_token_logits`); `reference` is
+    the unsteered `first_token_logits` when already at hand. 0 exactly when nothing changes."""
+    steered = first_token_logits(hooked, prompts, hooks, steering=steering)
+    base = first_token_logits(hooked, prompts) if reference is None else reference
+    if base.shape != steered.shape:
+        raise ValueError(f"reference logits have shape {tuple(base.shape)}, the prompts give "
+                         f"{tuple(steered.shape)}")
+    lb = base - mx.logsumexp(base, axis=-1, keepdims=True)
+    ls = steered - mx.logsumexp(steered, axis=-1, keepdims=True)
+    kl = mx.maximum((mx.exp(lb) * (lb - ls)).sum(axis=-1), 0.0)  # (N,); rounding can dip < 0
+    return kl.tolist() if per_prompt else float(kl.mean().item())

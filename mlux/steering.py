@@ -187,10 +187,14 @@ def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
 
 
 def create_ablation_hook(
-    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None
+    direction: Any, *, positions: Positions = "all", prompt_length: Optional[int] = None,
+    weight: float = 1.0,
 ) -> Hook:
-    """Project `direction` out of the stream: x - (x . d) d with d unit-norm (computed in f32)."""
+    """Project `direction` out of the stream: x - weight (x . d) d with d unit-norm (computed in
+    f32); a `weight` below 1 removes only that share of the component (heretic's kernels)."""
     d = _as_f32(_one_direction(direction), "ablation direction")
+    if weight != weight or abs(weight) == float("inf"):
+        raise ValueError(f"ablation weight must be finite, got {weight}")
     if d.ndim != 1:
         raise ValueError(f"ablation direction must have shape (D,), got {d.shape}")
     norm = float(mx.linalg.norm(d).item())
@@ -203,7 +207,7 @@ def create_ablation_hook(
         if x.shape[-1] != unit.shape[0]:
             raise ValueError(f"direction has size {unit.shape[0]}, {ctx.name} has {x.shape[-1]}")
         proj = x.astype(mx.float32) @ unit  # (B, T)
-        return (-proj[..., None] * unit).astype(x.dtype)
+        return (-weight * proj[..., None] * unit).astype(x.dtype)
 
     return _positional(delta_of, start, end)
 
@@ -255,6 +259,8 @@ class Steering:
     `SteeringVector` (its own layers unless `layers` narrows them).
     `sae_clamp=(sae, feature, value)` clamps an SAE feature at the SAE's hook point instead
     (`mlux.sae`: adds decode(clamped) - decode(original); value None = its own value).
+    `condition` (a `mlux.Condition` or a rule of them) gates the term: the decoder decides it
+    once per row from the prompt (`mlux.condition_gate`).
     """
 
     vector: Any = None
@@ -262,6 +268,7 @@ class Steering:
     layers: Optional[Sequence[int]] = None
     positions: Positions = "all"
     sae_clamp: Optional[tuple[Any, int, Optional[float]]] = None
+    condition: Any = None
 
     def per_layer(self) -> dict[int, mx.array]:
         if self.vector is None:
@@ -285,7 +292,7 @@ def steers_prefix(row: RowSteering, prompt_length: int) -> bool:
     """Does any term touch the positions before the prompt's last token? If not, rows with the
     same prompt can share one prefill of `prompt[:-1]`."""
     return any(resolve_positions(t.positions, prompt_length)[0] < prompt_length - 1
-               for t in row_terms(row) if t.alpha)
+               for t in row_terms(row) if t.alpha and t.condition is None)
 
 
 def row_steering_hooks(
@@ -296,6 +303,9 @@ def row_steering_hooks(
     terms: dict[tuple[int, int], list[tuple[mx.array, int, float]]] = {}
     for r, row in enumerate(rows):
         for term in row_terms(row):
+            if term.condition is not None:  # decided per row in the decoder's prefill
+                raise ValueError("a conditional Steering term is decided by mlux's decoder "
+                                 "(generate_batch, stream_rows, Decoder.insert), not by hooks")
             start, end = resolve_positions(term.positions, prompt_lengths[r])
             for layer, vec in term.per_layer().items():
                 if vec.shape != (hooked.hidden_size,):

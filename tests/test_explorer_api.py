@@ -96,7 +96,8 @@ def test_model_info_and_page(client: Any, hooked: HookedModel) -> None:
     assert page.status_code == 200 and b"explorer.js" in page.data
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     static = sorted(f.name for f in (Path(client.application.root_path) / "static").iterdir())
-    assert static == ["charts.js", "explorer.css", "explorer.js", "sae.js", "util.js"]
+    assert static == ["charts.js", "conditions.js", "explorer.css", "explorer.js", "sae.js",
+                      "util.js"]
     for path in ("/", *(f"/static/{name}" for name in static)):
         body = client.get(path).data.decode()
         external = body.replace("http://www.w3.org/2000/svg", "")

@@ -21,10 +21,12 @@ SECTION = "## Every example here runs (tested)"
 # Blocks that need a running server or several ranks (stated in the README).
 NEEDS_SERVER_OR_RANKS = ("mlux serve", "mlux explore", "OpenAI(", "mlx.launch",
                          "mx.distributed.init()")
-LONG_VERB = re.compile(r"^(\s*mlux (demo|layer-sweep|strength-sweep|calibrate)\b.*?)(\s*#.*)?$")
+LONG_VERB = re.compile(r"^(\s*mlux (demo|layer-sweep|strength-sweep|calibrate|search)\b.*?)"
+                       r"(\s*#.*)?$")
 SHORTEN = {"demo": " --max-tokens 4", "layer-sweep": " --samples 1 --max-tokens 4",
            "strength-sweep": " --samples 1 --max-tokens 4",
-           "calibrate": " --samples 1 --max-tokens 4"}
+           "calibrate": " --samples 1 --max-tokens 4",
+           "search": " --trials 4 --samples 1 --max-tokens 4"}
 SHORTER_CONFIG = (("epochs: 30", "epochs: 2"),
                   ("max_samples_per_category: null", "max_samples_per_category: 32"))
 TOKEN_IDS = re.compile(r"^\[\[?\d+, \d+, \d+", re.MULTILINE)  # a printed list of token ids

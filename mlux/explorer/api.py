@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 from flask import Blueprint, Response, jsonify, render_template
 
 from mlux.detokenize import RowText
+from mlux.explorer.conditions import condition_report, explorer_condition
 from mlux.explorer.engine import (
     generated_projections,
     last_token_norms,
@@ -108,6 +109,7 @@ def _generation(state: ExplorerState) -> tuple[GenerateRequest, SteeringVector]:
     if req.chat and getattr(state.hooked.tokenizer, "chat_template", None) is None:
         raise RequestError("this model's tokenizer has no chat template", "chat")
     _check_relative(vector, req.layers, req.alpha_unit)
+    explorer_condition(state, req)  # a bad condition is a 400 before any work
     return req, vector
 
 
@@ -139,8 +141,11 @@ def generation_events(state: ExplorerState, req: GenerateRequest, vector: Steeri
     scales, residual = alpha_scales(hooked, vector, tokens, req.layers, req.alpha_unit)
     directions = {i: vector[i] * scales[i] for i in req.layers}
     alphas = [0.0, *req.alphas]  # row 0 is the unsteered baseline
-    rows = [Steering(directions, a, positions=req.positions) if a else None for a in alphas]
-    steering = {"layers": req.layers, "alpha_unit": req.alpha_unit, "residual_norms": residual}
+    cond = explorer_condition(state, req)
+    rows = [Steering(directions, a, positions=req.positions, condition=cond) if a else None
+            for a in alphas]
+    steering = {"layers": req.layers, "alpha_unit": req.alpha_unit, "residual_norms": residual,
+                "condition": None if cond is None else condition_report(hooked, cond, tokens)}
     described = [{"row": r, "alpha": a, "effective_alphas": [a * scales[i] for i in req.layers]}
                  for r, a in enumerate(alphas)]
     yield "start", {"rows": described, "prompt_tokens": len(tokens), **steering}

@@ -12,10 +12,12 @@ from typing import Any, Optional, Sequence
 from mlux import web
 from mlux.vector_library import validate_name
 from mlux.web import Fields, RequestError
+from mlux.web.condition_fields import ConditionSettings, condition_object, read_condition_settings
 
 __all__ = [
-    "ComputeRequest", "GenerateRequest", "Limits", "SaveRequest", "SweepRequest", "VectorRef",
-    "parse_compute", "parse_generate", "parse_save", "parse_sweep", "read_vector_ref",
+    "ComputeRequest", "ConditionRequest", "GenerateRequest", "Limits", "SaveRequest",
+    "SweepRequest", "VectorRef", "parse_compute", "parse_generate", "parse_save", "parse_sweep",
+    "read_vector_ref",
 ]
 
 METHODS = ("mean_diff", "pca")
@@ -52,6 +54,14 @@ class ComputeRequest:
 
 
 @dataclass(frozen=True)
+class ConditionRequest:
+    """Steer the rows only if the prompt fires this condition (conditional steering)."""
+
+    vector: VectorRef
+    settings: ConditionSettings
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     prompt: str
     vector: VectorRef
@@ -63,6 +73,7 @@ class GenerateRequest:
     positions: str
     chat: bool
     alpha_unit: str = "raw"
+    condition: Optional[ConditionRequest] = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,18 @@ def parse_generate(body: dict[str, Any], limits: Limits, num_layers: int) -> Gen
         positions=f.positions(),
         chat=f.boolean("chat", False),
         alpha_unit=f.choice("alpha_unit", ALPHA_UNITS, "raw"),
+        condition=_condition(f, num_layers),
     )
     f.done()
+    return req
+
+
+def _condition(f: Fields, num_layers: int) -> Optional[ConditionRequest]:
+    c = condition_object(f)
+    if c is None:
+        return None
+    req = ConditionRequest(read_vector_ref(c), read_condition_settings(c, num_layers))
+    c.done()
     return req
 
 

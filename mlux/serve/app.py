@@ -115,13 +115,15 @@ def _respond(f: Fields, tokens: list[int], *, chat: bool) -> Response:
     usage = {"prompt_tokens": len(tokens), "completion_tokens": len(ids),
              "total_tokens": len(tokens) + len(ids)}
     reason = job.finish.reason if job.finish else "stop"
+    extra = {"steering_fired": job.fired} if req.steering else {}  # per term, conditions decided
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text},
                   "finish_reason": reason}
         return jsonify({**meta, "object": "chat.completion", "choices": [choice],
-                        "usage": usage})
+                        "usage": usage, **extra})
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-    return jsonify({**meta, "object": "text_completion", "choices": [choice], "usage": usage})
+    return jsonify({**meta, "object": "text_completion", "choices": [choice], "usage": usage,
+                    **extra})
 
 
 def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator[str]:
@@ -129,7 +131,8 @@ def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator
     (It runs after the request context is gone, so it is handed what it needs.)"""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def event(delta: Optional[str], reason: Optional[str], first: bool = False) -> str:
+    def event(delta: Optional[str], reason: Optional[str], first: bool = False,
+              extra: Optional[dict[str, Any]] = None) -> str:
         if chat:
             d: dict[str, Any] = {"role": "assistant"} if first else {}
             if delta:
@@ -137,7 +140,8 @@ def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator
             choice = {"index": 0, "delta": d, "finish_reason": reason}
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
-        return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
+        body = {**meta, "object": kind, "choices": [choice], **(extra or {})}
+        return f"data: {json.dumps(body)}\n\n"
 
     text = RowText(tokenizer)
     try:
@@ -147,7 +151,8 @@ def _sse(job: Job, meta: dict[str, Any], chat: bool, tokenizer: Any) -> Iterator
             if piece:
                 yield event(piece, None)
         rest = tokenizer.decode(text.ids)[len(text.text):]  # anything still held back
-        yield event(rest, job.finish.reason if job.finish else "stop")
+        fired = {"steering_fired": job.fired} if job.request.steering else {}
+        yield event(rest, job.finish.reason if job.finish else "stop", extra=fired)
         yield "data: [DONE]\n\n"
     finally:
         job.cancel()

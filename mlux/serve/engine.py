@@ -32,6 +32,7 @@ class Job:
     out: queue.Queue[Union[int, Finished]] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     finish: Optional[Finished] = None
+    fired: list[bool] = field(default_factory=list)  # per steering term, set when it starts
 
     def tokens(self) -> Iterator[int]:
         """Token ids as they are made; raises the engine's error if the job failed."""
@@ -83,6 +84,7 @@ class Engine:
                                             steering=[r.steering or None],
                                             temperature=r.temperature, top_p=r.top_p,
                                             seed=r.seed)
+                    job.fired = [d.fired for d in decoder.decisions(uid)]
                     jobs[uid] = job
                 gone = [uid for uid, job in jobs.items() if job.cancelled.is_set()]
                 decoder.remove(gone)

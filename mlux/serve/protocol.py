@@ -15,8 +15,10 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 
 from .. import web
+from ..conditions import Condition
 from ..steering import Steering
 from ..web import Fields, RequestError
+from ..web.condition_fields import condition_object, read_condition_settings
 
 __all__ = ["APIError", "GenerationRequest", "Limits", "error_body", "parse_request",
            "parse_sae_clamp", "parse_steering"]
@@ -75,6 +77,19 @@ def _vector(f: Fields, hidden_size: int, load_vector: Callable[[str], Any]) -> A
     return mx.array(values, dtype=mx.float32)
 
 
+def _condition(f: Fields, *, num_layers: int, hidden_size: int,
+               load_vector: Callable[[str], Any]) -> Optional[Condition]:
+    """A term's `condition`: `{"vector": NAME | [floats], "layer": int, "threshold": float,
+    "comparator": "larger" | "smaller", "summary": "mean" | "last"}` (None when absent)."""
+    c = condition_object(f)
+    if c is None:
+        return None
+    vector = _vector(c, hidden_size, load_vector)
+    settings = read_condition_settings(c, num_layers)
+    c.done()
+    return settings.condition(vector, f"{c.prefix}vector")
+
+
 def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,
                    load_vector: Callable[[str], Any], limits: Limits) -> Steering:
     vector = _vector(f, hidden_size, load_vector)
@@ -86,8 +101,10 @@ def _steering_term(f: Fields, *, num_layers: int, hidden_size: int,
             raise f.fail("layers", f"name layers the vector has no direction for: {missing}")
     alpha = f.number("alpha", -limits.max_alpha, limits.max_alpha, 1.0)
     positions = f.positions()
+    condition = _condition(f, num_layers=num_layers, hidden_size=hidden_size,
+                           load_vector=load_vector)
     f.done()
-    return Steering(vector, alpha, layers, positions)
+    return Steering(vector, alpha, layers, positions, condition=condition)
 
 
 def parse_steering(

@@ -6,6 +6,7 @@ import { clearSweep, drawNorms, drawScale, drawSweep, largestChange, sweepTitle,
   from "./charts.js";
 import { $, ApiError, api, download, el, fmt, guarded, lines, numbers, readEvents, readNumber,
   store } from "./util.js";
+import { CONDITION_FIELDS, conditionBody, showCondition } from "./conditions.js";
 
 // Each action's request fields -> the inputs that hold them (for outlining an error).
 const COMMON = { prompt: "prompt", layers: "layers", alpha: "alpha-value", chat: "chat",
@@ -13,7 +14,7 @@ const COMMON = { prompt: "prompt", layers: "layers", alpha: "alpha-value", chat:
 const FIELDS = {
   compute: { positive: "positive", negative: "negative", method: "method", chat: "chat" },
   generate: { ...COMMON, alphas: "compare-alphas", max_tokens: "max-tokens",
-    temperature: "temperature", positions: "positions" },
+    temperature: "temperature", positions: "positions", ...CONDITION_FIELDS },
   sweep: { ...COMMON, max_tokens: "sweep-tokens", mode: "sweep-mode" },
   save: { name: "vector-name" },
   library: { name: "library-list" },
@@ -154,6 +155,8 @@ function generationBody() {
     chat: $("chat").checked, alpha_unit: alphaUnit() };
   if ($("compare-mode").checked) body.alphas = numbers($("compare-alphas").value);
   else body.alpha = readNumber("alpha-value", "alpha");
+  const condition = conditionBody();
+  if (condition) body.condition = condition;
   return body;
 }
 
@@ -167,7 +170,7 @@ function rowTitle(r, start) {
 function resetOutputs() {
   const box = $("outputs"); box.replaceChildren();
   box.dataset.done = "0"; box.dataset.tokenEvents = "0";
-  $("shown-prompt").hidden = true; $("colour-scale").hidden = true;
+  $("shown-prompt").hidden = true; $("colour-scale").hidden = true; showCondition(null);
   ui.generation = null; updateExport();
 }
 
@@ -217,7 +220,10 @@ async function generate() {
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
     await readEvents(res, (event, data) => {
-      if (event === "start") { startRows(body, data); $("gen-status").textContent = "streaming…"; }
+      if (event === "start") {
+        startRows(body, data); showCondition(data.condition);
+        $("gen-status").textContent = "streaming…";
+      }
       else if (event === "tokens") {
         for (const t of data.tokens) $(`out-${t.row}`).querySelector(".text").append(t.piece);
         $("outputs").dataset.tokenEvents = String(Number($("outputs").dataset.tokenEvents) + 1);
