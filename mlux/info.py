@@ -68,7 +68,7 @@ def padded_batch_fallback(hooked: HookedModel) -> str:
     blockers = batch_cache_blockers(hooked.model)
     if blockers:
         return f"its layer caches ({', '.join(blockers)}) have no batch form in mlx-lm"
-    return "a padded batch differs from its rows run alone (probed)"
+    return hooked.padded_batch_reason
 
 
 def features(hooked: HookedModel) -> dict[str, Any]:

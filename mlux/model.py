@@ -63,6 +63,8 @@ class HookedModel:
         self._points: dict[str, HookWrapper] = {}
         self._remote: set[str] = set()  # hook points of blocks other ranks run
         self._padded_batch_ok: Optional[bool] = None
+        # why the probe of `supports_padded_batch` failed ("" until it has, or if it passed)
+        self.padded_batch_reason = ""
         # Steering added to every row mlux's decoder starts (`SteeringVector.apply`).
         self.ambient_steering: list[Any] = []
         self._config = None
@@ -272,8 +274,12 @@ class HookedModel:
                             mx.eval(alone[-1])
                         ok = all(mx.allclose(batched[i], a, rtol=1e-2, atol=1e-2).item()
                                  for i, a in enumerate(alone))
-                except Exception:  # e.g. positions built with numpy from the cache offset
+                    if not ok:
+                        self.padded_batch_reason = "a padded batch differs from its rows alone"
+                except Exception as e:  # e.g. positions built with numpy from the cache offset
                     ok = False
+                    self.padded_batch_reason = (f"a padded batch fails: {type(e).__name__}: "
+                                                f"{str(e)[:160]}")
             self._padded_batch_ok = ok
         return self._padded_batch_ok
 
