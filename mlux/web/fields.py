@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from flask import request
+from flask import current_app, request
 
 from mlux.positions import resolve_positions
 
@@ -22,11 +22,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 class RequestError(Exception):
     """A request the server refuses: `status` is the HTTP code, `field` the body field at fault
-    ("steering[1].alpha") or None when no one field is."""
+    ("steering[1].alpha") or None when no one field is; `code` a machine-readable reason
+    ("model_not_found") where the API defines one."""
 
-    def __init__(self, message: str, field: Optional[str] = None, status: int = 400) -> None:
+    def __init__(self, message: str, field: Optional[str] = None, status: int = 400,
+                 code: Optional[str] = None) -> None:
         super().__init__(message)
-        self.message, self.field, self.status = message, field, status
+        self.message, self.field, self.status, self.code = message, field, status, code
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,22 @@ def _check_tree(body: dict[str, Any]) -> None:
                 stack.append((value, _join(path, key), depth + 1))
 
 
+def _body() -> bytes:
+    """The raw body; a chunked one (no Content-Length) is read up to the app's cap and past
+    it refused with 413, never cut short (werkzeug would stop reading at the cap)."""
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or cap is None:
+        return request.get_data(cache=False)
+    stream, parts, size = request.environ["wsgi.input"], [], 0
+    while size <= cap:
+        part = stream.read(min(1 << 16, cap + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    raise RequestError(f"the request body is over the {cap}-byte limit", status=413)
+
+
 def json_object() -> dict[str, Any]:
     """The current request's body as a JSON object: 415 unless sent as application/json, 413
     past the app's body cap (before reading it), 400 unless it is UTF-8 JSON for an object at
@@ -82,7 +100,7 @@ def json_object() -> dict[str, Any]:
         raise RequestError("send the request body as a JSON object with Content-Type: "
                            "application/json", status=415)
     try:
-        body = json.loads(request.get_data(cache=False).decode("utf-8"))
+        body = json.loads(_body().decode("utf-8"))
     except RecursionError:
         raise RequestError(f"the request body is nested too deeply (at most {MAX_DEPTH} "
                            "levels)") from None
