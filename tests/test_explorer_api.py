@@ -42,7 +42,7 @@ def app(hooked: HookedModel, tmp_path: Path) -> Any:
     app = create_app(hooked, vectors_dir=tmp_path / "vectors")
     yield app
     assert hooked.active_hooks() == {}, "a request left hooks installed"
-    assert not get_state_of(app).lock.locked(), "a request left the model lock held"
+    assert not get_state_of(app).worker.busy, "a request left the model lock held"
 
 
 def get_state_of(app: Any) -> Any:
@@ -213,7 +213,7 @@ def test_custom_sweep_mode_and_errors_inside_remove_hooks(hooked: HookedModel,
     assert c.post("/api/sweep", json={**body, "mode": "constant"}).json["layers"] == [{"layer": 2}]
     r = c.post("/api/sweep", json={**body, "mode": "broken"})
     assert r.status_code == 500 and "boom" in r.json["error"]
-    assert hooked.active_hooks() == {} and not get_state_of(app).lock.locked()
+    assert hooked.active_hooks() == {} and not get_state_of(app).worker.busy
 
 
 # -- concurrency, disconnects, the lock ----------------------------------------------------------
@@ -239,8 +239,8 @@ def test_concurrent_streams_both_finish(app: Any, hooked: HookedModel, vid: str)
             t.start()
         for t in threads:
             t.join(timeout=60)
-    switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
-    assert switches == 1, "the two requests' forward passes interleaved"
+    # Every forward pass ran on the app's one model thread, none on a request thread.
+    assert set(order) == {get_state_of(app).worker._thread.ident}
     for alpha, text in want.items():
         name, done = got[alpha][-1]
         assert name == "done" and done["rows"][1]["text"] == text
@@ -263,7 +263,7 @@ def test_closing_the_stream_stops_generation(app: Any, hooked: HookedModel, vid:
         seen = [next(chunks) for _ in range(5)]  # comment, start, 3 token steps
         assert b"event: tokens" in seen[-1]
         r.close()
-        assert not get_state_of(app).lock.locked()
+        assert not get_state_of(app).worker.busy
         assert len(counts) < 12  # stopped after a few of the 256 steps
         assert hooked.active_hooks() == {"residuals_0": 1}  # only the test's own
     assert hooked.active_hooks() == {}
@@ -287,9 +287,9 @@ def test_client_disconnect_on_a_real_server(app: Any, hooked: HookedModel, vid: 
             sock.close()  # the browser tab went away
             state = get_state_of(app)
             deadline = time.time() + 20
-            while state.lock.locked() and time.time() < deadline:
+            while state.worker.busy and time.time() < deadline:
                 time.sleep(0.05)
-            assert not state.lock.locked(), "the server kept generating for a gone client"
+            assert not state.worker.busy, "the server kept generating for a gone client"
             assert len(counts) < 100
     finally:
         server.shutdown()
@@ -301,8 +301,14 @@ def test_busy_model_answers_503(hooked: HookedModel, tmp_path: Path) -> None:
     c = app.test_client()
     v = c.post("/api/compute", json={"positive": POS, "negative": NEG}).json["id"]
     state = get_state_of(app)
-    with state.lock:
+    release = threading.Event()
+    state.worker.submit(release.wait, 30)  # the model thread is busy with other work
+    try:
         r = c.post("/api/compute", json={"positive": POS, "negative": NEG})
         assert r.status_code == 503 and r.is_json
-        events = parse_sse(c.post("/api/stream", json=gen_body(v)).data.decode())
-        assert events[-1][0] == "error" and "busy" in events[-1][1]["error"]
+        r = c.post("/api/stream", json=gen_body(v))  # refused before any event is sent
+        assert r.status_code == 503 and "busy" in r.json["error"]
+    finally:
+        release.set()
+    assert c.post("/api/compute", json={"positive": POS, "negative": NEG}).status_code == 200
+    state.close()

@@ -195,8 +195,10 @@ class FakeServer:
 
     server_port = 4321
 
-    def __init__(self, log: list[Any], host: str, port: int, app: Any, threaded: bool) -> None:
+    def __init__(self, log: list[Any], host: str, port: int, app: Any, threaded: bool,
+                 request_handler: Any) -> None:
         self.log = log
+        assert request_handler is web.JSONErrorHandler  # its own errors are JSON too
         log.append(("made", host, port, app, threaded))
 
     def serve_forever(self) -> None:
@@ -215,7 +217,8 @@ def test_run_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     app = bare_app()
     assert web.run_server(app, "127.0.0.1", 0, name="test", path="/v1") == 0
     assert log == [("made", "127.0.0.1", 0, app, True), ("closed",)]
-    assert "test: serving on http://127.0.0.1:4321/v1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "test: serving on http://127.0.0.1:4321/v1" in err and "test: stopped" in err
     with pytest.raises(ValueError, match="loopback"):
         web.run_server(app, "0.0.0.0", 0)
     with pytest.raises(ValueError, match="port"):

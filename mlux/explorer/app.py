@@ -8,7 +8,7 @@ the page, generation and sweeps (`api.py`), the vector library (`library_api.py`
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from flask import Flask
 
@@ -25,7 +25,8 @@ from mlux.model import HookedModel
 from mlux.vector_library import VectorLibrary
 from mlux.web import LOOPBACK_HOSTS
 
-__all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", "get_state"]
+__all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", "get_state",
+           "library_folder"]
 
 
 def default_settings(hooked: HookedModel) -> dict[str, Any]:
@@ -42,6 +43,16 @@ def default_settings(hooked: HookedModel) -> dict[str, Any]:
             "chat": bool(has_template and not builtin)}
 
 
+def library_folder(vectors_dir: str | os.PathLike[str]) -> str:
+    """The library folder, `~` expanded; it may not exist yet (the first save makes it), but
+    must not be anything other than a folder."""
+    path = os.path.expanduser(os.fspath(vectors_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"the vector library {os.fspath(vectors_dir)!r} is not a folder "
+                         "(--vectors DIR: a folder for the saved vectors)")
+    return path
+
+
 def create_app(
     hooked: HookedModel,
     *,
@@ -51,14 +62,17 @@ def create_app(
     sweeps: Optional[Mapping[str, SweepFn]] = None,
     lock_timeout: float = 300.0,
     allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS,
+    scorers: Optional[Mapping[str, Callable[[str], Optional[bool]]]] = None,
 ) -> Flask:
     """The explorer app for an already loaded model.
 
     `sweeps` adds layer-sweep modes next to the built-in "projection" (see `engine.SweepFn`);
+    `scorers` (label -> text -> True/False/None) score every generated column;
     `allowed_hosts=None` accepts any Host header (for `--host`), else requests naming another
     host are refused, which stops DNS-rebinding pages from reaching a loopback server
     (`mlux.web.allowed_hosts_for(bind_address)` picks the right one).
     """
+    library = VectorLibrary(library_folder(vectors_dir))
     limits = limits or Limits()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -67,7 +81,7 @@ def create_app(
     settings = default_settings(hooked)
     settings.update(defaults or {})
     app.extensions[STATE_KEY] = ExplorerState(
-        hooked=hooked, library=VectorLibrary(os.path.expanduser(os.fspath(vectors_dir))),
+        hooked=hooked, library=library, scorers=dict(scorers or {}),
         limits=limits, info=model_info(hooked), defaults=settings,
         sweeps={"projection": projection_sweep, **(sweeps or {})}, lock_timeout=lock_timeout,
         allowed_hosts=allowed_hosts)

@@ -9,7 +9,7 @@ from ..behavior import behavior_rates
 from ..model import HookedModel
 from ..vectors import SteeringVector
 
-__all__ = ["behavior_sweep", "toy_behavior_sweeps"]
+__all__ = ["behavior_sweep", "toy_behavior_sweeps", "toy_scorers"]
 
 
 def _finite(x: float) -> Optional[float]:
@@ -40,10 +40,16 @@ def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[st
     return sweep
 
 
+def toy_scorers() -> dict[str, Callable[[str], Optional[bool]]]:
+    """One scorer per feature of the built-in model, named by the value it detects."""
+    from ..toy import FEATURES, feature_scorer
+
+    return {values[0]: feature_scorer(feature, values[0]) for feature, values in FEATURES.items()}
+
+
 def toy_behavior_sweeps() -> dict[str, Callable[..., dict[str, Any]]]:
     """One mode per feature value the built-in model was trained on."""
-    from ..toy import FEATURES, TEST_PROMPTS, feature_scorer
+    from ..toy import TEST_PROMPTS
 
-    return {f"behavior:{values[0]}": behavior_sweep(feature_scorer(feature, values[0]),
-                                                      TEST_PROMPTS, values[0])
-            for feature, values in FEATURES.items()}
+    return {f"behavior:{label}": behavior_sweep(scorer, TEST_PROMPTS, label)
+            for label, scorer in toy_scorers().items()}

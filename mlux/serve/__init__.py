@@ -9,7 +9,7 @@ from .. import web
 from ..builtin import DEFAULT_MODEL
 from ..entry import Verb, int_in
 from ..model import HookedModel
-from .app import create_server_app
+from .app import create_server_app, library_folder
 from .engine import Engine
 from .protocol import APIError, Limits
 
@@ -31,9 +31,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the model and serve the OpenAI-compatible API until interrupted."""
+    """Check the folder and the port, load the model and serve the OpenAI-compatible API until
+    Ctrl-C or SIGTERM; then stop accepting, cancel the rows in flight, join the engine."""
+    vectors = library_folder(args.vectors) if args.vectors is not None else None
+    web.check_bind(args.host, allow_remote=True)
+    web.check_port(args.host, args.port)  # before the model loads, not after
     hooked = HookedModel.from_pretrained(args.model)
-    app = create_server_app(hooked, vectors=args.vectors, max_batch=args.max_batch,
+    app = create_server_app(hooked, vectors=vectors, max_batch=args.max_batch,
                             limits=Limits(max_tokens=args.max_tokens),
                             allowed_hosts=web.allowed_hosts_for(args.host))
     try:

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from flask import current_app, request
 
+from mlux.layers import expand_layer_specs
 from mlux.positions import resolve_positions
 
 __all__ = ["MAX_DEPTH", "POSITIONS", "Fields", "Limits", "RequestError", "json_object"]
@@ -18,6 +19,7 @@ __all__ = ["MAX_DEPTH", "POSITIONS", "Fields", "Limits", "RequestError", "json_o
 POSITIONS = ("all", "prompt", "generated")  # what a request may name; resolve_positions decides
 MAX_DEPTH = 32  # JSON nesting levels a body may have
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_RANGE = re.compile(r"-?\d+\s*-\s*-?\d+")  # "1-3": shorthand for the grammar's residuals_1-3
 
 
 class RequestError(Exception):
@@ -206,17 +208,36 @@ class Fields:
         return [self._number(f"{key}[{i}]", v, lo, hi) for i, v in enumerate(value)]
 
     def layers(self, key: str, num_layers: int, *, required: bool) -> Optional[list[int]]:
-        """Distinct layer indices in 0..num_layers - 1."""
-        value = self.items(key, "layer indices", num_layers, required=required)
+        """Distinct residual layers in the one layer grammar (`mlux.layers`): a list of ints
+        and specs, or one string of them ("2, 4", "1-3", "-1", "residuals_2-4", "all")."""
+        value = self.get(key, required)
         if value is None:
             return None
-        for v in value:
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_layers:
-                raise self.fail(key, f"entries must be integers in 0..{num_layers - 1}; got "
-                                     f"{_show(v)}")
-        if len(set(value)) != len(value):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or len(items) > num_layers:
+            raise self.fail(key, f"must be layer indices (at most {num_layers}) or a layer spec "
+                                 "such as \"1-3, -1\"")
+        layers: list[int] = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise self.fail(key, f"entries must be integers in 0..{num_layers - 1} or layer "
+                                     f"specs; got {_show(item)}")
+            parts = item.split(",") if isinstance(item, str) else [item]
+            for part in parts:
+                spec = part.strip() if isinstance(part, str) else part
+                if isinstance(spec, str) and _RANGE.fullmatch(spec):
+                    spec = "residuals_" + re.sub(r"\s+", "", spec)  # the grammar's range
+                try:
+                    names = expand_layer_specs(spec, num_layers)
+                except ValueError as exc:
+                    raise self.fail(key, f"is not a layer spec: {exc}") from None
+                if any(not n.startswith("residuals_") for n in names):
+                    raise self.fail(key, f"names {_show(spec)}: steering takes residual layers "
+                                         "(an index, a range such as 1-3, or residuals_i)")
+                layers.extend(int(n.split("_")[1]) for n in names)
+        if len(set(layers)) != len(layers):
             raise self.fail(key, "must not repeat a layer")
-        return list(value)
+        return layers
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.get(key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -39,6 +39,7 @@ class Worker:
         self._queue: queue.Queue[Optional[_Task]] = queue.Queue()
         self._lock = threading.Lock()  # orders submit against close
         self._closed = False
+        self._running = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         atexit.register(self.close)  # joined before interpreter shutdown, even if nobody closes
@@ -46,6 +47,11 @@ class Worker:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call runs or waits (a snapshot, for tests and status pages)."""
+        return self._running or not self._queue.empty()
 
     def on_worker(self) -> bool:
         return threading.current_thread() is self._thread
@@ -73,7 +79,7 @@ class Worker:
     def stream(self, make: Callable[[], Iterator[T]], stop: threading.Event) -> Iterator[T]:
         """Run the iterator `make()` on the worker as one task, handing its items to the
         caller's thread as they come. Closing the returned generator (the client left) sets
-        `stop`; the worker then closes the iterator before its next item."""
+        `stop`, and waits while the worker closes the iterator (before its next item)."""
         items: queue.Queue[Any] = queue.Queue()
 
         def pump() -> None:
@@ -106,6 +112,8 @@ class Worker:
                 yield item
         finally:
             stop.set()
+            if not future.cancel() and not self.on_worker():  # started: wait for it to stop
+                wait([future], timeout=60)
 
     def close(self, timeout: float = 60.0, final: Optional[Callable[[], Any]] = None) -> None:
         """Take no more work, cancel what has not started, let the running call finish, run
@@ -138,12 +146,15 @@ class Worker:
                 return
             if not task.future.set_running_or_notify_cancel():
                 continue
+            self._running = True
             try:
                 result = task.fn()
             except BaseException as exc:  # the worker outlives any one bad call
                 task.future.set_exception(exc)
             else:
                 task.future.set_result(result)
+            finally:
+                self._running = False
 
 
 @dataclass
