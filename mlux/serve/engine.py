@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar, Union
@@ -41,14 +42,19 @@ class Job:
     def tokens(self, alive: Optional[Callable[[], bool]] = None, poll: float = 0.25
                ) -> Iterator[int]:
         """Token ids as they are made; raises the engine's error if the job failed. With
-        `alive`, asked every `poll` seconds while waiting: False cancels the job."""
+        `alive`, asked every `poll` seconds: False cancels the job."""
+        checked = time.monotonic()
         while True:
             try:
                 item = self.out.get(timeout=poll if alive is not None else None)
             except queue.Empty:
-                if not alive():  # type: ignore[misc]
+                item = None
+            if alive is not None and time.monotonic() - checked >= poll:
+                checked = time.monotonic()
+                if not alive():
                     self.cancel()
                     alive = None  # the engine answers with Finished("cancelled")
+            if item is None:
                 continue
             if isinstance(item, Finished):
                 self.finish = item

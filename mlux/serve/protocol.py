@@ -158,7 +158,7 @@ def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, **stee
     f.text("user", 256, required=False, blank=True)  # an end-user id: nothing to do with it
     for key, allowed in AT_DEFAULT.items():
         value = f.get(key)
-        if not any(type(value) is type(a) and value == a for a in allowed):  # 0 is not False
+        if not any(_same(value, a) for a in allowed):
             raise f.fail(key, f"is not supported by mlux serve (accepted only as "
                               f"{' or '.join(map(_json, allowed))})")
     req = GenerationRequest(
@@ -173,6 +173,12 @@ def parse_request(f: Fields, prompt_tokens: list[int], *, limits: Limits, **stee
     )
     f.done()
     return req
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal as JSON values: 0 == 0.0, but 0 is not false (`logprobs: 0` asks for something)."""
+    return value == default and isinstance(value, bool) == isinstance(default, bool) and (
+        type(value) is type(default) or not isinstance(default, (str, dict, list)))
 
 
 def _json(value: Any) -> str:

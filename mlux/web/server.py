@@ -151,6 +151,8 @@ class JSONErrorHandler(serving.WSGIRequestHandler):
         if settings is None:
             super().send_error(code, message, explain)
             return
+        if self.request_version == "HTTP/0.9" and b" HTTP/" in (self.raw_requestline or b""):
+            self.request_version = "HTTP/1.0"  # a bad HTTP/1.x line: answer with a status line
         phrase = self.responses.get(code, ("error", ""))[0]
         text = f"{phrase}: {message}" if message and message != phrase else phrase
         body = to_json(settings.error_body(RequestError(text, None, code))).encode()

@@ -4,7 +4,8 @@ MLX gives every thread that evaluates arrays a stream of its own, backed by a th
 exits: a server whose request threads ran MLX grew by one thread (and ~9 MB of address space)
 per request. So every model call of a server runs on its `Worker`, handed over through a queue,
 and `close()` stops and joins that thread before the interpreter exits (a thread still inside
-MLX during interpreter shutdown aborts the process with SIGABRT).
+MLX during interpreter shutdown aborts the process with SIGABRT), and destroys the thread's MLX
+stream as it ends (a stream left behind aborts the process at exit just the same).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import mlx.core as mx
 
 __all__ = ["Worker", "WorkerClosed"]
 
@@ -140,6 +143,13 @@ class Worker:
         atexit.unregister(self.close)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # MLX's stream for this thread outlives it unless destroyed here, and then
+            mx.synchronize()  # aborts the process at exit ("terminate called ...", SIGABRT)
+            mx.clear_streams()
+
+    def _serve(self) -> None:
         while True:
             task = self._queue.get()
             if task is None:
