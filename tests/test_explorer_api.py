@@ -162,11 +162,17 @@ def test_projection_sweep(client: Any, vid: str) -> None:
     for p in layers:  # the change as a fraction of the layer's residual norm, for ranking
         assert p["residual_norm"] > 0
         assert p["relative_delta"] == pytest.approx(p["delta"] / p["residual_norm"])
-    assert r.json["quantity"] == "projection" and "residual" in r.json["y_label"]
-    assert "residual norm" in r.json["metric"] and r.json["alpha_unit"] == "raw"
+    assert r.json["quantity"] == "projection_change" and "residual" in r.json["y_label"]
+    assert "steered minus baseline" in r.json["metric"] and r.json["alpha_unit"] == "raw"
     one = client.post("/api/generate", json=gen_body(vid, max_tokens=8)).json
     assert layers[LAYER]["text"] == one["rows"][1]["text"]  # row L of the sweep = steering L
     assert r.json["baseline_text"] == one["rows"][0]["text"]
+    # Identity: alpha 0 steers nothing, so every change is exactly 0.
+    zero = client.post("/api/sweep", json={"prompt": PROMPT, "vector": {"id": vid}, "alpha": 0,
+                                           "max_tokens": 8}).json
+    for p in zero["layers"]:  # (batched rows agree to float32 rounding under OpenBLAS)
+        assert p["text"] == zero["baseline_text"]
+        assert abs(p["delta"]) <= 1e-5 * p["residual_norm"]
 
 
 def test_alpha_relative_to_the_residual_norm(client: Any, hooked: HookedModel, vid: str

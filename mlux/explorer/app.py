@@ -32,7 +32,9 @@ __all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", 
 def default_settings(hooked: HookedModel) -> dict[str, Any]:
     """Starting values for the page: contrast prompts, a prompt, a layer and an alpha."""
     task = contrast_task(hooked.model_id or "", None)
-    pos, neg, prompt = task.positive, task.negative, task.prompts[0]
+    # A prompt of more than one word: after one token the sweep's readout has little to read.
+    prompt = next((p for p in task.prompts if len(p.split()) > 1), task.prompts[0])
+    pos, neg = task.positive, task.negative
     alpha = max(task.alphas)
     builtin = hooked.model_id in BUILTIN_MODELS
     layers = hooked.config.get_recommended_layers("default") or [hooked.num_layers // 2]

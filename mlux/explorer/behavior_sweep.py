@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from ..behavior import behavior_rates
+from ..behavior import BehaviorCell, behavior_rates
+from ..evaluation import wilson_interval
 from ..model import HookedModel
 from ..vectors import SteeringVector
 
@@ -14,6 +15,12 @@ __all__ = ["behavior_sweep", "toy_behavior_sweeps", "toy_scorers"]
 
 def _finite(x: float) -> Optional[float]:
     return x if x == x else None
+
+
+def _interval(cell: BehaviorCell) -> list[Optional[float]]:
+    """The rate's 95% Wilson interval over the samples the scorer could label."""
+    hits = round(cell.rate * cell.labelled) if cell.labelled else 0
+    return [_finite(x) for x in wilson_interval(hits, cell.labelled)]
 
 
 def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[str],
@@ -29,13 +36,15 @@ def behavior_sweep(scorer: Callable[[str], Optional[bool]], prompts: Sequence[st
         base = cells[0]
         rows = [{"layer": c.layer, "norm": vector.norms[c.layer], "baseline": _finite(base.rate),
                  "steered": _finite(c.rate), "delta": _finite(c.rate - base.rate),
+                 "baseline_ci": _interval(base), "steered_ci": _interval(c), "n": c.labelled,
                  "text": c.texts[0] if c.texts else ""}
                 for c in cells if c.alpha == alpha]
         return {"mode": label, "quantity": "rate", "alpha": alpha, "layers": rows,
                 "y_label": f"rate of {label} (%)",
                 "baseline_text": base.texts[0] if base.texts else "",
                 "metric": f"rate of {label} over {len(prompts)} test prompts x {samples} "
-                          "sampled continuations (temperature 1), every position steered"}
+                          "sampled continuations (temperature 1), every position steered; "
+                          "bars: 95% Wilson intervals"}
 
     return sweep
 

@@ -124,10 +124,12 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 
 def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[int], *,
                      layers: Sequence[int], alpha: float, max_tokens: int) -> dict[str, Any]:
-    """Per layer L: steer generated positions at L alone, then read how far the generated
-    text projects onto the vector at L, against the unsteered baseline (one batch: row 0 is
-    the baseline, row i+1 steers layers[i])."""
-    rows = [None, *(Steering({lyr: vector[lyr]}, alpha, positions="generated") for lyr in layers)]
+    """Per layer L: steer every position at L alone (as the behaviour sweep does), then read
+    how far the generated text projects onto the vector at L, against the unsteered baseline:
+    the change (steered - baseline) of the mean over the generated tokens, also as a fraction
+    of the layer's mean residual norm, since raw projections grow with depth (one batch: row 0
+    is the baseline, row i+1 steers layers[i])."""
+    rows = [None, *(Steering({lyr: vector[lyr]}, alpha, positions="all") for lyr in layers)]
     gens: list[list[int]] = [[] for _ in rows]
     steps = stream_rows(hooked, tokens, rows, max_tokens=max_tokens)
     with contextlib.closing(steps):
@@ -146,10 +148,11 @@ def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[i
                     "delta": delta, "residual_norm": scale,
                     "relative_delta": delta / scale if delta is not None and scale else None,
                     "text": hooked.tokenizer.decode(gens[i + 1])})
-    return {"mode": "projection", "quantity": "projection", "alpha": alpha, "layers": out,
-            "baseline_text": hooked.tokenizer.decode(gens[0]),
-            "y_label": "projection (residual units)",
-            "metric": "mean projection of the generated tokens' residuals onto the unit "
-                      "vector at each layer, read without steering; the largest change is "
-                      "compared as a fraction of the layer's mean residual norm "
-                      "(relative_delta), since raw projections grow with depth"}
+    return {"mode": "projection", "quantity": "projection_change", "alpha": alpha,
+            "layers": out, "baseline_text": hooked.tokenizer.decode(gens[0]),
+            "y_label": "change in projection (× residual norm)",
+            "metric": "steered minus baseline: the mean projection of the generated tokens' "
+                      "residuals onto the unit vector at the steered layer (read without "
+                      "steering, so it measures the text itself), as a fraction of that "
+                      "layer's mean residual norm; above 0, the steered text moved along the "
+                      "vector"}
