@@ -348,3 +348,41 @@ def test_stop_after_traffic_exits_0(setup: dict[str, Any], verb: str, sig: int) 
     assert proc.returncode == 0, err
     assert "terminate called" not in err and "Traceback" not in err
     assert "stopped" in err
+
+
+# -- refused at start, before the model loads ----------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlux", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_busy_port_is_refused_before_loading(setup: dict[str, Any]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for verb in ("serve", "explore"):
+            # A model path that does not exist: had it tried to load, it would say so instead.
+            r = run_cli(verb, "--model", str(setup["root"] / "no-model"), "--port", port,
+                        "--vectors", str(setup["root"] / "vectors"))
+            assert r.returncode == 2, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"mlux {verb}: error: ")
+            assert port in lines[0] and "in use" in lines[0]
+
+
+@pytest.mark.parametrize(("verb", "what", "words"), [
+    ("serve", "missing", "does not exist"), ("serve", "file", "is not a folder"),
+    ("explore", "file", "is not a folder")])
+def test_vector_folder_checked_at_start(setup: dict[str, Any], tmp_path: Path, verb: str,
+                                        what: str, words: str) -> None:
+    folder = tmp_path / "vectors"
+    if what == "file":
+        folder.write_text("not a folder")
+    r = run_cli(verb, "--model", str(setup["root"] / "no-model"), "--vectors", str(folder),
+                "--port", "0")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mlux {verb}: error: ")
+    assert str(folder) in lines[0] and words in lines[0]

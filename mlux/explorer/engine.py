@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import mlx.core as mx
 
 from mlux.generate import stream_rows as batch_stream_rows
+from mlux.inputs import warn_if_unknown
 from mlux.model import HookedModel
 from mlux.steering import Steering
 from mlux.vectors import SteeringVector
@@ -33,7 +34,13 @@ SweepFn = Callable[..., dict[str, Any]]
 
 
 def prompt_tokens(hooked: HookedModel, prompt: str, chat: bool) -> list[int]:
-    return hooked.encode_chat(prompt) if chat else hooked.tokenize(prompt).tokens[0].tolist()
+    """The prompt's ids; a prompt mostly of unknown tokens warns on every request (the model
+    itself warns once), for the page to show."""
+    if chat:
+        return hooked.encode_chat(prompt)
+    batch = hooked.tokenize(prompt)
+    warn_if_unknown(hooked.tokenizer, [prompt], batch, hooked.model_id)
+    return batch.tokens[0].tolist()
 
 
 def stream_rows(
