@@ -280,3 +280,73 @@ def test_client_disconnect_cancels_its_generation(server):
         time.sleep(0.05)
     assert server["engine"].live == 0
     assert server["engine"].steps - steps < 400
+
+
+# -- stop strings, as the OpenAI API honours them ------------------------------------------------
+
+def test_stop_strings_cut_the_text(server):
+    """`stop` (a string or a list): the text ends before the first stop string, also one split
+    across tokens, with finish_reason "stop", streamed or not; the reference is the library's
+    own generation cut by hand."""
+    client, hooked = server["client"], server["hooked"]
+    full = library_reference(hooked, hooked.tokenizer.encode(PROMPT), None, 12)
+    words = full.split()
+    assert len(words) >= 6
+    spanning = full[full.index(words[2]) + 1: full.index(words[3]) + 2]  # "5 w1": two tokens
+    for stop in (words[3], [words[4], words[3]], spanning, ["nothing-like-this", spanning]):
+        first = min(full.find(s) for s in ([stop] if isinstance(stop, str) else stop)
+                    if s in full)
+        want = full[:first]
+        r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                      temperature=0, stop=stop)
+        assert r.choices[0].text == want and r.choices[0].finish_reason == "stop", stop
+        chunks = list(client.completions.create(model=server["model"], prompt=PROMPT,
+                                                max_tokens=12, temperature=0, stop=stop,
+                                                stream=True))
+        assert "".join(c.choices[0].text for c in chunks) == want, stop
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    # A stop string that never appears changes nothing: the run ends at max_tokens.
+    r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                  temperature=0, stop=["zzz"])
+    assert r.choices[0].text == full and r.choices[0].finish_reason == "length"
+
+
+def test_stop_on_chat_streams(server):
+    client, hooked = server["client"], server["hooked"]
+    messages = [{"role": "user", "content": "w9 w10"}]
+    full = client.chat.completions.create(model=server["model"], messages=messages,
+                                          max_tokens=10, temperature=0).choices[0].message.content
+    stop = full.split()[2]
+    chunks = list(client.chat.completions.create(model=server["model"], messages=messages,
+                                                 max_tokens=10, temperature=0, stop=stop,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:full.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+class CharTokenizer:
+    """Every token is one character: stop strings always split across tokens."""
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize(("text", "stops", "want"), [
+    ("hello world", ["wor"], "hello "), ("hello world", ["lo w", "xyz"], "hel"),
+    ("hello world", ["zz"], "hello world"), ("aab", ["ab"], "a"), ("hello", ["o"], "hell"),
+    ("hello", ["hello!"], "hello"),
+])
+def test_stop_text_holds_back_only_what_may_start_a_stop(text, stops, want):
+    from mlux.serve.stops import StopText
+
+    st = StopText(CharTokenizer(), stops)
+    pieces = []
+    for ch in text:
+        pieces.append(st.add(ord(ch)))
+        sent = "".join(pieces)
+        assert not any(s in sent for s in stops)  # never a stop string, even in part sent
+        if st.stopped:
+            break
+    pieces.append(st.finish())
+    assert "".join(pieces) == want
+    assert st.stopped == (want != text)
