@@ -100,8 +100,9 @@ def _slow(x: Any, ctx: Any) -> None:
 @contextlib.contextmanager
 def browser_page(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                  problems: list[str]) -> Iterator[Any]:
-    """A page in a headless Chromium that may reach only the test server; console errors and
-    page errors land in `problems`."""
+    """A page in a headless Chromium that may reach only the test server, opened on `url` and
+    ready (the page says so: body[data-ready]); console errors and page errors land in
+    `problems`."""
     chromium, (sync_playwright, _) = _chromium(), _playwright()
     # CI preloads OpenBLAS for MLX; inherited by Playwright's node driver and Chromium it
     # crashes them, and this process has already loaded it, so drop it for the children.
@@ -120,6 +121,8 @@ def browser_page(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         page.on("console", lambda m: m.type == "error" and problems.append(m.text))
         page.on("pageerror", lambda e: problems.append(str(e)))
         try:
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
             yield page
         finally:
             ctx.close()
@@ -131,8 +134,6 @@ def test_explorer_in_chromium(served: tuple[str, HookedModel, dict[str, Any], An
     url, hooked, task, app = served
     problems: list[str] = []
     with browser_page(url, tmp_path, monkeypatch, problems) as page:
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
         assert f"layers{hooked.num_layers}" in page.inner_text("#model-info").replace("\n", "")
 
         page.fill("#positive", "\n".join(task["positive"]))
@@ -242,8 +243,6 @@ def test_ui_states_in_chromium(served: tuple[str, HookedModel, dict[str, Any], A
     with browser_page(url, tmp_path, monkeypatch, problems) as page:
         page.on("request", lambda r: r.url.endswith("/api/stream") and streams.append(r.url))
         page.on("dialog", lambda dialog: dialog.accept())
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
         page.fill("#positive", "\n".join(task["positive"]))
         page.fill("#negative", "\n".join(task["negative"]))
         page.click("#compute")
@@ -347,8 +346,6 @@ def test_new_user_journey_in_chromium(served: tuple[str, HookedModel, dict[str, 
     url, hooked, task, app = served
     problems: list[str] = []
     with browser_page(url, tmp_path, monkeypatch, problems) as page:
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
         # Empty charts say what will appear there.
         expect(page.locator("#norms-chart .placeholder")).to_contain_text("no vector yet")
         expect(page.locator("#sweep-chart .placeholder")).to_contain_text("no sweep yet")

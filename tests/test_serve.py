@@ -57,7 +57,8 @@ def test_models(server):
 def test_plain_and_steered_completions_match_the_library(server):
     client, hooked = server["client"], server["hooked"]
     ids = hooked.tokenizer.encode(PROMPT)
-    plain = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10, temperature=0)
+    plain = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
+                                      temperature=0)
     assert plain.choices[0].text == library_reference(hooked, ids, None, 10)
     steer = {"vector": "push", "layers": [1], "alpha": 2.0, "positions": "all"}
     steered = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
@@ -66,7 +67,8 @@ def test_plain_and_steered_completions_match_the_library(server):
     expected = library_reference(hooked, ids, [Steering(vec, 2.0, [1], "all")], 10)
     assert steered.choices[0].text == expected != plain.choices[0].text
     inline = {"vector": server["direction"].tolist(), "layers": [1], "alpha": 2.0}
-    again = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10, temperature=0,
+    again = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
+                                      temperature=0,
                                       extra_body={"steering": [inline]})
     assert again.choices[0].text == expected
     assert steered.usage.completion_tokens == 10
@@ -83,7 +85,8 @@ def test_chat_and_streaming(server):
                                             temperature=0, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == chat.choices[0].message.content
-    stream = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=6, temperature=0,
+    stream = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=6,
+                                       temperature=0,
                                        stream=True)
     pieces = [c.choices[0].text for c in stream]
     assert "".join(pieces).strip() == client.completions.create(
@@ -99,7 +102,8 @@ def test_concurrent_clients_get_their_own_steering(server):
 
     def call(alpha):
         extra = {"steering": {"vector": "push", "layers": [2], "alpha": alpha}} if alpha else {}
-        r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12, temperature=0,
+        r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                      temperature=0,
                                       extra_body=extra)
         results[alpha] = r.choices[0].text
 
@@ -312,7 +316,7 @@ def test_stop_strings_cut_the_text(server):
 
 
 def test_stop_on_chat_streams(server):
-    client, hooked = server["client"], server["hooked"]
+    client = server["client"]
     messages = [{"role": "user", "content": "w9 w10"}]
     full = client.chat.completions.create(model=server["model"], messages=messages,
                                           max_tokens=10, temperature=0).choices[0].message.content

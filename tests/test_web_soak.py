@@ -8,7 +8,6 @@ and Ctrl-C / SIGTERM after traffic stop the real command with exit 0.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -308,7 +307,7 @@ def test_explorer_soak_threads_and_memory_flat(explorer: tuple[int, Any]) -> Non
     assert grown < 20, f"RSS grew {grown:.1f} MB over 300 steered requests"
 
 
-# -- shutdown: Ctrl-C and SIGTERM after traffic exit 0 -----------------------------------------------
+# -- shutdown: Ctrl-C and SIGTERM after traffic exit 0 -----------------------------------------
 
 def start(verb: str, model: Path, root: Path) -> tuple[subprocess.Popen[str], int]:
     """`mlux VERB` on a free port; (the process, its port) once it serves."""

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 from flask import Blueprint, Response, jsonify, render_template
 
 from mlux.detokenize import RowText
+from mlux.evaluation import perplexity
 from mlux.explorer.engine import (
     generated_projections,
     last_token_norms,
@@ -25,7 +26,6 @@ from mlux.explorer.engine import (
     stream_rows,
     unit_vectors,
 )
-from mlux.evaluation import perplexity
 from mlux.explorer.state import ExplorerState, get_state, with_warnings
 from mlux.explorer.validation import (
     ComputeRequest,

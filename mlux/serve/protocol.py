@@ -15,15 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import mlx.core as mx
-
 from .. import web
 from ..steering import Steering
 from ..vectors import SteeringVector
 from ..web import Fields, RequestError
 
-__all__ = ["AT_DEFAULT", "ROLES", "APIError", "GenerationRequest", "Limits", "check_model", "error_body",
-           "parse_request", "parse_steering"]
+__all__ = ["AT_DEFAULT", "ROLES", "APIError", "GenerationRequest", "Limits", "check_model",
+           "error_body", "parse_request", "parse_steering"]
 
 # OpenAI's optional fields that mlux serve does not implement: accepted only at the value that
 # asks for nothing, so that no request is silently answered without what it asked for.
