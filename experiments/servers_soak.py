@@ -64,8 +64,11 @@ def steered(verb: str) -> Callable[[int, int], int]:
 
 
 def start(verb: str, vectors: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    # Run from the library's parent folder: `python -m` puts the working folder first on
+    # sys.path, which would shadow PYTHONPATH (--servers-path) from the repository root.
     proc = subprocess.Popen([sys.executable, "-m", "mlux", verb, "--port", "0", "--vectors",
-                             str(vectors)], stderr=subprocess.PIPE, text=True, env=env)
+                             str(vectors)], stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=vectors.parent)
     assert proc.stderr is not None
     for line in proc.stderr:
         found = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
@@ -179,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         vectors.mkdir()
         subprocess.run([sys.executable, "-m", "mlux", "extract", "--output",
                         str(vectors / "happy.safetensors")], env=env, check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=tmp)
         result: dict[str, Any] = benchkit.environment(
             "servers_soak.py", sys.argv[1:] if argv is None else argv, {"model": "mlux-toy"},
             {"requests": n, "stops": k, "servers_path": str(args.servers_path or root)})

@@ -358,6 +358,7 @@ def test_new_user_journey_in_chromium(served: tuple[str, HookedModel, dict[str, 
         page.click("#compute")
         expect(page.locator("#vector-status")).to_contain_text(
             f"{len(positive)} positive + 2 negative prompts used")
+        assert len(page.locator("#norms-chart text.tick").all_text_contents()) >= 3
 
         # A layer spec in the one grammar: a range, highlighted in the norms chart.
         page.fill("#layers", "1-2")

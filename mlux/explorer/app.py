@@ -25,8 +25,7 @@ from mlux.model import HookedModel
 from mlux.vector_library import VectorLibrary
 from mlux.web import LOOPBACK_HOSTS
 
-__all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", "get_state",
-           "library_folder"]
+__all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", "get_state"]
 
 
 def default_settings(hooked: HookedModel) -> dict[str, Any]:
@@ -43,16 +42,6 @@ def default_settings(hooked: HookedModel) -> dict[str, Any]:
             "layers": [int(layers[0])], "alpha": alpha, "alpha_range": max(20.0, 2.5 * alpha),
             "compare_alphas": [-alpha, alpha, 2 * alpha], "max_tokens": 32,
             "chat": bool(has_template and not builtin)}
-
-
-def library_folder(vectors_dir: str | os.PathLike[str]) -> str:
-    """The library folder, `~` expanded; it may not exist yet (the first save makes it), but
-    must not be anything other than a folder."""
-    path = os.path.expanduser(os.fspath(vectors_dir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"the vector library {os.fspath(vectors_dir)!r} is not a folder "
-                         "(--vectors DIR: a folder for the saved vectors)")
-    return path
 
 
 def create_app(
@@ -74,7 +63,8 @@ def create_app(
     host are refused, which stops DNS-rebinding pages from reaching a loopback server
     (`mlux.web.allowed_hosts_for(bind_address)` picks the right one).
     """
-    library = VectorLibrary(library_folder(vectors_dir))
+    # It may not exist yet (the first save makes it), but must be nothing else than a folder.
+    library = VectorLibrary(web.vector_folder(vectors_dir, must_exist=False))
     limits = limits or Limits()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]

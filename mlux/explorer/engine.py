@@ -1,7 +1,7 @@
 """The explorer's model work: baseline and steered rows decoded together from one prefill, the
 projection of generated text onto a vector, and the projection layer sweep.
 
-Nothing here locks: the blueprint holds the app's model lock around every call.
+Nothing here locks or queues: the blueprint runs every call on the app's one model thread.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .. import web
 from ..builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from ..entry import Verb
 from ..model import HookedModel
-from .app import create_app, library_folder
+from .app import create_app
 from .behavior_sweep import toy_behavior_sweeps, toy_scorers
 from .state import STATE_KEY
 from .validation import Limits
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     if args.max_tokens is not None and not 0 < args.max_tokens <= 4096:
         raise ValueError(f"--max-tokens must be in 1..4096, got {args.max_tokens}")
-    library_folder(args.vectors)  # a file there is refused now, not at the first save
+    web.vector_folder(args.vectors, must_exist=False)  # a file there: refused now, not at a save
     exposes = f"the model and read and overwrite the vector library in {args.vectors}"
     web.check_bind(host, allow_remote=args.host is not None, exposes=exposes)
     web.check_port(host, args.port)  # a busy port is found before the model loads

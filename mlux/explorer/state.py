@@ -2,7 +2,7 @@
 `get_state()`: the model, the vector library and cache, the limits and the model's thread.
 
 All mutable state hangs off the app, never off a module, so tests can run several apps side by
-side, each with its own lock and cache. The factory (`app.py`) creates it, the blueprint
+side, each with its own model thread and cache. The factory (`app.py`) creates it, the blueprint
 (`api.py`) reads it; neither imports the other's state.
 """
 

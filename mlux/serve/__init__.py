@@ -9,7 +9,7 @@ from .. import web
 from ..builtin import DEFAULT_MODEL
 from ..entry import Verb, int_in
 from ..model import HookedModel
-from .app import create_server_app, library_folder
+from .app import create_server_app
 from .engine import Engine
 from .protocol import APIError, Limits
 
@@ -33,7 +33,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Check the folder and the port, load the model and serve the OpenAI-compatible API until
     Ctrl-C or SIGTERM; then stop accepting, cancel the rows in flight, join the engine."""
-    vectors = library_folder(args.vectors) if args.vectors is not None else None
+    vectors = (web.vector_folder(args.vectors, must_exist=True)
+               if args.vectors is not None else None)
     web.check_bind(args.host, allow_remote=True)
     web.check_port(args.host, args.port)  # before the model loads, not after
     hooked = HookedModel.from_pretrained(args.model)

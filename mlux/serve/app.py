@@ -24,7 +24,7 @@ from .engine import Engine, Job
 from .protocol import ROLES, GenerationRequest, Limits, check_model, error_body, parse_request
 from .stops import StopText
 
-__all__ = ["create_server_app", "library_folder"]
+__all__ = ["create_server_app"]
 
 bp = Blueprint("openai", __name__)
 
@@ -36,7 +36,9 @@ def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = No
     `app.extensions["mlux_serve"]["engine"].close()`). `allowed_hosts` as for the explorer:
     None accepts any Host header (a server bound to a public address on purpose), see
     `mlux.web.allowed_hosts_for`."""
-    library = VectorLibrary(library_folder(vectors)) if vectors is not None else None
+    # The folder must exist: a server that can load no named vector should not start.
+    library = (VectorLibrary(web.vector_folder(vectors, must_exist=True))
+               if vectors is not None else None)
     limits = limits or Limits()
     app = Flask(__name__)
     web.install(app, error_body=error_body, allowed_hosts=allowed_hosts, csp=web.API_CSP,
@@ -50,17 +52,6 @@ def create_server_app(hooked: HookedModel, *, vectors: Optional[str | Path] = No
     }
     app.register_blueprint(bp)
     return app
-
-
-def library_folder(vectors: str | Path) -> Path:
-    """The `--vectors` folder, which must exist: a server that cannot load one named vector
-    should not start."""
-    path = Path(vectors).expanduser()
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise ValueError(f"the vector library folder {str(vectors)!r} {what} (--vectors DIR: "
-                         "a folder of vectors saved by mlux)")
-    return path
 
 
 def _state() -> dict[str, Any]:

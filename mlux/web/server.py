@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import select
 import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from flask import Flask, request
@@ -19,7 +21,7 @@ from .fields import RequestError
 from .guard import LOOPBACK_HOSTS, settings_of, to_json
 
 __all__ = ["allowed_hosts_for", "check_bind", "check_port", "client_gone_check", "is_loopback",
-           "JSONErrorHandler", "make_server", "run_server"]
+           "JSONErrorHandler", "make_server", "run_server", "vector_folder"]
 
 
 def is_loopback(host: str) -> bool:
@@ -53,6 +55,18 @@ def client_gone_check() -> Callable[[], bool]:
             return True
 
     return gone
+
+
+def vector_folder(path: str | os.PathLike[str], *, must_exist: bool) -> Path:
+    """A server's `--vectors DIR`, `~` expanded, checked at start: never anything but a folder
+    (its saves and loads would all fail), and, with `must_exist`, there already (a server that
+    only reads named vectors cannot make it)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() or not (folder.exists() or must_exist):
+        return folder
+    what = "is not a folder" if folder.exists() else "does not exist"
+    raise ValueError(f"the vector library {os.fspath(path)!r} {what} (--vectors DIR: a folder "
+                     "of vectors saved by mlux)")
 
 
 def check_port(host: str, port: int) -> None:

@@ -8,18 +8,25 @@ export function drawNorms(svg, vector, chosen) {
   if (!vector) { placeholder(svg, "no vector yet: compute one or load one"); return; }
   svg.replaceChildren();
   const { layers, norms } = vector;
-  const W = 600, H = 160, pad = 24, top = 14, max = Math.max(...norms, 1e-9);
-  const bw = (W - 2 * pad) / layers.length;
+  const W = 600, H = 160, left = 44, right = 8, pad = 24, top = 10;
+  const marks = ticks(0, Math.max(...norms, 1e-9), 4), max = marks[marks.length - 1].value;
+  const y = (v) => H - pad - ((H - pad - top) * v) / max;
+  for (const t of marks) {
+    svg.append(el("svg:line", { x1: left, x2: W - right, y1: y(t.value), y2: y(t.value),
+      class: "grid" }),
+    el("svg:text", { class: "tick", x: left - 4, y: y(t.value) + 4, "text-anchor": "end" },
+      t.label));
+  }
+  const bw = (W - left - right) / layers.length;
   layers.forEach((layer, i) => {
-    const h = ((H - pad - top) * norms[i]) / max; const x = pad + i * bw;
-    const bar = el("svg:rect", { x: x + 1, y: H - pad - h, width: Math.max(1, bw - 2), height: h,
-      class: chosen.has(layer) ? "bar selected" : "bar" });
+    const x = left + i * bw;
+    const bar = el("svg:rect", { x: x + 1, y: y(norms[i]), width: Math.max(1, bw - 2),
+      height: H - pad - y(norms[i]), class: chosen.has(layer) ? "bar selected" : "bar" });
     bar.append(el("svg:title", {}, `layer ${layer}: norm ${fmt(norms[i])}`)); svg.append(bar);
     if (layers.length <= 40 || i % 2 === 0) {
       svg.append(el("svg:text", { x: x + bw / 2, y: H - 8, "text-anchor": "middle" }, layer));
     }
   });
-  svg.append(el("svg:text", { x: pad, y: 11 }, `max ${fmt(max)}`));
 }
 
 // -- token colours: projection relative to the baseline's mean --------------------------------
