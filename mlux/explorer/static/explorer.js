@@ -221,7 +221,12 @@ function finishRows(done) {
   for (const r of done.rows) {
     const col = $(`out-${r.row}`); const text = col.querySelector(".text");
     col.classList.remove("streaming"); text.replaceChildren();
-    col.querySelector(".scores").textContent = scoreLine(r.scores || {});
+    const scores = col.querySelector(".scores");
+    scores.textContent = scoreLine(r.scores || {});
+    if (r.row && degenerate(r.scores, done.rows[0].scores)) {
+      scores.classList.add("flag");
+      scores.append(el("strong", {}, " · likely degenerate (perplexity over 10× the baseline's)"));
+    }
     r.pieces.forEach((piece, i) => {
       const p = finite(r.projections[i]);
       const span = el("span", { title: `projection ${fmt(p)}` }, piece);
@@ -238,6 +243,14 @@ function finishRows(done) {
 function scoreLine(scores) {
   return Object.entries(scores).map(([k, v]) => (k === "perplexity" ? `perplexity ${fmt(v)}`
     : `${k}: ${v === null ? "can't tell" : v ? "yes" : "no"}`)).join(" · ");
+}
+
+// Steered text the unsteered model finds far less likely than the baseline's: a strength past
+// what the model tolerates (or a perplexity that overflowed).
+function degenerate(scores, base) {
+  const p = scores && scores.perplexity, b = base && base.perplexity;
+  if (!Number.isFinite(b)) return false;
+  return p === null || p === undefined || !Number.isFinite(p) || p > 10 * b;
 }
 
 // The run as far as it went: the request with the seed actually used (so it can be sent again
