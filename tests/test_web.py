@@ -397,3 +397,16 @@ def test_mlx_from_many_threads_through_one_worker_keeps_threads_flat() -> None:
         assert len(os.listdir("/proc/self/task")) <= before + 2  # (a thread may still be exiting)
     finally:
         worker.close()
+
+
+def test_worker_stream_whose_maker_fails_raises_in_the_reader() -> None:
+    worker = web.Worker("test-maker")
+
+    def maker() -> Any:
+        raise KeyError("no such thing")
+
+    try:
+        with pytest.raises(KeyError, match="no such thing"):
+            list(worker.stream(maker, threading.Event()))
+    finally:
+        worker.close()

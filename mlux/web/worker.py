@@ -89,8 +89,9 @@ class Worker:
             if stop.is_set():  # the client left while this waited in the queue
                 items.put(_END)
                 return
-            it = make()
+            it: Optional[Iterator[T]] = None
             try:
+                it = make()
                 for item in it:
                     items.put(item)
                     if stop.is_set():
