@@ -217,7 +217,11 @@ def test_command_line(hooked: HookedModel, tmp_path: Path, monkeypatch: pytest.M
     assert (args.host, args.port, args.vectors, args.model) == (None, 5001, "~/.mlux/vectors",
                                                                   None)
     assert args.func is cli.run
+    from mlux import web
+
     apps: list[Any] = []
+    # Port 5001 may be in use on a shared machine: the busy-port check is tested on its own.
+    monkeypatch.setattr(web, "check_port", lambda host, port: None)
     monkeypatch.setattr(werkzeug.serving, "make_server",
                         lambda host, port, app, **kw: _FakeServer(apps, host, app))
     common = ["--model", hooked.model_id, "--vectors", str(tmp_path)]

@@ -196,13 +196,12 @@ class FakeServer:
 
     server_port = 4321
 
-    def __init__(self, log: list[Any], host: str, port: int, app: Any, threaded: bool,
-                 request_handler: Any) -> None:
+    def __init__(self, log: list[Any], host: str, port: int, app: Any, threaded: bool) -> None:
         self.log = log
-        assert request_handler is web.JSONErrorHandler  # its own errors are JSON too
         log.append(("made", host, port, app, threaded))
 
     def serve_forever(self) -> None:
+        assert self.RequestHandlerClass is web.JSONErrorHandler  # its own errors are JSON too
         raise KeyboardInterrupt
 
     def server_close(self) -> None:

@@ -134,7 +134,9 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
 
 def make_server(app: Flask, host: str, port: int) -> serving.BaseWSGIServer:
     """Werkzeug's threaded server for `app` (no debugger, no reloader), its own errors JSON."""
-    return serving.make_server(host, port, app, threaded=True, request_handler=JSONErrorHandler)
+    server = serving.make_server(host, port, app, threaded=True)
+    server.RequestHandlerClass = JSONErrorHandler  # socketserver makes one per connection
+    return server
 
 
 @contextlib.contextmanager
