@@ -349,6 +349,34 @@ def test_stop_after_traffic_exits_0(setup: dict[str, Any], verb: str, sig: int) 
     assert "stopped" in err
 
 
+@pytest.mark.parametrize("verb", ["serve", "explore"])
+def test_stop_while_a_stream_is_running_exits_0(setup: dict[str, Any], verb: str) -> None:
+    """Ctrl-C with a generation in flight: its row is cancelled, the model thread joined."""
+    proc, port = start(verb, setup["model"], setup["root"])
+    if verb == "serve":
+        path, body = "/v1/completions", {"prompt": PROMPT, "max_tokens": 500, "stream": True,
+                                          "steering": {"vector": "push"}}
+    else:
+        path, body = "/api/stream", {"prompt": PROMPT, "vector": {"name": "push"},
+                                     "layers": [1], "alpha": 2, "max_tokens": 256}
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    try:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+        received = b""
+        while b"data:" not in received:  # the stream has begun: the model is generating
+            received += sock.recv(4096)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "terminate called" not in err and "Traceback" not in err
+
+
 # -- refused at start, before the model loads ----------------------------------------------------
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
