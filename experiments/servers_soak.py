@@ -27,15 +27,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchkit  # noqa: E402
+
+from mlux import web  # noqa: E402
 
 PROMPT = "yesterday the"
 
@@ -69,12 +71,10 @@ def start(verb: str, vectors: Path, env: dict[str, str]) -> tuple[subprocess.Pop
     proc = subprocess.Popen([sys.executable, "-m", "mlux", verb, "--port", "0", "--vectors",
                              str(vectors)], stderr=subprocess.PIPE, text=True, env=env,
                             cwd=vectors.parent)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        found = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if found:
-            return proc, int(found.group(1))
-    raise RuntimeError(f"mlux {verb} did not start (exit {proc.wait()})")
+    port = web.served_port(proc.stderr)  # type: ignore[arg-type]
+    if port is None:
+        raise RuntimeError(f"mlux {verb} did not start (exit {proc.wait()})")
+    return proc, port
 
 
 def proc_status(pid: int) -> tuple[int, float]:
@@ -99,22 +99,9 @@ def soak(verb: str, vectors: Path, env: dict[str, str], n: int) -> dict[str, Any
     send = steered(verb)
     statuses = [send(port, i) for i in range(20)]
     threads0, rss0 = proc_status(proc.pid)
-    lock, todo = threading.Lock(), iter(range(n))
-
-    def client() -> None:
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            statuses.append(send(port, i))
-
     t0 = time.perf_counter()
-    pool = [threading.Thread(target=client) for _ in range(4)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    with ThreadPoolExecutor(4) as pool:
+        statuses += pool.map(lambda i: send(port, i), range(n))
     seconds = time.perf_counter() - t0
     time.sleep(0.5)  # the server's request threads finish their last writes
     threads1, rss1 = proc_status(proc.pid)

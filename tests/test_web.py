@@ -219,6 +219,7 @@ def test_run_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     assert log == [("made", "127.0.0.1", 0, app, True), ("closed",)]
     err = capsys.readouterr().err
     assert "test: serving on http://127.0.0.1:4321/v1" in err and "test: stopped" in err
+    assert web.served_port(err.splitlines()) == 4321 and web.served_port(["nothing"]) is None
     with pytest.raises(ValueError, match="loopback"):
         web.run_server(app, "0.0.0.0", 0)
     with pytest.raises(ValueError, match="port"):
@@ -229,6 +230,7 @@ def test_run_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     assert web.run_server(bare_app(web.allowed_hosts_for("::")), "::", 0, allow_remote=True) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "http://[::]:4321" in err
+    assert web.served_port(err.splitlines()) == 4321
 
 
 # -- both servers: one set of positions, no import cycle -----------------------------------------

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -260,22 +261,11 @@ def _soak(send: Any, n: int = 300, workers: int = 4) -> tuple[int, int, float]:
     for i in range(20):
         send(i)
     threads, rss = _threads(), _rss_mb()
-    lock, counter = threading.Lock(), iter(range(n))
-
-    def client() -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            send(i)
-
-    pool = [threading.Thread(target=client) for _ in range(workers)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    time.sleep(0.2)  # the server's request threads finish their last writes
+    with ThreadPoolExecutor(workers) as pool:  # its threads are joined when the block ends
+        list(pool.map(send, range(n)))
+    deadline = time.monotonic() + 10  # the server's request threads end after their last write
+    while _threads() > threads + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return threads, _threads(), _rss_mb() - rss
 
 
@@ -314,12 +304,9 @@ def start(verb: str, model: Path, root: Path) -> tuple[subprocess.Popen[str], in
     cmd = [sys.executable, "-m", "mlux", verb, "--model", str(model), "--port", "0",
            "--vectors", str(root / "vectors")]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        found = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if found:
-            return proc, int(found.group(1))
-    raise AssertionError(f"mlux {verb} did not start: exit {proc.wait()}")
+    port = web.served_port(proc.stderr)  # type: ignore[arg-type]
+    assert port is not None, f"mlux {verb} did not start: exit {proc.wait()}"
+    return proc, port
 
 
 def steered_request(verb: str, port: int) -> None:

@@ -43,6 +43,7 @@ from .server import (
     is_loopback,
     make_server,
     run_server,
+    served_port,
     vector_folder,
 )
 from .worker import Worker, WorkerClosed
@@ -52,5 +53,5 @@ __all__ = [
     "Limits", "RequestError", "WebSettings", "allowed_hosts_for", "check_bind", "error_response",
     "finite", "install", "is_loopback", "json_object", "run_server", "settings_of", "to_json",
     "JSONErrorHandler", "Worker", "WorkerClosed", "check_port", "client_gone_check", "make_server",
-    "vector_folder",
+    "served_port", "vector_folder",
 ]

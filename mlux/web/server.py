@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import select
 import signal
 import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from flask import Flask, request
 from werkzeug import serving
@@ -21,7 +22,7 @@ from .fields import RequestError
 from .guard import LOOPBACK_HOSTS, settings_of, to_json
 
 __all__ = ["allowed_hosts_for", "check_bind", "check_port", "client_gone_check", "is_loopback",
-           "JSONErrorHandler", "make_server", "run_server", "vector_folder"]
+           "JSONErrorHandler", "make_server", "run_server", "served_port", "vector_folder"]
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +120,7 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
               f"you trust.\n{bar}", file=sys.stderr, flush=True)
     server = make_server(app, host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"{name}: serving on http://{shown}:{server.server_port}{path} (Ctrl-C to stop)",
+    print(f"{name}: {_SERVING} http://{shown}:{server.server_port}{path} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     with _sigterm_interrupts():
         try:
@@ -130,6 +131,20 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
             server.server_close()  # stop accepting; the caller then stops its model thread
     print(f"{name}: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+_SERVING = "serving on"
+_SERVING_AT = re.compile(_SERVING + r" http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)")
+
+
+def served_port(lines: Iterable[str]) -> Optional[int]:
+    """The port a server started by `run_server` announced, read from its stderr `lines` (for
+    scripts and tests that start `mlux serve --port 0` as a command); None if it never did."""
+    for line in lines:
+        found = _SERVING_AT.search(line)
+        if found:
+            return int(found.group(1))
+    return None
 
 
 def make_server(app: Flask, host: str, port: int) -> serving.BaseWSGIServer:
