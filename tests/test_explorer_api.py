@@ -42,7 +42,7 @@ def app(hooked: HookedModel, tmp_path: Path) -> Any:
     app = create_app(hooked, vectors_dir=tmp_path / "vectors")
     yield app
     assert hooked.active_hooks() == {}, "a request left hooks installed"
-    assert not get_state_of(app).lock.locked(), "a request left the model lock held"
+    assert not get_state_of(app).worker.busy, "a request left the model lock held"
 
 
 def get_state_of(app: Any) -> Any:
@@ -163,11 +163,17 @@ def test_projection_sweep(client: Any, vid: str) -> None:
     for p in layers:  # the change as a fraction of the layer's residual norm, for ranking
         assert p["residual_norm"] > 0
         assert p["relative_delta"] == pytest.approx(p["delta"] / p["residual_norm"])
-    assert r.json["quantity"] == "projection" and "residual" in r.json["y_label"]
-    assert "residual norm" in r.json["metric"] and r.json["alpha_unit"] == "raw"
+    assert r.json["quantity"] == "projection_change" and "residual" in r.json["y_label"]
+    assert "steered minus baseline" in r.json["metric"] and r.json["alpha_unit"] == "raw"
     one = client.post("/api/generate", json=gen_body(vid, max_tokens=8)).json
     assert layers[LAYER]["text"] == one["rows"][1]["text"]  # row L of the sweep = steering L
     assert r.json["baseline_text"] == one["rows"][0]["text"]
+    # Identity: alpha 0 steers nothing, so every change is exactly 0.
+    zero = client.post("/api/sweep", json={"prompt": PROMPT, "vector": {"id": vid}, "alpha": 0,
+                                           "max_tokens": 8}).json
+    for p in zero["layers"]:  # (batched rows agree to float32 rounding under OpenBLAS)
+        assert p["text"] == zero["baseline_text"]
+        assert abs(p["delta"]) <= 1e-5 * p["residual_norm"]
 
 
 def test_alpha_relative_to_the_residual_norm(client: Any, hooked: HookedModel, vid: str
@@ -214,7 +220,7 @@ def test_custom_sweep_mode_and_errors_inside_remove_hooks(hooked: HookedModel,
     assert c.post("/api/sweep", json={**body, "mode": "constant"}).json["layers"] == [{"layer": 2}]
     r = c.post("/api/sweep", json={**body, "mode": "broken"})
     assert r.status_code == 500 and "boom" in r.json["error"]
-    assert hooked.active_hooks() == {} and not get_state_of(app).lock.locked()
+    assert hooked.active_hooks() == {} and not get_state_of(app).worker.busy
 
 
 # -- concurrency, disconnects, the lock ----------------------------------------------------------
@@ -240,8 +246,8 @@ def test_concurrent_streams_both_finish(app: Any, hooked: HookedModel, vid: str)
             t.start()
         for t in threads:
             t.join(timeout=60)
-    switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
-    assert switches == 1, "the two requests' forward passes interleaved"
+    # Every forward pass ran on the app's one model thread, none on a request thread.
+    assert set(order) == {get_state_of(app).worker._thread.ident}
     for alpha, text in want.items():
         name, done = got[alpha][-1]
         assert name == "done" and done["rows"][1]["text"] == text
@@ -264,7 +270,7 @@ def test_closing_the_stream_stops_generation(app: Any, hooked: HookedModel, vid:
         seen = [next(chunks) for _ in range(5)]  # comment, start, 3 token steps
         assert b"event: tokens" in seen[-1]
         r.close()
-        assert not get_state_of(app).lock.locked()
+        assert not get_state_of(app).worker.busy
         assert len(counts) < 12  # stopped after a few of the 256 steps
         assert hooked.active_hooks() == {"residuals_0": 1}  # only the test's own
     assert hooked.active_hooks() == {}
@@ -288,9 +294,9 @@ def test_client_disconnect_on_a_real_server(app: Any, hooked: HookedModel, vid: 
             sock.close()  # the browser tab went away
             state = get_state_of(app)
             deadline = time.time() + 20
-            while state.lock.locked() and time.time() < deadline:
+            while state.worker.busy and time.time() < deadline:
                 time.sleep(0.05)
-            assert not state.lock.locked(), "the server kept generating for a gone client"
+            assert not state.worker.busy, "the server kept generating for a gone client"
             assert len(counts) < 100
     finally:
         server.shutdown()
@@ -302,8 +308,107 @@ def test_busy_model_answers_503(hooked: HookedModel, tmp_path: Path) -> None:
     c = app.test_client()
     v = c.post("/api/compute", json={"positive": POS, "negative": NEG}).json["id"]
     state = get_state_of(app)
-    with state.lock:
+    release = threading.Event()
+    state.worker.submit(release.wait, 30)  # the model thread is busy with other work
+    try:
         r = c.post("/api/compute", json={"positive": POS, "negative": NEG})
         assert r.status_code == 503 and r.is_json
-        events = parse_sse(c.post("/api/stream", json=gen_body(v)).data.decode())
-        assert events[-1][0] == "error" and "busy" in events[-1][1]["error"]
+        r = c.post("/api/stream", json=gen_body(v))  # refused before any event is sent
+        assert r.status_code == 503 and "busy" in r.json["error"]
+    finally:
+        release.set()
+    assert c.post("/api/compute", json={"positive": POS, "negative": NEG}).status_code == 200
+    state.close()
+
+
+# -- sampling seeds, warnings, counts, layer specs, the compute cap ------------------------------
+
+def test_sampling_draws_a_fresh_seed_and_reports_it(client: Any, vid: str) -> None:
+    """temperature > 0 without a seed: each request its own seed, named in the answer; sending
+    that seed back repeats the run exactly."""
+    runs = [client.post("/api/generate", json=gen_body(vid, temperature=1.0)).json
+            for _ in range(3)]
+    seeds = [r["seed"] for r in runs]
+    assert all(isinstance(s, int) for s in seeds) and len(set(seeds)) == 3
+    assert len({r["rows"][1]["text"] for r in runs}) > 1  # not the same sample every click
+    again = client.post("/api/generate", json=gen_body(vid, temperature=1.0,
+                                                       seed=seeds[0])).json
+    assert again["seed"] == seeds[0]
+    assert [r["text"] for r in again["rows"]] == [r["text"] for r in runs[0]["rows"]]
+    greedy = client.post("/api/generate", json=gen_body(vid)).json
+    assert greedy["seed"] is None  # greedy decoding uses no seed
+    events = parse_sse(client.post("/api/stream", json=gen_body(vid, temperature=1.0,
+                                                                seed=seeds[1])).data.decode())
+    assert events[0][1]["seed"] == events[-1][1]["seed"] == seeds[1]
+
+
+def test_unknown_tokens_warn_on_the_page(client: Any, hooked: HookedModel) -> None:
+    """The library warns when a prompt is mostly unknown tokens; the API hands the warning on."""
+    from mlux.inputs import warn_if_unknown
+
+    with pytest.warns(UserWarning, match="unknown") as caught:
+        warn_if_unknown(hooked.tokenizer, ["zzz qqq xxx"], hooked.tokenize("zzz qqq xxx"),
+                        hooked.model_id)
+    expected = str(caught[-1].message)
+    r = client.post("/api/compute", json={"positive": ["zzz qqq xxx", *POS], "negative": NEG})
+    assert r.status_code == 200 and r.json["warnings"] == [expected]
+    clean = client.post("/api/compute", json={"positive": POS, "negative": NEG}).json
+    assert clean["warnings"] == []
+    events = parse_sse(client.post("/api/stream", json={**gen_body(clean["id"]),
+                                                        "prompt": "zzz qqq xxx"}).data.decode())
+    assert any("unknown" in w for w in events[0][1]["warnings"])
+
+
+def test_counts_of_prompts_used(client: Any) -> None:
+    r = client.post("/api/compute", json={"positive": POS + POS[:1] * 15, "negative": NEG[:2]})
+    assert (r.json["num_positive"], r.json["num_negative"]) == (18, 2)
+
+
+def test_layer_specs_in_the_one_grammar(client: Any, vid: str) -> None:
+    """"1-3", "-1", "residuals_2" and lists of them mean what they mean everywhere else."""
+    def rows(layers: Any) -> list[str]:
+        r = client.post("/api/generate", json=gen_body(vid, layers=layers, max_tokens=6))
+        assert r.status_code == 200, r.json
+        assert r.json["layers"] == expected
+        return [row["text"] for row in r.json["rows"]]
+
+    expected = [1, 2, 3]
+    want = rows([1, 2, 3])
+    assert rows("1-3") == rows(["1-2", 3]) == rows("residuals_1-3") == want
+    expected = [3]
+    assert rows("-1") == rows([-1]) == rows([3])
+
+
+def test_compute_caps_the_tokens_of_one_request(hooked: HookedModel, tmp_path: Path) -> None:
+    app = create_app(hooked, vectors_dir=tmp_path, limits=Limits(max_compute_tokens=20))
+    c = app.test_client()
+    r = c.post("/api/compute", json={"positive": POS * 3, "negative": NEG * 3})  # 54 tokens
+    assert r.status_code == 413 and r.json["field"] == "positive"
+    assert "54 tokens" in r.json["error"] and "at most 20" in r.json["error"]
+    assert "few seconds" in r.json["error"]
+    small = c.post("/api/compute", json={"positive": POS[:1], "negative": NEG[:1]})
+    assert small.status_code == 200
+    get_state_of(app).close()
+
+
+def test_each_column_is_scored(hooked: HookedModel, tmp_path: Path, vid: str) -> None:
+    """Every row carries its perplexity under the unsteered model (the library's own) and each
+    scorer's verdict, so degenerate text is flagged in compare mode."""
+    from mlux.evaluation import perplexity
+
+    app = create_app(hooked, vectors_dir=tmp_path, scorers={"w5": lambda t: "w5" in t})
+    c = app.test_client()
+    v = c.post("/api/compute", json={"positive": POS, "negative": NEG}).json["id"]
+    out = c.post("/api/generate", json=gen_body(v, alpha=None, alphas=[-4, 4, 40])).json
+    ids = hooked.tokenize(PROMPT).tokens[0].tolist()
+    for row in out["rows"]:
+        assert row["scores"]["perplexity"] == pytest.approx(
+            perplexity(hooked, ids, row["token_ids"]), rel=1e-5)
+        assert row["scores"]["w5"] == ("w5" in row["text"])
+    get_state_of(app).close()
+
+
+def test_vector_folder_must_be_a_folder(hooked: HookedModel, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        create_app(hooked, vectors_dir=tmp_path / "file")

@@ -37,7 +37,7 @@ def get_state_of(app: Any) -> Any:
 def client(hooked: HookedModel, tmp_path: Path) -> Any:
     app = create_app(hooked, vectors_dir=tmp_path / "vectors")
     yield app.test_client()
-    assert hooked.active_hooks() == {} and not get_state_of(app).lock.locked()
+    assert hooked.active_hooks() == {} and not get_state_of(app).worker.busy
 
 
 @pytest.fixture
@@ -63,7 +63,9 @@ BAD_GENERATE = [
     ({"alphas": [1.0] * 9}, "alphas"), ({"alphas": []}, "alphas"),
     ({"alphas": ["a"]}, "alphas[0]"), ({"alphas": 3}, "alphas"),
     ({"layers": None}, "layers"), ({"layers": []}, "layers"), ({"layers": [99]}, "layers"),
-    ({"layers": [-1]}, "layers"), ({"layers": ["1"]}, "layers"), ({"layers": [1, 1]}, "layers"),
+    ({"layers": [-5]}, "layers"), ({"layers": ["1-9"]}, "layers"), ({"layers": [1, 1]}, "layers"),
+    ({"layers": "mlp_1"}, "layers"), ({"layers": "1-"}, "layers"), ({"layers": "3-1"}, "layers"),
+    ({"layers": "1, -3"}, "layers"),
     ({"layers": [True]}, "layers"), ({"layers": 1}, "layers"),
     ({"vector": None}, "vector"), ({"vector": "abc"}, "vector"), ({"vector": {}}, "vector"),
     ({"vector": {"id": "a", "name": "b"}}, "vector"), ({"vector": {"id": 5}}, "vector.id"),
@@ -215,9 +217,13 @@ def test_command_line(hooked: HookedModel, tmp_path: Path, monkeypatch: pytest.M
     assert (args.host, args.port, args.vectors, args.model) == (None, 5001, "~/.mlux/vectors",
                                                                   None)
     assert args.func is cli.run
+    from mlux import web
+
     apps: list[Any] = []
+    # Port 5001 may be in use on a shared machine: the busy-port check is tested on its own.
+    monkeypatch.setattr(web, "check_port", lambda host, port: None)
     monkeypatch.setattr(werkzeug.serving, "make_server",
-                        lambda host, port, app, threaded: _FakeServer(apps, host, app))
+                        lambda host, port, app, **kw: _FakeServer(apps, host, app))
     common = ["--model", hooked.model_id, "--vectors", str(tmp_path)]
     assert cli.main(common) == 0
     assert apps[-1][0] == "127.0.0.1" and "WARNING" not in capsys.readouterr().err

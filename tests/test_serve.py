@@ -11,9 +11,8 @@ import urllib.request
 
 import mlx.core as mx
 import pytest
-from werkzeug.serving import make_server
 
-from mlux import HookedModel, SteeringVector, generate_from_cache, prefill_with_cache
+from mlux import HookedModel, SteeringVector, generate_from_cache, prefill_with_cache, web
 from mlux.serve import create_server_app
 from mlux.steering import Steering, row_steering_hooks
 from mlux.testing import save_tiny_model
@@ -31,12 +30,13 @@ def server(tmp_path_factory):
     direction = mx.random.normal((hooked.hidden_size,), key=mx.random.key(2)) * 3
     VectorLibrary(root / "vectors").save("push", SteeringVector({1: direction, 2: direction}))
     app = create_server_app(hooked, vectors=root / "vectors", max_batch=4)
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    srv = web.make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="none",
                            max_retries=0, timeout=60)
     yield {"client": client, "hooked": hooked, "direction": direction, "port": srv.server_port,
+           "model": app.extensions["mlux_serve"]["model_id"],
            "engine": app.extensions["mlux_serve"]["engine"], "app": app}
     srv.shutdown()
     app.extensions["mlux_serve"]["engine"].close()
@@ -57,16 +57,18 @@ def test_models(server):
 def test_plain_and_steered_completions_match_the_library(server):
     client, hooked = server["client"], server["hooked"]
     ids = hooked.tokenizer.encode(PROMPT)
-    plain = client.completions.create(model="m", prompt=PROMPT, max_tokens=10, temperature=0)
+    plain = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
+                                      temperature=0)
     assert plain.choices[0].text == library_reference(hooked, ids, None, 10)
     steer = {"vector": "push", "layers": [1], "alpha": 2.0, "positions": "all"}
-    steered = client.completions.create(model="m", prompt=PROMPT, max_tokens=10,
+    steered = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
                                         temperature=0, extra_body={"steering": steer})
     vec = SteeringVector({1: server["direction"], 2: server["direction"]})
     expected = library_reference(hooked, ids, [Steering(vec, 2.0, [1], "all")], 10)
     assert steered.choices[0].text == expected != plain.choices[0].text
     inline = {"vector": server["direction"].tolist(), "layers": [1], "alpha": 2.0}
-    again = client.completions.create(model="m", prompt=PROMPT, max_tokens=10, temperature=0,
+    again = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=10,
+                                      temperature=0,
                                       extra_body={"steering": [inline]})
     assert again.choices[0].text == expected
     assert steered.usage.completion_tokens == 10
@@ -75,19 +77,20 @@ def test_plain_and_steered_completions_match_the_library(server):
 def test_chat_and_streaming(server):
     client, hooked = server["client"], server["hooked"]
     messages = [{"role": "user", "content": "w9 w10"}]
-    chat = client.chat.completions.create(model="m", messages=messages, max_tokens=8,
+    chat = client.chat.completions.create(model=server["model"], messages=messages, max_tokens=8,
                                           temperature=0)
     ids = hooked.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     assert chat.choices[0].message.content == library_reference(hooked, list(ids), None, 8)
-    chunks = client.chat.completions.create(model="m", messages=messages, max_tokens=8,
+    chunks = client.chat.completions.create(model=server["model"], messages=messages, max_tokens=8,
                                             temperature=0, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == chat.choices[0].message.content
-    stream = client.completions.create(model="m", prompt=PROMPT, max_tokens=6, temperature=0,
+    stream = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=6,
+                                       temperature=0,
                                        stream=True)
     pieces = [c.choices[0].text for c in stream]
     assert "".join(pieces).strip() == client.completions.create(
-        model="m", prompt=PROMPT, max_tokens=6, temperature=0).choices[0].text.strip()
+        model=server["model"], prompt=PROMPT, max_tokens=6, temperature=0).choices[0].text.strip()
 
 
 def test_concurrent_clients_get_their_own_steering(server):
@@ -99,7 +102,8 @@ def test_concurrent_clients_get_their_own_steering(server):
 
     def call(alpha):
         extra = {"steering": {"vector": "push", "layers": [2], "alpha": alpha}} if alpha else {}
-        r = client.completions.create(model="m", prompt=PROMPT, max_tokens=12, temperature=0,
+        r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                      temperature=0,
                                       extra_body=extra)
         results[alpha] = r.choices[0].text
 
@@ -175,7 +179,7 @@ def test_non_json_and_bad_messages(server):
     status, payload = post(server["port"], "/v1/chat/completions", {"messages": "hi"})
     assert status == 400 and payload["error"]["param"] == "messages"
     with pytest.raises(openai.BadRequestError):
-        server["client"].completions.create(model="m", prompt=PROMPT, max_tokens=5,
+        server["client"].completions.create(model=server["model"], prompt=PROMPT, max_tokens=5,
                                             extra_body={"steering": {"vector": "nope",
                                                                      "layers": [1]}})
 
@@ -273,10 +277,80 @@ def test_client_disconnect_cancels_its_generation(server):
     resp.close()  # hang up mid-stream
     conn.close()
     # The next request is served, and the abandoned job stops well short of its 500 tokens.
-    r = server["client"].completions.create(model="m", prompt=PROMPT, max_tokens=3)
+    r = server["client"].completions.create(model=server["model"], prompt=PROMPT, max_tokens=3)
     assert r.choices[0].text
     deadline = time.monotonic() + 60
     while server["engine"].live and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server["engine"].live == 0
     assert server["engine"].steps - steps < 400
+
+
+# -- stop strings, as the OpenAI API honours them ------------------------------------------------
+
+def test_stop_strings_cut_the_text(server):
+    """`stop` (a string or a list): the text ends before the first stop string, also one split
+    across tokens, with finish_reason "stop", streamed or not; the reference is the library's
+    own generation cut by hand."""
+    client, hooked = server["client"], server["hooked"]
+    full = library_reference(hooked, hooked.tokenizer.encode(PROMPT), None, 12)
+    words = full.split()
+    assert len(words) >= 6
+    spanning = full[full.index(words[2]) + 1: full.index(words[3]) + 2]  # "5 w1": two tokens
+    for stop in (words[3], [words[4], words[3]], spanning, ["nothing-like-this", spanning]):
+        first = min(full.find(s) for s in ([stop] if isinstance(stop, str) else stop)
+                    if s in full)
+        want = full[:first]
+        r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                      temperature=0, stop=stop)
+        assert r.choices[0].text == want and r.choices[0].finish_reason == "stop", stop
+        chunks = list(client.completions.create(model=server["model"], prompt=PROMPT,
+                                                max_tokens=12, temperature=0, stop=stop,
+                                                stream=True))
+        assert "".join(c.choices[0].text for c in chunks) == want, stop
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    # A stop string that never appears changes nothing: the run ends at max_tokens.
+    r = client.completions.create(model=server["model"], prompt=PROMPT, max_tokens=12,
+                                  temperature=0, stop=["zzz"])
+    assert r.choices[0].text == full and r.choices[0].finish_reason == "length"
+
+
+def test_stop_on_chat_streams(server):
+    client = server["client"]
+    messages = [{"role": "user", "content": "w9 w10"}]
+    full = client.chat.completions.create(model=server["model"], messages=messages,
+                                          max_tokens=10, temperature=0).choices[0].message.content
+    stop = full.split()[2]
+    chunks = list(client.chat.completions.create(model=server["model"], messages=messages,
+                                                 max_tokens=10, temperature=0, stop=stop,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:full.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+class CharTokenizer:
+    """Every token is one character: stop strings always split across tokens."""
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize(("text", "stops", "want"), [
+    ("hello world", ["wor"], "hello "), ("hello world", ["lo w", "xyz"], "hel"),
+    ("hello world", ["zz"], "hello world"), ("aab", ["ab"], "a"), ("hello", ["o"], "hell"),
+    ("hello", ["hello!"], "hello"),
+])
+def test_stop_text_holds_back_only_what_may_start_a_stop(text, stops, want):
+    from mlux.serve.stops import StopText
+
+    st = StopText(CharTokenizer(), stops)
+    pieces = []
+    for ch in text:
+        pieces.append(st.add(ord(ch)))
+        sent = "".join(pieces)
+        assert not any(s in sent for s in stops)  # never a stop string, even in part sent
+        if st.stopped:
+            break
+    pieces.append(st.finish())
+    assert "".join(pieces) == want
+    assert st.stopped == (want != text)

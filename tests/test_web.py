@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,7 @@ class FakeServer:
         log.append(("made", host, port, app, threaded))
 
     def serve_forever(self) -> None:
+        assert self.RequestHandlerClass is web.JSONErrorHandler  # its own errors are JSON too
         raise KeyboardInterrupt
 
     def server_close(self) -> None:
@@ -215,7 +217,9 @@ def test_run_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     app = bare_app()
     assert web.run_server(app, "127.0.0.1", 0, name="test", path="/v1") == 0
     assert log == [("made", "127.0.0.1", 0, app, True), ("closed",)]
-    assert "test: serving on http://127.0.0.1:4321/v1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "test: serving on http://127.0.0.1:4321/v1" in err and "test: stopped" in err
+    assert web.served_port(err.splitlines()) == 4321 and web.served_port(["nothing"]) is None
     with pytest.raises(ValueError, match="loopback"):
         web.run_server(app, "0.0.0.0", 0)
     with pytest.raises(ValueError, match="port"):
@@ -226,6 +230,7 @@ def test_run_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     assert web.run_server(bare_app(web.allowed_hosts_for("::")), "::", 0, allow_remote=True) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "http://[::]:4321" in err
+    assert web.served_port(err.splitlines()) == 4321
 
 
 # -- both servers: one set of positions, no import cycle -----------------------------------------
@@ -293,3 +298,116 @@ def test_the_servers_import_downwards() -> None:
             assert not imported & {f"mlux.{folder}.app", f"mlux.{folder}"}, (folder, name)
     assert "mlux.web" in _imports(MLUX / "explorer" / "api.py")  # the parser sees imports
     assert "mlux.web.fields" in _imports(MLUX / "web" / "guard.py")  # relative ones too
+
+
+# -- the one model thread ------------------------------------------------------------------------
+
+def test_worker_runs_calls_in_order_on_its_thread() -> None:
+    worker = web.Worker("test-worker")
+    try:
+        seen: list[tuple[int, int]] = []
+        futures = [worker.submit(lambda i=i: seen.append((i, threading.get_ident())))
+                   for i in range(5)]
+        for f in futures:
+            f.result(10)
+        assert [i for i, _ in seen] == list(range(5))
+        assert {t for _, t in seen} == {worker._thread.ident} != {threading.get_ident()}
+        assert worker.call(lambda a, b: a + b, 2, b=3) == 5
+        with pytest.raises(ZeroDivisionError):  # a call's error reaches its caller...
+            worker.call(lambda: 1 / 0)
+        assert worker.call(lambda: "alive") == "alive"  # ...and the worker carries on
+    finally:
+        worker.close()
+    assert not worker._thread.is_alive()
+    with pytest.raises(web.WorkerClosed):
+        worker.submit(lambda: None)
+
+
+def test_worker_stream_stops_when_the_reader_leaves() -> None:
+    worker = web.Worker("test-stream")
+    made: list[int] = []
+    closed = threading.Event()
+
+    stop = threading.Event()
+
+    def numbers() -> Any:
+        try:
+            for i in range(1000):
+                made.append(i)
+                yield i
+                if i == 5:
+                    stop.wait(10)  # the reader leaves about now
+        finally:
+            closed.set()
+
+    try:
+        items = worker.stream(numbers, stop)
+        assert [next(items) for _ in range(3)] == [0, 1, 2]
+        items.close()  # the client left: returns once the worker closed the iterator
+        assert stop.is_set() and closed.is_set() and len(made) <= 7
+        assert list(worker.stream(lambda: iter(range(4)), threading.Event())) == [0, 1, 2, 3]
+
+        def fails() -> Any:
+            yield 1
+            raise ValueError("bad")
+
+        with pytest.raises(ValueError, match="bad"):
+            list(worker.stream(fails, threading.Event()))
+    finally:
+        worker.close()
+
+
+def test_worker_close_cancels_waiting_calls_and_runs_final() -> None:
+    worker = web.Worker("test-close")
+    started, gate, order = threading.Event(), threading.Event(), []
+
+    def running() -> bool:
+        started.set()
+        return gate.wait(10)
+
+    first = worker.submit(running)
+    waiting = worker.submit(order.append, "never")
+    assert started.wait(10)
+    closer = threading.Thread(target=worker.close, kwargs={"final": lambda: order.append("final")})
+    closer.start()
+    while not waiting.done():  # close cancels what has not started before it joins
+        gate.wait(0.01)
+    gate.set()
+    closer.join(30)
+    assert first.result() is True and waiting.cancelled() and order == ["final"]
+
+
+def test_mlx_from_many_threads_through_one_worker_keeps_threads_flat() -> None:
+    """MLX keeps a stream thread for every thread that ever evaluated an array; work handed to
+    the worker from 50 short-lived threads leaves the process's thread count where it was."""
+    import os
+
+    import mlx.core as mx
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs Linux's /proc")
+    worker = web.Worker("test-mlx")
+    try:
+        worker.call(lambda: mx.eval(mx.ones(4) * 2))
+        before = len(os.listdir("/proc/self/task"))
+        for _ in range(50):
+            t = threading.Thread(target=lambda: worker.call(
+                lambda: float((mx.arange(8) * 3).sum().item())))
+            t.start()
+            t.join()
+        assert len(os.listdir("/proc/self/task")) <= before + 2  # (a thread may still be exiting)
+    finally:
+        worker.close()
+
+
+def test_worker_stream_whose_maker_fails_raises_in_the_reader() -> None:
+    worker = web.Worker("test-maker")
+
+    def maker() -> Any:
+        raise KeyError("no such thing")
+
+    try:
+        with pytest.raises(KeyError, match="no such thing"):
+            list(worker.stream(maker, threading.Event()))
+    finally:
+        worker.close()

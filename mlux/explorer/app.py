@@ -8,7 +8,7 @@ the page, generation and sweeps (`api.py`), the vector library (`library_api.py`
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from flask import Flask
 
@@ -32,7 +32,9 @@ __all__ = ["LOOPBACK_HOSTS", "ExplorerState", "create_app", "default_settings", 
 def default_settings(hooked: HookedModel) -> dict[str, Any]:
     """Starting values for the page: contrast prompts, a prompt, a layer and an alpha."""
     task = contrast_task(hooked.model_id or "", None)
-    pos, neg, prompt = task.positive, task.negative, task.prompts[0]
+    # A prompt of more than one word: after one token the sweep's readout has little to read.
+    prompt = next((p for p in task.prompts if len(p.split()) > 1), task.prompts[0])
+    pos, neg = task.positive, task.negative
     alpha = max(task.alphas)
     builtin = hooked.model_id in BUILTIN_MODELS
     layers = hooked.config.get_recommended_layers("default") or [hooked.num_layers // 2]
@@ -53,15 +55,19 @@ def create_app(
     lock_timeout: float = 300.0,
     allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS,
     sae: Any = None,
+    scorers: Optional[Mapping[str, Callable[[str], Optional[bool]]]] = None,
 ) -> Flask:
     """The explorer app for an already loaded model.
 
     `sweeps` adds layer-sweep modes next to the built-in "projection" (see `engine.SweepFn`);
+    `scorers` (label -> text -> True/False/None) score every generated column;
     `allowed_hosts=None` accepts any Host header (for `--host`), else requests naming another
     host are refused, which stops DNS-rebinding pages from reaching a loopback server
     (`mlux.web.allowed_hosts_for(bind_address)` picks the right one). `sae` (a
     `mlux.sae.SparseAutoencoder`) enables the SAE panel (`sae_api.py`).
     """
+    # It may not exist yet (the first save makes it), but must be nothing else than a folder.
+    library = VectorLibrary(web.vector_folder(vectors_dir, must_exist=False))
     limits = limits or Limits()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -70,7 +76,7 @@ def create_app(
     settings = default_settings(hooked)
     settings.update(defaults or {})
     app.extensions[STATE_KEY] = ExplorerState(
-        hooked=hooked, library=VectorLibrary(os.path.expanduser(os.fspath(vectors_dir))),
+        hooked=hooked, library=library, scorers=dict(scorers or {}),
         limits=limits, info=model_info(hooked), defaults=settings,
         sweeps={"projection": projection_sweep, **(sweeps or {})}, lock_timeout=lock_timeout,
         allowed_hosts=allowed_hosts)

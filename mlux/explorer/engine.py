@@ -1,7 +1,7 @@
 """The explorer's model work: baseline and steered rows decoded together from one prefill, the
 projection of generated text onto a vector, and the projection layer sweep.
 
-Nothing here locks: the blueprint holds the app's model lock around every call.
+Nothing here locks or queues: the blueprint runs every call on the app's one model thread.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import mlx.core as mx
 
 from mlux.generate import stream_rows as batch_stream_rows
+from mlux.inputs import warn_if_unknown
 from mlux.model import HookedModel
 from mlux.steering import Steering
 from mlux.vectors import SteeringVector
@@ -33,7 +34,13 @@ SweepFn = Callable[..., dict[str, Any]]
 
 
 def prompt_tokens(hooked: HookedModel, prompt: str, chat: bool) -> list[int]:
-    return hooked.encode_chat(prompt) if chat else hooked.tokenize(prompt).tokens[0].tolist()
+    """The prompt's ids; a prompt mostly of unknown tokens warns on every request (the model
+    itself warns once), for the page to show."""
+    if chat:
+        return hooked.encode_chat(prompt)
+    batch = hooked.tokenize(prompt)
+    warn_if_unknown(hooked.tokenizer, [prompt], batch, hooked.model_id)
+    return batch.tokens[0].tolist()
 
 
 def stream_rows(
@@ -124,10 +131,12 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 
 def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[int], *,
                      layers: Sequence[int], alpha: float, max_tokens: int) -> dict[str, Any]:
-    """Per layer L: steer generated positions at L alone, then read how far the generated
-    text projects onto the vector at L, against the unsteered baseline (one batch: row 0 is
-    the baseline, row i+1 steers layers[i])."""
-    rows = [None, *(Steering({lyr: vector[lyr]}, alpha, positions="generated") for lyr in layers)]
+    """Per layer L: steer every position at L alone (as the behaviour sweep does), then read
+    how far the generated text projects onto the vector at L, against the unsteered baseline:
+    the change (steered - baseline) of the mean over the generated tokens, also as a fraction
+    of the layer's mean residual norm, since raw projections grow with depth (one batch: row 0
+    is the baseline, row i+1 steers layers[i])."""
+    rows = [None, *(Steering({lyr: vector[lyr]}, alpha, positions="all") for lyr in layers)]
     gens: list[list[int]] = [[] for _ in rows]
     steps = stream_rows(hooked, tokens, rows, max_tokens=max_tokens)
     with contextlib.closing(steps):
@@ -146,10 +155,11 @@ def projection_sweep(hooked: HookedModel, vector: SteeringVector, tokens: list[i
                     "delta": delta, "residual_norm": scale,
                     "relative_delta": delta / scale if delta is not None and scale else None,
                     "text": hooked.tokenizer.decode(gens[i + 1])})
-    return {"mode": "projection", "quantity": "projection", "alpha": alpha, "layers": out,
-            "baseline_text": hooked.tokenizer.decode(gens[0]),
-            "y_label": "projection (residual units)",
-            "metric": "mean projection of the generated tokens' residuals onto the unit "
-                      "vector at each layer, read without steering; the largest change is "
-                      "compared as a fraction of the layer's mean residual norm "
-                      "(relative_delta), since raw projections grow with depth"}
+    return {"mode": "projection", "quantity": "projection_change", "alpha": alpha,
+            "layers": out, "baseline_text": hooked.tokenizer.decode(gens[0]),
+            "y_label": "change in projection (× residual norm)",
+            "metric": "steered minus baseline: the mean projection of the generated tokens' "
+                      "residuals onto the unit vector at the steered layer (read without "
+                      "steering, so it measures the text itself), as a fraction of that "
+                      "layer's mean residual norm; above 0, the steered text moved along the "
+                      "vector"}

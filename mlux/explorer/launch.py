@@ -17,7 +17,8 @@ from ..entry import Verb
 from ..model import HookedModel
 from ..sae.model import SparseAutoencoder
 from .app import create_app
-from .behavior_sweep import toy_behavior_sweeps
+from .behavior_sweep import toy_behavior_sweeps, toy_scorers
+from .state import STATE_KEY
 from .validation import Limits
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_VECTORS", "VERB", "add_arguments", "main", "register", "run"]
@@ -52,19 +53,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     if args.max_tokens is not None and not 0 < args.max_tokens <= 4096:
         raise ValueError(f"--max-tokens must be in 1..4096, got {args.max_tokens}")
+    web.vector_folder(args.vectors, must_exist=False)  # a file there: refused now, not at a save
+    exposes = f"the model and read and overwrite the vector library in {args.vectors}"
+    web.check_bind(host, allow_remote=args.host is not None, exposes=exposes)
+    web.check_port(host, args.port)  # a busy port is found before the model loads
     model = args.model or DEFAULT_MODEL
     sae = SparseAutoencoder.load(args.sae) if args.sae else None  # a bad file fails first
     print(f"mlux explore: loading {model} …", file=sys.stderr, flush=True)
     hooked = HookedModel.from_pretrained(model)
     limits = Limits() if args.max_tokens is None else Limits(max_tokens=args.max_tokens)
-    # The built-in model's features have scorers, so its sweep can measure behaviour too.
-    sweeps = toy_behavior_sweeps() if model in BUILTIN_MODELS else None
-    app = create_app(hooked, vectors_dir=args.vectors, limits=limits, sweeps=sweeps,
+    # The built-in model's features have scorers, so its sweep can measure behaviour too, and
+    # each generated column gets their verdicts.
+    builtin = model in BUILTIN_MODELS
+    app = create_app(hooked, vectors_dir=args.vectors, limits=limits,
+                     sweeps=toy_behavior_sweeps() if builtin else None,
+                     scorers=toy_scorers() if builtin else None,
                      allowed_hosts=web.allowed_hosts_for(host), sae=sae)
     print(f"mlux explore: {hooked!r}", file=sys.stderr, flush=True)
-    return web.run_server(app, host, args.port, allow_remote=args.host is not None,
-                          exposes=f"the model and read and overwrite the vector library in "
-                                  f"{args.vectors}", name="mlux explore")
+    try:
+        return web.run_server(app, host, args.port, allow_remote=args.host is not None,
+                              exposes=exposes, name="mlux explore")
+    finally:
+        app.extensions[STATE_KEY].close()  # join the model's thread before the interpreter exits
 
 
 VERB = Verb("explore", "open the steering explorer web app (http://127.0.0.1:5001)",

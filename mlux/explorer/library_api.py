@@ -3,11 +3,13 @@ folder (`mlux.vector_library`). Messages name files, never the folder they are i
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from mlux.explorer.api import describe_vector
-from mlux.explorer.state import get_state
-from mlux.explorer.validation import VectorRef, parse_save
+from mlux.explorer.state import ExplorerState, get_state
+from mlux.explorer.validation import SaveRequest, VectorRef, parse_save
 from mlux.vector_library import validate_name
 from mlux.web import RequestError, json_object
 
@@ -23,9 +25,9 @@ def _name(name: str) -> str:
         raise RequestError(str(exc), "name") from None
 
 
-@library_bp.get("/api/vectors")
-def list_vectors() -> Response:
-    state = get_state()
+def _listing(state: ExplorerState) -> list[dict[str, Any]]:
+    """The library as the page lists it (on the model's thread: a file without mlux's header
+    is loaded for its norms); a file that cannot be read is listed with its error."""
     out = []
     for entry in state.library.list():
         norms = entry.get("norms")
@@ -33,7 +35,13 @@ def list_vectors() -> Response:
             entry["norms"] = [norms[k] for k in sorted(norms)]
         entry["compatible"] = entry.get("hidden_size") == state.hooked.hidden_size
         out.append(entry)
-    return jsonify(vectors=out)
+    return out
+
+
+@library_bp.get("/api/vectors")
+def list_vectors() -> Response:
+    state = get_state()
+    return jsonify(vectors=state.run(lambda: _listing(state)))
 
 
 @library_bp.post("/api/vectors")
@@ -42,6 +50,10 @@ def save_vector() -> tuple[Response, int]:
     replace; both atomic."""
     state = get_state()
     req = parse_save(json_object())
+    return jsonify(state.run(lambda: _save(state, req))), 201
+
+
+def _save(state: ExplorerState, req: SaveRequest) -> dict[str, Any]:
     vector = state.resolve(req.vector)
     try:
         path = state.library.save(req.name, vector, overwrite=req.overwrite)
@@ -52,18 +64,25 @@ def save_vector() -> tuple[Response, int]:
         raise RequestError(str(exc), "name", 409) from None
     except OSError as exc:
         raise RequestError(f"could not save the vector: {exc}", "name", 500) from None
-    return jsonify(name=req.name, file=path.name, **describe_vector(vector)), 201
+    return {"name": req.name, "file": path.name, **describe_vector(vector)}
 
 
 @library_bp.get("/api/vectors/<name>")
 def load_vector(name: str) -> Response:
     state = get_state()
-    vector = state.resolve(VectorRef(name=_name(name)), field="name")
-    return jsonify(name=name, metadata=vector.metadata, **describe_vector(vector))
+    ref = VectorRef(name=_name(name))
+
+    def load() -> dict[str, Any]:
+        vector = state.resolve(ref, field="name")
+        return {"name": name, "metadata": vector.metadata, **describe_vector(vector)}
+
+    return jsonify(state.run(load))
 
 
 @library_bp.delete("/api/vectors/<name>")
 def delete_vector(name: str) -> Response:
+    """Delete, then answer with the library as it now is: the page shows that list, so it can
+    never say "Deleted" next to a list that still holds the vector."""
     state = get_state()
     try:
         state.library.delete(_name(name))
@@ -71,4 +90,4 @@ def delete_vector(name: str) -> Response:
         raise RequestError(str(exc), "name", 404) from None
     except OSError as exc:
         raise RequestError(f"could not delete {name!r}: {exc}", "name", 500) from None
-    return jsonify(deleted=name)
+    return jsonify(deleted=name, vectors=state.run(lambda: _listing(state)))

@@ -1,8 +1,8 @@
 """One explorer app's state, kept in `app.extensions["mlux.explorer"]` and read through
-`get_state()`: the model, the vector library and cache, the limits and the model lock.
+`get_state()`: the model, the vector library and cache, the limits and the model's thread.
 
 All mutable state hangs off the app, never off a module, so tests can run several apps side by
-side, each with its own lock and cache. The factory (`app.py`) creates it, the blueprint
+side, each with its own model thread and cache. The factory (`app.py`) creates it, the blueprint
 (`api.py`) reads it; neither imports the other's state.
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import secrets
 import threading
+import warnings
 from collections import OrderedDict
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from flask import current_app
 
@@ -21,16 +24,18 @@ from mlux.explorer.validation import Limits, VectorRef
 from mlux.model import HookedModel
 from mlux.vector_library import VectorLibrary
 from mlux.vectors import SteeringVector
-from mlux.web import LOOPBACK_HOSTS, RequestError
+from mlux.web import LOOPBACK_HOSTS, RequestError, Worker, WorkerClosed
 
-__all__ = ["STATE_KEY", "ExplorerState", "get_state"]
+__all__ = ["STATE_KEY", "ExplorerState", "get_state", "with_warnings"]
 
 STATE_KEY = "mlux.explorer"
+T = TypeVar("T")
 
 
 @dataclass
 class ExplorerState:
-    """One explorer app's model, library, limits and the lock that serialises model work."""
+    """One explorer app's model, library, limits and the one thread that runs all model work
+    (`mlux.web.Worker`: requests queue there, one at a time, and never run MLX themselves)."""
 
     hooked: HookedModel
     library: VectorLibrary
@@ -38,18 +43,40 @@ class ExplorerState:
     info: dict[str, Any]
     defaults: dict[str, Any]
     sweeps: dict[str, SweepFn]
+    scorers: dict[str, Callable[[str], Optional[bool]]] = field(default_factory=dict)
     lock_timeout: float = 300.0
     allowed_hosts: Optional[frozenset[str]] = LOOPBACK_HOSTS
     max_vectors: int = 32
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    worker: Worker = field(default_factory=lambda: Worker("mlux-explorer"))
     vectors: OrderedDict[str, SteeringVector] = field(default_factory=OrderedDict)
     _vectors_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def acquire_model(self) -> None:
-        """Wait for the model (requests queue here); 503 after `lock_timeout` seconds."""
-        if not self.lock.acquire(timeout=self.lock_timeout):
-            raise RequestError(f"the model stayed busy for {self.lock_timeout:g} s; try again",
-                               status=503)
+    def run(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the model's thread, after the work queued before it; 503 if it has not
+        started after `lock_timeout` seconds. A ValueError (the library's own checks, e.g.
+        prompts that encode to nothing) is a 400."""
+        try:
+            future = self.worker.submit(_as_request_error, fn)
+        except WorkerClosed:
+            raise RequestError("the explorer is shutting down", status=503) from None
+        try:
+            return future.result(self.lock_timeout)
+        except FutureTimeout:
+            if future.cancel():
+                raise RequestError(f"the model stayed busy for {self.lock_timeout:g} s; try "
+                                   "again", status=503) from None
+            return future.result()  # it started just now: let it finish
+        except CancelledError:
+            raise RequestError("the explorer is shutting down", status=503) from None
+
+    def stream(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """The items of `make()`, run on the model's thread and handed over as they come;
+        closing this generator (the client left) stops the work at its next item."""
+        return self.worker.stream(lambda: _as_request_errors(make()), threading.Event())
+
+    def close(self) -> None:
+        """Stop the model's thread (after the call in progress) and join it."""
+        self.worker.close()
 
     def remember(self, vector: SteeringVector) -> str:
         """Keep a computed vector under a fresh id; the oldest are dropped past `max_vectors`."""
@@ -83,6 +110,29 @@ class ExplorerState:
         except ValueError as exc:
             raise RequestError(str(exc), field) from None
         return vector
+
+
+def _as_request_error(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _as_request_errors(items: Iterator[T]) -> Iterator[T]:
+    try:
+        yield from items  # closing this generator closes `items` too
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def with_warnings(fn: Callable[[], T]) -> tuple[T, list[str]]:
+    """`fn()` and the text of the warnings it raised (e.g. a prompt of unknown tokens), for
+    the page to show; run on the model's thread, the only one that warns about the model."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, list(dict.fromkeys(str(w.message) for w in caught))
 
 
 def get_state() -> ExplorerState:

@@ -35,6 +35,9 @@ class Limits(web.Limits):
     max_prompts: int = 64
     max_sweep_tokens: int = 64
     max_alphas: int = 8
+    # Tokens of all contrast prompts of one /api/compute together: extraction time grows with
+    # them, and no request should hold the model more than a few seconds (see docs/explorer.md).
+    max_compute_tokens: int = 8192
 
 
 @dataclass(frozen=True)

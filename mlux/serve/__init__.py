@@ -35,12 +35,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the model and serve the OpenAI-compatible API until interrupted."""
+    """Check the folder and the port, load the model and serve the OpenAI-compatible API until
+    Ctrl-C or SIGTERM; then stop accepting, cancel the rows in flight, join the engine."""
+    vectors = (web.vector_folder(args.vectors, must_exist=True)
+               if args.vectors is not None else None)
+    web.check_bind(args.host, allow_remote=True)
+    web.check_port(args.host, args.port)  # before the model loads, not after
     sae = SparseAutoencoder.load(args.sae) if args.sae else None  # a bad file fails first
     hooked = HookedModel.from_pretrained(args.model)
     if sae is not None:
         sae.check_model(hooked.hidden_size, hooked.num_layers)
-    app = create_server_app(hooked, vectors=args.vectors, max_batch=args.max_batch,
+    app = create_server_app(hooked, vectors=vectors, max_batch=args.max_batch,
                             limits=Limits(max_tokens=args.max_tokens),
                             allowed_hosts=web.allowed_hosts_for(args.host), sae=sae)
     try:

@@ -18,6 +18,7 @@ from mlx_lm.utils import quantize_model
 
 from .module_configs import MODULE_OVERRIDES, SMALL_FIELDS, UNSUPPORTED_MODULES
 from .tiny_configs import ARCHITECTURES
+from .tuned import make_tiny_model
 from .weights import init_module_weights
 
 __all__ = [
@@ -102,8 +103,6 @@ def tiny_model(model_type: str, quantize: bool = False, *, seed: int = 0,
     if reason is not None:
         raise ValueError(f"mlx_lm.models.{model_type} cannot run here: {reason}")
     if model_type in ARCHITECTURES:
-        from . import make_tiny_model  # the hand-tuned path; a cycle at import time otherwise
-
         return make_tiny_model(model_type, quantize_bits=4 if quantize else None, seed=seed,
                                **overrides)
     config = tiny_module_config(model_type, **overrides)

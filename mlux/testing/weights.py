@@ -1,7 +1,7 @@
 """Seeded weights for a tiny instance of any mlx-lm module, so greedy decoding is not degenerate.
 
 mlx's default init gives nearly flat logits (greedy decoding repeats one token). Following
-`_init_weights` of the hand-tuned models, without knowing the architecture: embeddings of unit
+`tuned._init_weights` of the hand-tuned models, without knowing the architecture: embeddings of unit
 size, linear maps that keep their input's size, output projections that write several times
 more than that into the residual stream (so the context matters), logits of std ~3, and the
 special tokens' logits shrunk so decoding never stops at `<eos>`. Everything else (norm gains,

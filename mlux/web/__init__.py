@@ -12,7 +12,11 @@ same guard rails from here:
   JSON out (`FiniteJSON`, `to_json`: NaN and infinities become null, never `Infinity`).
 - `server`: `check_bind` (a non-loopback address needs an explicit opt-in), `allowed_hosts_for`
   (the Host allow-list that goes with a bind address) and `run_server` (werkzeug's threaded
-  server, never the debugger; a public address is announced with a warning).
+  server, never the debugger; a public address is announced with a warning); `check_port` and
+  `vector_folder`, the start-up checks made before a model loads; `make_server`, whose own
+  errors (414, 431, ...) are JSON like the app's; `client_gone_check`.
+- `worker`: `Worker`, the one thread that runs a server's MLX work (request threads hand it
+  calls and wait), stopped and joined at shutdown.
 """
 
 from __future__ import annotations
@@ -30,10 +34,24 @@ from .guard import (
     settings_of,
     to_json,
 )
-from .server import allowed_hosts_for, check_bind, is_loopback, run_server
+from .server import (
+    JSONErrorHandler,
+    allowed_hosts_for,
+    check_bind,
+    check_port,
+    client_gone_check,
+    is_loopback,
+    make_server,
+    run_server,
+    served_port,
+    vector_folder,
+)
+from .worker import Worker, WorkerClosed
 
 __all__ = [
     "API_CSP", "LOOPBACK_HOSTS", "MAX_DEPTH", "PAGE_CSP", "POSITIONS", "FiniteJSON", "Fields",
     "Limits", "RequestError", "WebSettings", "allowed_hosts_for", "check_bind", "error_response",
     "finite", "install", "is_loopback", "json_object", "run_server", "settings_of", "to_json",
+    "JSONErrorHandler", "Worker", "WorkerClosed", "check_port", "client_gone_check", "make_server",
+    "served_port", "vector_folder",
 ]

@@ -9,8 +9,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from flask import request
+from flask import current_app, request
 
+from mlux.layers import expand_layer_specs
 from mlux.positions import resolve_positions
 
 __all__ = ["MAX_DEPTH", "POSITIONS", "Fields", "Limits", "RequestError", "json_object"]
@@ -18,15 +19,18 @@ __all__ = ["MAX_DEPTH", "POSITIONS", "Fields", "Limits", "RequestError", "json_o
 POSITIONS = ("all", "prompt", "generated")  # what a request may name; resolve_positions decides
 MAX_DEPTH = 32  # JSON nesting levels a body may have
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_RANGE = re.compile(r"-?\d+\s*-\s*-?\d+")  # "1-3": shorthand for the grammar's residuals_1-3
 
 
 class RequestError(Exception):
     """A request the server refuses: `status` is the HTTP code, `field` the body field at fault
-    ("steering[1].alpha") or None when no one field is."""
+    ("steering[1].alpha") or None when no one field is; `code` a machine-readable reason
+    ("model_not_found") where the API defines one."""
 
-    def __init__(self, message: str, field: Optional[str] = None, status: int = 400) -> None:
+    def __init__(self, message: str, field: Optional[str] = None, status: int = 400,
+                 code: Optional[str] = None) -> None:
         super().__init__(message)
-        self.message, self.field, self.status = message, field, status
+        self.message, self.field, self.status, self.code = message, field, status, code
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,22 @@ def _check_tree(body: dict[str, Any]) -> None:
                 stack.append((value, _join(path, key), depth + 1))
 
 
+def _body() -> bytes:
+    """The raw body; a chunked one (no Content-Length) is read up to the app's cap and past
+    it refused with 413, never cut short (werkzeug would stop reading at the cap)."""
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or cap is None:
+        return request.get_data(cache=False)
+    stream, parts, size = request.environ["wsgi.input"], [], 0
+    while size <= cap:
+        part = stream.read(min(1 << 16, cap + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    raise RequestError(f"the request body is over the {cap}-byte limit", status=413)
+
+
 def json_object() -> dict[str, Any]:
     """The current request's body as a JSON object: 415 unless sent as application/json, 413
     past the app's body cap (before reading it), 400 unless it is UTF-8 JSON for an object at
@@ -82,7 +102,7 @@ def json_object() -> dict[str, Any]:
         raise RequestError("send the request body as a JSON object with Content-Type: "
                            "application/json", status=415)
     try:
-        body = json.loads(request.get_data(cache=False).decode("utf-8"))
+        body = json.loads(_body().decode("utf-8"))
     except RecursionError:
         raise RequestError(f"the request body is nested too deeply (at most {MAX_DEPTH} "
                            "levels)") from None
@@ -188,17 +208,36 @@ class Fields:
         return [self._number(f"{key}[{i}]", v, lo, hi) for i, v in enumerate(value)]
 
     def layers(self, key: str, num_layers: int, *, required: bool) -> Optional[list[int]]:
-        """Distinct layer indices in 0..num_layers - 1."""
-        value = self.items(key, "layer indices", num_layers, required=required)
+        """Distinct residual layers in the one layer grammar (`mlux.layers`): a list of ints
+        and specs, or one string of them ("2, 4", "1-3", "-1", "residuals_2-4", "all")."""
+        value = self.get(key, required)
         if value is None:
             return None
-        for v in value:
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_layers:
-                raise self.fail(key, f"entries must be integers in 0..{num_layers - 1}; got "
-                                     f"{_show(v)}")
-        if len(set(value)) != len(value):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or len(items) > num_layers:
+            raise self.fail(key, f"must be layer indices (at most {num_layers}) or a layer spec "
+                                 "such as \"1-3, -1\"")
+        layers: list[int] = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise self.fail(key, f"entries must be integers in 0..{num_layers - 1} or layer "
+                                     f"specs; got {_show(item)}")
+            parts = item.split(",") if isinstance(item, str) else [item]
+            for part in parts:
+                spec = part.strip() if isinstance(part, str) else part
+                if isinstance(spec, str) and _RANGE.fullmatch(spec):
+                    spec = "residuals_" + re.sub(r"\s+", "", spec)  # the grammar's range
+                try:
+                    names = expand_layer_specs(spec, num_layers)
+                except ValueError as exc:
+                    raise self.fail(key, f"is not a layer spec: {exc}") from None
+                if any(not n.startswith("residuals_") for n in names):
+                    raise self.fail(key, f"names {_show(spec)}: steering takes residual layers "
+                                         "(an index, a range such as 1-3, or residuals_i)")
+                layers.extend(int(n.split("_")[1]) for n in names)
+        if len(set(layers)) != len(layers):
             raise self.fail(key, "must not repeat a layer")
-        return list(value)
+        return layers
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.get(key)

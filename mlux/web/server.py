@@ -3,16 +3,26 @@ threaded server (never the debugger or the reloader) until Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import re
+import select
+import signal
+import socket
 import sys
-from typing import Optional
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug import serving
 
-from .guard import LOOPBACK_HOSTS, settings_of
+from .fields import RequestError
+from .guard import LOOPBACK_HOSTS, settings_of, to_json
 
-__all__ = ["allowed_hosts_for", "check_bind", "is_loopback", "run_server"]
+__all__ = ["allowed_hosts_for", "check_bind", "check_port", "client_gone_check", "is_loopback",
+           "JSONErrorHandler", "make_server", "run_server", "served_port", "vector_folder"]
 
 
 def is_loopback(host: str) -> bool:
@@ -28,6 +38,56 @@ def allowed_hosts_for(host: str) -> Optional[frozenset[str]]:
     """The Host allow-list for a server bound to `host`: the loopback names (and `host`) on a
     loopback address; None (any Host) on an address the operator chose to expose."""
     return LOOPBACK_HOSTS | {host.strip("[]").lower()} if is_loopback(host) else None
+
+
+def client_gone_check() -> Callable[[], bool]:
+    """For the current request: a check that its client has hung up (its socket reads as
+    closed), for work done before any byte of the response is sent. Always False where the
+    server does not expose the socket (e.g. the test client)."""
+    sock = request.environ.get("werkzeug.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # closed under us
+            return True
+
+    return gone
+
+
+def vector_folder(path: str | os.PathLike[str], *, must_exist: bool) -> Path:
+    """A server's `--vectors DIR`, `~` expanded, checked at start: never anything but a folder
+    (its saves and loads would all fail), and, with `must_exist`, there already (a server that
+    only reads named vectors cannot make it)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() or not (folder.exists() or must_exist):
+        return folder
+    what = "is not a folder" if folder.exists() else "does not exist"
+    raise ValueError(f"the vector library {os.fspath(path)!r} {what} (--vectors DIR: a folder "
+                     "of vectors saved by mlux)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind and release `host:port` as the server will, so that a busy port is one clear
+    ValueError before the model loads (port 0 always passes)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug binds
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is "
+                             "another server running there? choose a free port with --port "
+                             "(0: any free port)") from None
 
 
 def check_bind(host: str, *, allow_remote: bool, exposes: str = "the model") -> None:
@@ -58,14 +118,82 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
         print(f"{bar}\nWARNING: serving on {host}, not on 127.0.0.1.\nAnyone who can reach "
               f"this port can use {exposes}.\nThere is no authentication. Use only on a network "
               f"you trust.\n{bar}", file=sys.stderr, flush=True)
-    server = serving.make_server(host, port, app, threaded=True)  # no debugger, no reloader
+    server = make_server(app, host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"{name}: serving on http://{shown}:{server.server_port}{path} (Ctrl-C to stop)",
+    print(f"{name}: {_SERVING} http://{shown}:{server.server_port}{path} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    with _sigterm_interrupts():
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()  # stop accepting; the caller then stops its model thread
+    print(f"{name}: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+_SERVING = "serving on"
+_SERVING_AT = re.compile(_SERVING + r" http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)")
+
+
+def served_port(lines: Iterable[str]) -> Optional[int]:
+    """The port a server started by `run_server` announced, read from its stderr `lines` (for
+    scripts and tests that start `mlux serve --port 0` as a command); None if it never did."""
+    for line in lines:
+        found = _SERVING_AT.search(line)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def make_server(app: Flask, host: str, port: int) -> serving.BaseWSGIServer:
+    """Werkzeug's threaded server for `app` (no debugger, no reloader), its own errors JSON."""
+    server = serving.make_server(host, port, app, threaded=True)
+    server.RequestHandlerClass = JSONErrorHandler  # socketserver makes one per connection
+    return server
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the server as Ctrl-C does (a clean shutdown, exit 0), not mid-call."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class JSONErrorHandler(serving.WSGIRequestHandler):
+    """Werkzeug's request handler, whose own errors (414 URI too long, 431 headers too large,
+    400 bad request line, ...: raised before the app sees the request) are JSON in the app's
+    error shape like every other error, not http.server's HTML page."""
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        settings = settings_of(self.server.app)  # type: ignore[attr-defined]
+        if settings is None:
+            super().send_error(code, message, explain)
+            return
+        if self.request_version == "HTTP/0.9" and b" HTTP/" in (self.raw_requestline or b""):
+            self.request_version = "HTTP/1.0"  # a bad HTTP/1.x line: answer with a status line
+        phrase = self.responses.get(code, ("error", ""))[0]
+        text = f"{phrase}: {message}" if message and message != phrase else phrase
+        body = to_json(settings.error_body(RequestError(text, None, code))).encode()
+        self.log_error("code %d, message %s", code, message)
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", settings.csp)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)

@@ -4,8 +4,8 @@
 
 import { clearSweep, drawNorms, drawScale, drawSweep, largestChange, sweepTitle, tokenColour }
   from "./charts.js";
-import { $, ApiError, api, download, el, fmt, guarded, lines, numbers, readEvents, readNumber,
-  store } from "./util.js";
+import { $, ApiError, api, download, el, fmt, guarded, layerSet, lines, numbers, readEvents,
+  readNumber, store } from "./util.js";
 import { CONDITION_FIELDS, conditionBody, showCondition } from "./conditions.js";
 
 // Each action's request fields -> the inputs that hold them (for outlining an error).
@@ -14,13 +14,20 @@ const COMMON = { prompt: "prompt", layers: "layers", alpha: "alpha-value", chat:
 const FIELDS = {
   compute: { positive: "positive", negative: "negative", method: "method", chat: "chat" },
   generate: { ...COMMON, alphas: "compare-alphas", max_tokens: "max-tokens",
-    temperature: "temperature", positions: "positions", ...CONDITION_FIELDS },
+    temperature: "temperature", positions: "positions", seed: "seed", ...CONDITION_FIELDS },
   sweep: { ...COMMON, max_tokens: "sweep-tokens", mode: "sweep-mode" },
   save: { name: "vector-name" },
   library: { name: "library-list" },
 };
 const ui = { vector: null, info: null, defaults: null, controller: null, generation: null,
   sweep: null };
+
+// The library's warnings for the last action (e.g. a prompt of tokens the model doesn't know).
+function showWarnings(warnings) {
+  const box = $("warnings"); box.replaceChildren();
+  for (const w of warnings || []) box.append(el("p", {}, `Warning: ${w}`));
+  box.hidden = !box.childElementCount;
+}
 const alphaText = (a) => `${a > 0 ? "+" : ""}${a}`;
 const alphaUnit = () => ($("alpha-relative").checked ? "residual" : "raw");
 
@@ -64,15 +71,24 @@ function switchAlphaUnit() {
 }
 
 // -- vectors -------------------------------------------------------------------------------------
-const redrawNorms = () => drawNorms($("norms-chart"), ui.vector, new Set(numbers($("layers")
-  .value)));
+const redrawNorms = () => drawNorms($("norms-chart"), ui.vector,
+  layerSet($("layers").value, ui.info ? ui.info.num_layers : 0));
 
-function setVector(ref, summary, label) {
+// How many contrast prompts of each side went into the vector (mean_diff uses them all).
+function promptsUsed(summary) {
+  if (Number.isInteger(summary.num_positive) && Number.isInteger(summary.num_negative)) {
+    return `, ${summary.num_positive} positive + ${summary.num_negative} negative prompts used`;
+  }
+  return summary.num_pairs ? `, ${summary.num_pairs} pairs` : "";
+}
+
+// `source` says how to make the vector again (its prompts and method, or its library name),
+// for an export that can reproduce the run.
+function setVector(ref, summary, label, source) {
   ui.vector = { ref, layers: summary.layers, norms: summary.norms, method: summary.method,
-    model_id: summary.model_id };
+    model_id: summary.model_id, source };
   $("vector-status").textContent = `${label}: ${summary.method}, layers ` +
-    `${summary.layers[0]}–${summary.layers[summary.layers.length - 1]}` +
-    (summary.num_pairs ? `, ${summary.num_pairs} pairs` : "");
+    `${summary.layers[0]}–${summary.layers[summary.layers.length - 1]}${promptsUsed(summary)}`;
   $("vector-status").className = "status ok";
   for (const id of ["save", "generate", "sweep"]) $(id).disabled = false;
   redrawNorms();
@@ -88,15 +104,20 @@ function clearVector(message) {
 async function computeVector() {
   const status = $("vector-status"), before = [status.textContent, status.className];
   status.textContent = "computing…"; status.className = "status";
+  const body = { positive: lines("positive"), negative: lines("negative"),
+    method: $("method").value, chat: $("chat").checked };
   try {
-    const v = await api("POST", "/api/compute", { positive: lines("positive"),
-      negative: lines("negative"), method: $("method").value, chat: $("chat").checked });
-    setVector({ id: v.id }, v, "Computed");
+    const v = await api("POST", "/api/compute", body);
+    setVector({ id: v.id }, v, "Computed", { computed_from: body });
+    showWarnings(v.warnings);
   } catch (err) { [status.textContent, status.className] = before; throw err; }
 }
 
 async function refreshLibrary() {
-  const { vectors } = await api("GET", "/api/vectors");
+  showLibrary((await api("GET", "/api/vectors")).vectors);
+}
+
+function showLibrary(vectors) {
   const list = $("library-list"); list.replaceChildren();
   for (const v of vectors) {
     const what = v.error ? `unreadable: ${v.error}` : `${v.method}, ${(v.layers || []).length} ` +
@@ -121,18 +142,22 @@ async function loadVector() {
     $("positive").value = v.metadata.positive.join("\n");
     $("negative").value = (v.metadata.negative || []).join("\n");
   }
-  $("vector-name").value = name; setVector({ name }, v, `Loaded “${name}” from the library`);
+  $("vector-name").value = name;
+  setVector({ name }, v, `Loaded “${name}” from the library`, { library: name, metadata:
+    v.metadata });
 }
 
 async function deleteVector() {
   const name = pickedName();
   if (!confirm(`Delete “${name}” from the library?`)) return;
-  await api("DELETE", `/api/vectors/${encodeURIComponent(name)}`);
+  const answer = await api("DELETE", `/api/vectors/${encodeURIComponent(name)}`);
   store.set("library", null);
+  showLibrary(answer.vectors);  // the list as the server now has it, before saying "Deleted"
   if (ui.vector && ui.vector.ref.name === name) {
     clearVector(`Deleted “${name}”: compute a vector or load another one.`);
+  } else {
+    $("vector-status").textContent = `Deleted “${name}”.`;
   }
-  await refreshLibrary();
 }
 
 async function saveVector() {
@@ -150,9 +175,10 @@ async function saveVector() {
 function generationBody() {
   if (!ui.vector) throw new ApiError(400, { error: "compute or load a vector first" });
   const body = { prompt: $("prompt").value, vector: ui.vector.ref,
-    layers: numbers($("layers").value), max_tokens: readNumber("max-tokens", "max_tokens"),
+    layers: $("layers").value, max_tokens: readNumber("max-tokens", "max_tokens"),
     temperature: readNumber("temperature", "temperature"), positions: $("positions").value,
     chat: $("chat").checked, alpha_unit: alphaUnit() };
+  if ($("seed").value.trim() !== "") body.seed = readNumber("seed", "seed");  // else a fresh one
   if ($("compare-mode").checked) body.alphas = numbers($("compare-alphas").value);
   else body.alpha = readNumber("alpha-value", "alpha");
   const condition = conditionBody();
@@ -183,7 +209,8 @@ function startRows(body, start) {
   for (const r of start.rows) {
     const col = el("div", { class: `out streaming ${r.row ? "steered" : "baseline"}`,
       id: `out-${r.row}` });
-    col.append(el("h3", {}, rowTitle(r, start)), el("div", { class: "text" }));
+    col.append(el("h3", {}, rowTitle(r, start)), el("p", { class: "scores" }),
+      el("div", { class: "text" }));
     $("outputs").append(col);
   }
 }
@@ -197,6 +224,12 @@ function finishRows(done) {
   for (const r of done.rows) {
     const col = $(`out-${r.row}`); const text = col.querySelector(".text");
     col.classList.remove("streaming"); text.replaceChildren();
+    const scores = col.querySelector(".scores");
+    scores.textContent = scoreLine(r.scores || {});
+    if (r.row && degenerate(r.scores, done.rows[0].scores)) {
+      scores.classList.add("flag");
+      scores.append(el("strong", {}, " · likely degenerate (perplexity over 10× the baseline's)"));
+    }
     r.pieces.forEach((piece, i) => {
       const p = finite(r.projections[i]);
       const span = el("span", { title: `projection ${fmt(p)}` }, piece);
@@ -208,6 +241,31 @@ function finishRows(done) {
   $("outputs").dataset.done = "1";
 }
 
+// A column's scores: perplexity under the unsteered model (high: degenerate text) and each
+// behaviour's verdict.
+function scoreLine(scores) {
+  return Object.entries(scores).map(([k, v]) => (k === "perplexity" ? `perplexity ${fmt(v)}`
+    : `${k}: ${v === null ? "can't tell" : v ? "yes" : "no"}`)).join(" · ");
+}
+
+// Steered text the unsteered model finds far less likely than the baseline's: a strength past
+// what the model tolerates (or a perplexity that overflowed).
+function degenerate(scores, base) {
+  const p = scores && scores.perplexity, b = base && base.perplexity;
+  if (!Number.isFinite(b)) return false;
+  return p === null || p === undefined || !Number.isFinite(p) || p > 10 * b;
+}
+
+// The run as far as it went: the request with the seed actually used (so it can be sent again
+// as is), the vector's source, and the rows' text so far.
+function keepGeneration(body, start, done) {
+  const rows = done ? done.rows : [...document.querySelectorAll("#outputs .out")].map((c, i) =>
+    ({ row: i, text: c.querySelector(".text").textContent }));
+  ui.generation = { request: { ...body, seed: start ? start.seed : body.seed },
+    stopped: !done, result: done || { rows } };
+  updateExport();
+}
+
 async function generate() {
   resetOutputs();
   let body;
@@ -215,28 +273,33 @@ async function generate() {
   ui.controller = new AbortController();
   $("generate").disabled = true; $("stop").disabled = false;
   $("gen-status").textContent = "waiting for the model…";
+  let start = null;
   try {
     const res = await fetch("/api/stream", { method: "POST", signal: ui.controller.signal,
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
     await readEvents(res, (event, data) => {
       if (event === "start") {
-        startRows(body, data); showCondition(data.condition);
+        start = data; startRows(body, data); showWarnings(data.warnings);
+        showCondition(data.condition);
         $("gen-status").textContent = "streaming…";
       }
       else if (event === "tokens") {
         for (const t of data.tokens) $(`out-${t.row}`).querySelector(".text").append(t.piece);
         $("outputs").dataset.tokenEvents = String(Number($("outputs").dataset.tokenEvents) + 1);
       } else if (event === "done") {
-        finishRows(data); ui.generation = { request: body, result: data }; updateExport();
+        finishRows(data); keepGeneration(body, start, data);
         $("gen-status").textContent = `${data.tokens} tokens in ${data.seconds.toFixed(2)} s ` +
-          `· colour read at layer ${data.readout_layer}`;
+          `· colour read at layer ${data.readout_layer}` +
+          (data.seed === null ? " · greedy" : ` · seed ${data.seed}`);
       } else if (event === "error") throw new ApiError(400, data);
     });
   } catch (err) {
     const stopped = err.name === "AbortError";
-    $("gen-status").textContent = stopped ? "stopped" : "failed";
+    $("gen-status").textContent = stopped ? "stopped" + (start && start.seed !== null
+      ? ` · seed ${start.seed}` : "") : "failed";
     if (!stopped) resetOutputs();  // nothing half-done stays under "failed"
+    else if (start) keepGeneration(body, start, null);  // what was made can be exported
     throw err;
   } finally {
     document.querySelectorAll(".out.streaming").forEach((c) => c.classList.remove("streaming"));
@@ -255,6 +318,7 @@ async function runSweep() {
       mode: $("sweep-mode").value, max_tokens: readNumber("sweep-tokens", "max_tokens"),
       chat: $("chat").checked };
     const result = await api("POST", "/api/sweep", body);
+    showWarnings(result.warnings);
     $("sweep-title").textContent = sweepTitle(result);
     drawSweep($("sweep-chart"), result);
     $("sweep-metric").textContent = result.metric ? `Measure: ${result.metric}.` : "";
@@ -268,10 +332,12 @@ async function runSweep() {
 
 function updateExport() { $("export").disabled = !(ui.generation || ui.sweep); }
 
+// Everything needed to run it again: the model, how the vector was made (its prompts and
+// method, or its library name) and its norms, and each request as sent with the seed used.
 function exportResults() {
   const now = new Date().toISOString();
   download(`mlux-explorer-${now.replace(/[:.]/g, "-")}.json`, { format: "mlux.explorer.results",
-    exported: now, model: ui.info, vector: ui.vector, generation: ui.generation,
+    version: 2, exported: now, model: ui.info, vector: ui.vector, generation: ui.generation,
     sweep: ui.sweep });
 }
 
@@ -310,6 +376,7 @@ document.addEventListener("DOMContentLoaded", () => guarded(async () => {
   showInfo(m.info); applyDefaults(m.defaults, m.limits);
   for (const mode of m.sweeps) $("sweep-mode").append(el("option", { value: mode }, mode));
   if (store.get("tab") === "library") showTab("library");
+  clearSweep(); redrawNorms();
   await refreshLibrary();
   document.body.dataset.ready = "1";
 }));

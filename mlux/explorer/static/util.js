@@ -45,6 +45,19 @@ export const lines = (id) => $(id).value.split("\n").map((s) => s.trim()).filter
 export const numbers = (text) => text.split(",").map((s) => s.trim()).filter(Boolean)
   .map((s) => (Number.isFinite(Number(s)) ? Number(s) : s));
 
+// The layers a spec names (the server's grammar: "2, 4", "1-3", "-1", "residuals_2-4", "all"),
+// for highlighting; the server decides what is valid.
+export function layerSet(text, n) {
+  const out = new Set(), at = (i) => (i < 0 ? i + n : i);
+  for (const raw of text.split(",")) {
+    const part = raw.trim().replace(/^residuals_/, "");
+    const m = part.match(/^(-?\d+)(?:\s*-\s*(-?\d+))?$/);
+    if (part === "all") for (let i = 0; i < n; i++) out.add(i);
+    else if (m) for (let i = at(Number(m[1])); i <= at(Number(m[2] ?? m[1])); i++) out.add(i);
+  }
+  return out;
+}
+
 // A number box's value; an empty or unreadable box is refused here, never sent as 0.
 export function readNumber(id, field) {
   const text = $(id).value.trim(); const value = Number(text);
