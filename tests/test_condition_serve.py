@@ -59,11 +59,11 @@ def test_served_condition_fires_as_in_process(server, comparator):
                                                                "comparator": comparator}}
     fired = {}
     for prompt in (FORMAL, CASUAL):
-        resp = client.completions.create(model="m", prompt=prompt, max_tokens=12,
+        resp = client.completions.create(model="mlux-toy", prompt=prompt, max_tokens=12,
                                          temperature=0, extra_body={"steering": steering})
         assert resp.choices[0].text == in_process(server, prompt, cond)
         fired[prompt] = resp.model_extra["steering_fired"]
-        plain = client.completions.create(model="m", prompt=prompt, max_tokens=12,
+        plain = client.completions.create(model="mlux-toy", prompt=prompt, max_tokens=12,
                                           temperature=0)
         assert "steering_fired" not in plain.model_extra
         assert (resp.choices[0].text != plain.choices[0].text) == fired[prompt][0]
@@ -76,11 +76,11 @@ def test_streamed_and_chat_responses_report_the_decision(server):
     client = server["client"]
     steering = [{"vector": "happy", "alpha": 2.0}, {"vector": "happy", "alpha": -2.0,
                                                     "condition": CONDITION}]
-    chunks = list(client.completions.create(model="m", prompt=CASUAL, max_tokens=6,
+    chunks = list(client.completions.create(model="mlux-toy", prompt=CASUAL, max_tokens=6,
                                             temperature=0, stream=True,
                                             extra_body={"steering": steering}))
     assert chunks[-1].model_extra["steering_fired"] == [True, False]
-    chat = client.chat.completions.create(model="m", max_tokens=6, temperature=0,
+    chat = client.chat.completions.create(model="mlux-toy", max_tokens=6, temperature=0,
                                           messages=[{"role": "user", "content": FORMAL}],
                                           extra_body={"steering": steering})
     assert chat.model_extra["steering_fired"] == [True, True]

@@ -125,7 +125,7 @@ def test_serve_takes_a_feature_clamp_per_request(hooked):
     app = create_server_app(hooked, max_batch=4, sae=sae)
     try:
         client = app.test_client()
-        body = {"model": "m", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0}
+        body = {"prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0}
         clamped = client.post("/v1/completions", json={**body,
                                                        "sae_clamp": {"feature": j, "value": 12}})
         plain = client.post("/v1/completions", json=body)

@@ -78,14 +78,8 @@ def features() -> Response:
     chat = f.boolean("chat", False)
     clamp = _clamp(f, sae.config.d_sae)
     f.done()
-    state.acquire_model()
-    try:
-        rows = read_features(state.hooked, sae, prompt, k=k, max_tokens=max_tokens,  # type: ignore[arg-type]
-                             clamp=clamp, chat=chat)
-    except ValueError as exc:
-        raise RequestError(str(exc)) from None
-    finally:
-        state.lock.release()
+    rows = state.run(lambda: read_features(  # on the model's thread; a ValueError is a 400
+        state.hooked, sae, prompt, k=k, max_tokens=max_tokens, clamp=clamp, chat=chat))
     return jsonify(hook=sae.config.hook, clamp=None if clamp is None else
                    {"feature": clamp[0], "value": clamp[1]},
                    tokens=[r.to_json() for r in rows])
