@@ -70,11 +70,9 @@ def run(args: argparse.Namespace) -> int:
                      scorers=toy_scorers() if builtin else None,
                      allowed_hosts=web.allowed_hosts_for(host), sae=sae)
     print(f"mlux explore: {hooked!r}", file=sys.stderr, flush=True)
-    try:
-        return web.run_server(app, host, args.port, allow_remote=args.host is not None,
-                              exposes=exposes, name="mlux explore")
-    finally:
-        app.extensions[STATE_KEY].close()  # join the model's thread before the interpreter exits
+    return web.run_server(app, host, args.port, allow_remote=args.host is not None,
+                          exposes=exposes, name="mlux explore",
+                          on_stop=app.extensions[STATE_KEY].close)  # joins the model's thread
 
 
 VERB = Verb("explore", "open the steering explorer web app (http://127.0.0.1:5001)",

@@ -48,11 +48,9 @@ def serve(args: argparse.Namespace) -> int:
     app = create_server_app(hooked, vectors=vectors, max_batch=args.max_batch,
                             limits=Limits(max_tokens=args.max_tokens),
                             allowed_hosts=web.allowed_hosts_for(args.host), sae=sae)
-    try:
-        return web.run_server(app, args.host, args.port, allow_remote=True,
-                              name=f"mlux serve: {args.model}", path="/v1")
-    finally:
-        app.extensions["mlux_serve"]["engine"].close()
+    return web.run_server(app, args.host, args.port, allow_remote=True,
+                          name=f"mlux serve: {args.model}", path="/v1",
+                          on_stop=app.extensions["mlux_serve"]["engine"].close)
 
 
 VERB = Verb("serve", "OpenAI-compatible server with per-request steering", _add_arguments, serve)

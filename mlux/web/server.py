@@ -99,11 +99,38 @@ def check_bind(host: str, *, allow_remote: bool, exposes: str = "the model") -> 
 
 
 def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
-               exposes: str = "the model", name: str = "mlux", path: str = "") -> int:
-    """`check_bind`, then werkzeug's threaded server until Ctrl-C; returns 0. A non-loopback
+               exposes: str = "the model", name: str = "mlux", path: str = "",
+               on_stop: Optional[Callable[[], None]] = None) -> int:
+    """`check_bind`, then werkzeug's threaded server until Ctrl-C or SIGTERM; then `on_stop`
+    (stop the model's thread: rows in flight are cancelled, so their request threads end
+    instead of streaming on) before the socket closes; returns 0. A non-loopback
     address is announced loudly. An app whose Host allow-list holds only loopback names can't be
     served on another address (nobody could reach it): build it with
     `allowed_hosts=allowed_hosts_for(host)`."""
+    try:
+        server = _start(app, host, port, allow_remote, exposes, name, path)
+    except BaseException:
+        if on_stop is not None:  # the model's thread is joined on every way out
+            on_stop()
+        raise
+    with _sigterm_interrupts():
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            try:
+                if on_stop is not None:
+                    on_stop()
+            finally:
+                server.server_close()
+    print(f"{name}: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _start(app: Flask, host: str, port: int, allow_remote: bool, exposes: str, name: str,
+           path: str) -> serving.BaseWSGIServer:
+    """The checks, the bound server and its announcement (see `run_server`)."""
     if not 0 <= port < 65536:
         raise ValueError(f"port must be in 0..65535 (0: any free port), got {port}")
     check_bind(host, allow_remote=allow_remote, exposes=exposes)
@@ -122,15 +149,7 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
     shown = f"[{host}]" if ":" in host else host
     print(f"{name}: {_SERVING} http://{shown}:{server.server_port}{path} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
-    with _sigterm_interrupts():
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()  # stop accepting; the caller then stops its model thread
-    print(f"{name}: stopped", file=sys.stderr, flush=True)
-    return 0
+    return server
 
 
 _SERVING = "serving on"
@@ -151,6 +170,9 @@ def make_server(app: Flask, host: str, port: int) -> serving.BaseWSGIServer:
     """Werkzeug's threaded server for `app` (no debugger, no reloader), its own errors JSON."""
     server = serving.make_server(host, port, app, threaded=True)
     server.RequestHandlerClass = JSONErrorHandler  # socketserver makes one per connection
+    # Closing never waits on request threads (daemons): one whose client stopped reading a
+    # stream would block the exit forever; the model's own thread is joined by `on_stop`.
+    server.block_on_close = False
     return server
 
 
