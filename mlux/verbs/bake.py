@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         if weights is not None:
             shown = ", ".join(f"{i}: {w:.3g}" for i, w in weights.items()) or "none"
             print(f"{args.ablate} is search trial {vec.metadata['search'].get('trial')}: "
-                  f"baking its per-layer weights from the file's metadata ({shown}); the "
-                  "embeddings are left as the search left them")
+                  f"baking its per-layer weights from the file's metadata ({shown}) into the "
+                  "blocks' attention and MLP outputs; the embeddings stay untouched, as in "
+                  "the search")
         s = bake_ablation(hooked, vec, layers=layers, out=args.out, overwrite=args.overwrite,
                           layer_weights=weights)
         print(f"baked an ablation of {args.ablate} (layer {s['direction_layer']}'s direction) "
