@@ -517,14 +517,16 @@ def test_a_state_space_mixer_beside_attention_is_refused(tmp_path):
 def test_edited_weights_that_do_not_load_are_refused(tiny, tmp_path, monkeypatch):
     """Whatever the model's own code raises while the edited weights are loaded and probed
     becomes the one-line refusal, and nothing is written."""
-    import mlux.bake as bake
+    import mlux.bake.checks as checks
     hooked = HookedModel.from_pretrained(str(tiny("llama")))
 
     def broken(config, weights):
         raise KeyError("model.layers.0.mlp.down_proj.weight")
 
-    monkeypatch.setattr(bake, "build", broken)
+    monkeypatch.setattr(checks, "build", broken)
     for run in (lambda: bake_ablation(hooked, _vector(64), out=tmp_path / "out"),
+                lambda: bake_ablation(hooked, _vector(64), out=tmp_path / "out",
+                                      layer_weights={0: 0.5, 2: 1.0}),
                 lambda: bake_steering(hooked, _vector(64), 1.0, out=tmp_path / "out")):
         with pytest.raises(ValueError, match="could not be loaded and run the way mlx_lm.load "
                            "would \\(KeyError"):
