@@ -9,7 +9,9 @@ mlx-lm model folder that `mlx_lm.load` / `mlx_lm.generate` run with no mlux.
   projection — for a mixture of experts every routed expert, fused `SwitchLinear` included, and
   every shared expert — and their biases. The stream then never carries `u`: the baked model
   equals the original run with the ablation hook on the embedding output and on every attention
-  and MLP output. A tied LM head is untied so it stays unchanged.
+  and MLP output. A tied LM head is untied so it stays unchanged. With `layer_weights` ({block:
+  w}, a `mlux search --mode ablate` trial's: `search_weights`), block i's outputs lose only
+  w_i of the direction and the embeddings none, as the search's hooks do (`weighted`).
 - `bake_steering(hooked, vector, alpha, layers=None, out=DIR)` — `alpha * v_L` added at
   `residuals_L` at every position, for each chosen layer `L` (default: all the vector's), baked
   as the bias of block `L`'s MLP output projection, its last write into the stream (a config
@@ -20,11 +22,11 @@ mlx-lm model folder that `mlx_lm.load` / `mlx_lm.generate` run with no mlux.
 
 Every bake is checked before anything is written: the edited weights are loaded the way
 `mlx_lm.load` loads them and run on a probe (ablation: the direction's component left in the
-stream at every layer; additive: the logits against the hooked original); a bake that is not
-exact is refused. Quantized models: each edited matrix is dequantized, edited in float32,
-requantized with its own bits and group size, its rounding chosen to keep the direction out
-(`edits`, `rounding`); the component left and the error are reported; every other weight is
-copied bit for bit.
+stream at every layer; additive and weighted ablation: the logits against the hooked
+original); a bake that is not exact is refused. Quantized models: each edited matrix is
+dequantized, edited in float32, requantized with its own bits and group size, its rounding
+chosen to keep the direction out (`edits`, `rounding`); the component left and the error are
+reported; every other weight is copied bit for bit.
 """
 
 from __future__ import annotations
