@@ -26,19 +26,6 @@ TOKENS = mx.array([[5, 9, 13, 7, 21, 4, 30, 11]])
 PROMPT = "w9 w13 w7 w21"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bake")
-    made: dict = {}
-
-    def get(arch: str, bits=None) -> Path:
-        if (arch, bits) not in made:
-            made[arch, bits] = save_tiny_model(root / f"{arch}-{bits}", arch, quantize_bits=bits)
-        return made[arch, bits]
-
-    return get
-
-
 def _vector(hidden: int, layers=(1,), seed=1) -> SteeringVector:
     keys = mx.random.split(mx.random.key(seed), len(layers))
     return SteeringVector({i: mx.random.normal((hidden,), key=k) * 3.0

@@ -15,22 +15,8 @@ from mlx.utils import tree_flatten
 from mlux import HookedModel, SteeringVector
 from mlux.bake import bake_ablation
 from mlux.steering import weighted_ablation_hooks
-from mlux.testing import save_tiny_model
 
 TOKENS = mx.array([[5, 9, 13, 7, 21, 4, 30, 11], [3, 8, 40, 2, 17, 6, 12, 25]])
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bake_weighted")
-    made: dict = {}
-
-    def get(arch: str, bits=None) -> Path:
-        if (arch, bits) not in made:
-            made[arch, bits] = save_tiny_model(root / f"{arch}-{bits}", arch, quantize_bits=bits)
-        return made[arch, bits]
-
-    return get
 
 
 def _setup(src: Path, seed: int = 3) -> tuple[HookedModel, SteeringVector, mx.array, dict]:
