@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"baked an ablation of {args.ablate} (layer {s['direction_layer']}'s direction) "
               f"into {len(s['edited'])} weight matrices of {args.model}")
         if weights is not None:
-            print(f"logits equal the original run with the trial's ablation hooks: relative "
-                  f"error {s['logit_error']:.3g}" + (
+            print(f"baked logits against the original run with the trial's ablation hooks: "
+                  f"relative error {s['logit_error']:.3g}" + (
                       f" (requantized; the unedited model's is {s['unedited_logit_error']:.3g})"
                       if s["requantization"] else ""))
         elif (q := s["requantization"]):
