@@ -27,6 +27,7 @@ __all__ = [
     "row_terms",
     "steering_hooks",
     "steers_prefix",
+    "weighted_ablation_hooks",
 ]
 
 def _as_f32(value: Any, what: str) -> mx.array:
@@ -210,6 +211,18 @@ def create_ablation_hook(
         return (-weight * proj[..., None] * unit).astype(x.dtype)
 
     return _positional(delta_of, start, end)
+
+
+def weighted_ablation_hooks(
+    direction: Any, weights: Mapping[int, float], *, positions: Positions = "all",
+    prompt_length: Optional[int] = None,
+) -> list[tuple[str, Hook]]:
+    """`direction` projected out of block i's attention and MLP outputs (`attention_i`,
+    `mlp_i`) with weight `weights[i]`: a directional ablation's writers, as `mlux search`
+    hooks them and `mlux bake --ablate` edits them (layers not in `weights` untouched)."""
+    return [(f"{kind}_{i}", create_ablation_hook(direction, positions=positions,
+                                                 prompt_length=prompt_length, weight=w))
+            for i, w in weights.items() for kind in ("attention", "mlp")]
 
 
 def directions_at(vectors: Any, layers: Optional[Iterable[int]] = None) -> dict[int, Any]:

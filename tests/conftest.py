@@ -1,13 +1,15 @@
-"""Shared fixtures: tiny random models of every architecture (fp32 and 4-bit)."""
+"""Shared fixtures: tiny random models of every architecture (fp32 and 4-bit), in memory
+(`arch_bits`, `reference`) or saved as model folders (`tiny`)."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
-from mlux.testing import ARCHITECTURES, make_tiny_model
+from mlux.testing import ARCHITECTURES, make_tiny_model, save_tiny_model
 
 PRECISIONS = (None, 4)  # fp32, 4-bit
 # Blocks computing x + attn(norm(x)) + mlp(norm(.)) with no norm on the branch outputs.
@@ -38,3 +40,18 @@ def arch_bits(request):
 @pytest.fixture
 def reference(arch_bits):
     return _reference(*arch_bits)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """`tiny(arch, bits=None)`: the seeded tiny model saved as a folder, once per module (a
+    module may define its own `tiny`)."""
+    root = tmp_path_factory.mktemp("tiny")
+    made: dict = {}
+
+    def get(arch: str, bits=None) -> Path:
+        if (arch, bits) not in made:
+            made[arch, bits] = save_tiny_model(root / f"{arch}-{bits}", arch, quantize_bits=bits)
+        return made[arch, bits]
+
+    return get

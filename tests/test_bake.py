@@ -26,19 +26,6 @@ TOKENS = mx.array([[5, 9, 13, 7, 21, 4, 30, 11]])
 PROMPT = "w9 w13 w7 w21"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bake")
-    made: dict = {}
-
-    def get(arch: str, bits=None) -> Path:
-        if (arch, bits) not in made:
-            made[arch, bits] = save_tiny_model(root / f"{arch}-{bits}", arch, quantize_bits=bits)
-        return made[arch, bits]
-
-    return get
-
-
 def _vector(hidden: int, layers=(1,), seed=1) -> SteeringVector:
     keys = mx.random.split(mx.random.key(seed), len(layers))
     return SteeringVector({i: mx.random.normal((hidden,), key=k) * 3.0
@@ -517,14 +504,16 @@ def test_a_state_space_mixer_beside_attention_is_refused(tmp_path):
 def test_edited_weights_that_do_not_load_are_refused(tiny, tmp_path, monkeypatch):
     """Whatever the model's own code raises while the edited weights are loaded and probed
     becomes the one-line refusal, and nothing is written."""
-    import mlux.bake as bake
+    import mlux.bake.checks as checks
     hooked = HookedModel.from_pretrained(str(tiny("llama")))
 
     def broken(config, weights):
         raise KeyError("model.layers.0.mlp.down_proj.weight")
 
-    monkeypatch.setattr(bake, "build", broken)
+    monkeypatch.setattr(checks, "build", broken)
     for run in (lambda: bake_ablation(hooked, _vector(64), out=tmp_path / "out"),
+                lambda: bake_ablation(hooked, _vector(64), out=tmp_path / "out",
+                                      layer_weights={0: 0.5, 2: 1.0}),
                 lambda: bake_steering(hooked, _vector(64), 1.0, out=tmp_path / "out")):
         with pytest.raises(ValueError, match="could not be loaded and run the way mlx_lm.load "
                            "would \\(KeyError"):

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import jsonschema
 import mlx.core as mx
+import mlx_lm
 import pytest
 
 from mlux import HookedModel, SteeringVector, cli, generate_batch
 from mlux.collect.lock import folder_lock
 from mlux.experiments.common import residual_norms, sweep_directions
-from mlux.search import steering_of
+from mlux.search import ablation_hooks, steering_of
+from mlux.search.space import layer_weights
 from mlux.serve import create_server_app
 from mlux.steering import steering_hooks
 from mlux.toy import CONTRAST_PROMPTS, TEST_PROMPTS
@@ -93,14 +95,46 @@ def test_mlux_serve_steers_with_a_picked_trial_as_the_search_did(tmp_path, capsy
     assert got["choices"][0]["text"] == hooked.tokenizer.decode(ref)
 
 
-def test_ablate_search_picks_a_direction_bake_ablate_accepts(tmp_path, capsys):
+def test_ablate_search_pick_bakes_to_the_trials_own_hooks(tmp_path, capsys):
+    """The baked folder (plain mlx-lm) equals the model run with the search's ablation hooks
+    for the picked trial: its per-layer weights, block outputs only."""
+    hooked = HookedModel.from_pretrained("mlux-toy")
+    directions, _ = sweep_directions(hooked, CONTRAST_PROMPTS["sentiment"])
+    source = tmp_path / "sentiment.safetensors"
+    SteeringVector(dict(directions), model_id="mlux-toy").save(source)
     out = tmp_path / "a"
-    code, stdout, _ = _run(capsys, "--mode", "ablate", "--trials", "3", "--out", str(out),
-                           "--pick", "0", *FAST)
+    code, stdout, _ = _run(capsys, "--mode", "ablate", "--vector", str(source), "--windows",
+                           "all", "--trials", "3", "--out", str(out), "--pick", "0", *FAST)
     assert code == 0 and "mlux bake --model mlux-toy --ablate" in stdout
-    assert cli.main(["bake", "--model", "mlux-toy", "--ablate", str(out / "picked.safetensors"),
+    picked = out / "picked.safetensors"
+    params = SteeringVector.load(picked).metadata["search"]["params"]
+    weights = layer_weights(params, hooked.num_layers)
+    assert weights and set(weights.values()) != {1.0}  # a partial trial
+    assert cli.main(["bake", "--model", "mlux-toy", "--ablate", str(picked),
                      "--out", str(tmp_path / "baked")]) == 0
-    capsys.readouterr()
+    assert "baking its per-layer weights from the file's metadata" in capsys.readouterr().out
+    tokens = mx.array([[10, 32, 11, 40, 7, 21]])
+    ref = hooked.run_with_hooks(tokens, ablation_hooks(params, directions, hooked.num_layers))
+    model, _ = mlx_lm.load(str(tmp_path / "baked"))
+    got = model(tokens)
+    assert float(mx.linalg.norm(got - ref) / mx.linalg.norm(ref)) < 1e-4
+    full = hooked.run_with_hooks(tokens, ablation_hooks({**params, "max_weight": 1.0,
+                                                          "min_weight": 1.0}, directions,
+                                                         hooked.num_layers))
+    assert float(mx.linalg.norm(got - full) / mx.linalg.norm(ref)) > 1e-3
+
+
+def test_bake_refuses_an_ablate_pick_whose_window_is_not_all(tmp_path, capsys):
+    out = tmp_path / "a"
+    code, stdout, _ = _run(capsys, "--mode", "ablate", "--windows", "generated", "--trials",
+                           "1", "--out", str(out), "--pick", "0", *FAST)
+    assert code == 0 and "only for the window 'all'" in stdout
+    code = cli.main(["bake", "--model", "mlux-toy", "--ablate", str(out / "picked.safetensors"),
+                     "--out", str(tmp_path / "baked")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("mlux bake: error: ") and "window 'generated'" in err
+    assert not (tmp_path / "baked").exists()
 
 
 def test_rerun_of_a_finished_study_runs_nothing_new(tmp_path, capsys):

@@ -9,7 +9,9 @@ mlx-lm model folder that `mlx_lm.load` / `mlx_lm.generate` run with no mlux.
   projection — for a mixture of experts every routed expert, fused `SwitchLinear` included, and
   every shared expert — and their biases. The stream then never carries `u`: the baked model
   equals the original run with the ablation hook on the embedding output and on every attention
-  and MLP output. A tied LM head is untied so it stays unchanged.
+  and MLP output. A tied LM head is untied so it stays unchanged. With `layer_weights` ({block:
+  w}, a `mlux search --mode ablate` trial's: `search_weights`), block i's outputs lose only
+  w_i of the direction and the embeddings none, as the search's hooks do (`weighted`).
 - `bake_steering(hooked, vector, alpha, layers=None, out=DIR)` — `alpha * v_L` added at
   `residuals_L` at every position, for each chosen layer `L` (default: all the vector's), baked
   as the bias of block `L`'s MLP output projection, its last write into the stream (a config
@@ -20,11 +22,11 @@ mlx-lm model folder that `mlx_lm.load` / `mlx_lm.generate` run with no mlux.
 
 Every bake is checked before anything is written: the edited weights are loaded the way
 `mlx_lm.load` loads them and run on a probe (ablation: the direction's component left in the
-stream at every layer; additive: the logits against the hooked original); a bake that is not
-exact is refused. Quantized models: each edited matrix is dequantized, edited in float32,
-requantized with its own bits and group size, its rounding chosen to keep the direction out
-(`edits`, `rounding`); the component left and the error are reported; every other weight is
-copied bit for bit.
+stream at every layer; additive and weighted ablation: the logits against the hooked
+original); a bake that is not exact is refused. Quantized models: each edited matrix is
+dequantized, edited in float32, requantized with its own bits and group size, its rounding
+chosen to keep the direction out (`edits`, `rounding`); the component left and the error are
+reported; every other weight is copied bit for bit.
 """
 
 from __future__ import annotations
@@ -32,32 +34,33 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
 from ..experiments.options import load_vector  # the one loader of vector files
-from ..model import HookedModel
 from ..vectors import SteeringVector
 from .checks import (
     bias_config,
-    build,
+    checked,
     class_parameters,
+    load_baked,
     measure_ablation,
     measure_additive,
+    refusal,
     stream_check,
     untied_head,
 )
-from .edits import ablate_weights
+from .edits import ablate_weights, requant_summary
 from .folder import check_target, model_card, model_name, source_dir, write_folder
+from .weighted import bake_weighted, checked_weights, search_weights
 from .writers import Writers, find_writers
 
-__all__ = ["MODES", "bake_ablation", "bake_steering", "bake_support"]
+__all__ = ["MODES", "bake_ablation", "bake_steering", "bake_support", "search_weights"]
 
 MODES = ("ablation", "additive")
-T = TypeVar("T")
 _ALIASES = {"ablation": "ablation", "ablate": "ablation", "additive": "additive",
             "add": "additive", "steering": "additive"}
 
@@ -78,11 +81,15 @@ def bake_support(hooked: Any, mode: str, *, source: Optional[Union[str, Path]] =
 
 def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
                   layers: Optional[Union[int, Sequence[int]]] = None, out: Union[str, Path],
-                  overwrite: bool = False, source: Optional[Union[str, Path]] = None
-                  ) -> dict[str, Any]:
+                  overwrite: bool = False, source: Optional[Union[str, Path]] = None,
+                  layer_weights: Optional[Mapping[int, float]] = None) -> dict[str, Any]:
     """Write `hooked`'s model with the vector's direction ablated into its weights to `out`
-    (see the module); returns the bake's summary (also in `out/mlux_bake.json`)."""
+    (see the module); returns the bake's summary (also in `out/mlux_bake.json`).
+    `layer_weights` ({block: w}, e.g. a search trial's, `weighted.search_weights`): only block
+    i's attention and MLP outputs lose w_i of the direction, the embeddings none (`weighted`)."""
     vec, config, src, target = _prepare(hooked, vector, out, overwrite, source)
+    per_layer = None if layer_weights is None else checked_weights(layer_weights,
+                                                                     hooked.num_layers)
     chosen = _chosen_layers(vec, layers, hooked.num_layers)
     if len(chosen) != 1:
         raise ValueError(f"an ablation bakes one global direction; choose one layer of the "
@@ -93,7 +100,12 @@ def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
         raise ValueError(f"the vector is zero at layer {chosen[0]}")
     unit = mx.array((d / norm).astype(np.float32))
     weights = _weights(hooked)
-    writers, config = _plan(hooked, config, "ablation", weights, chosen, unit)
+    writers, config = _plan(hooked, config, "ablation", weights, chosen, unit,
+                            untie=per_layer is None)
+    about = {"mode": "ablation", "direction_layer": chosen[0], "direction_norm": norm}
+    if per_layer is not None:
+        summary = bake_weighted(hooked, config, weights, writers, unit, per_layer)
+        return _write(target, hooked, src, weights, config, vec, {**about, **summary})
     if writers.head is None:  # untie: the head keeps the original embedding
         head, embed = untied_head(config, weights, writers)
         for leaf in ("weight", "scales", "biases"):
@@ -101,19 +113,18 @@ def bake_ablation(hooked: Any, vector: Union[SteeringVector, str, Path], *,
                 weights[f"{head}.{leaf}"] = weights[f"{embed}.{leaf}"]
         config = {**config, "tie_word_embeddings": False}
     edits = ablate_weights(weights, config, unit, writers.embeddings, writers.outputs)
-    left = _checked(hooked, "ablation",
-                    lambda: measure_ablation(hooked, _load(config, weights, hooked), unit))
+    left = checked(hooked, "ablation",
+                   lambda: measure_ablation(hooked, load_baked(config, weights, hooked), unit))
     quantized = {k: e for k, e in edits.items() if e is not None}
     worst = max(range(len(left)), key=lambda i: left[i])
     limit = 0.5 if quantized else 1e-3 if hooked.dtype == mx.float32 else 5e-2
     if left[worst] > limit:
-        raise _refusal(hooked, "ablation", f"the edited weights leave {left[worst]:.3g} of the "
-                       f"direction's component in the stream at layer {worst} (limit {limit}): "
-                       "mlux has not found every residual writer of this architecture")
-    summary = {"mode": "ablation", "direction_layer": chosen[0], "direction_norm": norm,
-               "edited": sorted(edits), "remaining_component": {
+        raise refusal(hooked, "ablation", f"the edited weights leave {left[worst]:.3g} of the "
+                      f"direction's component in the stream at layer {worst} (limit {limit}): "
+                      "mlux has not found every residual writer of this architecture")
+    summary = {**about, "edited": sorted(edits), "remaining_component": {
                    "max": left[worst], "per_layer": left},
-               "requantization": _requant(quantized)}
+               "requantization": requant_summary(quantized)}
     return _write(target, hooked, src, weights, config, vec, summary)
 
 
@@ -146,14 +157,14 @@ def bake_steering(hooked: Any, vector: Union[SteeringVector, str, Path], alpha: 
                              "choose a smaller alpha")
         weights[key] = new
     mx.eval(weights)
-    error = _checked(hooked, "additive", lambda: measure_additive(
-        hooked, _load(config, weights, hooked), vec, float(alpha), chosen))
+    error = checked(hooked, "additive", lambda: measure_additive(
+        hooked, load_baked(config, weights, hooked), vec, float(alpha), chosen))
     limit = 1e-4 if hooked.dtype == mx.float32 and hooked.quantization is None else 2e-2
     if not math.isfinite(error):
         raise ValueError(f"at alpha {alpha:g} the steered model's logits are not finite (the "
                          "stream overflows): choose a smaller alpha")
     if error > limit:
-        raise _refusal(hooked, "additive", f"the baked logits differ from the steered "
+        raise refusal(hooked, "additive", f"the baked logits differ from the steered "
                        f"original by {error:.3g} (limit {limit})")
     summary = {"mode": "additive", "alpha": float(alpha), "layers": chosen,
                "norms": {str(i): float(np.linalg.norm(np.asarray(vec[i], dtype=np.float64)))
@@ -171,18 +182,11 @@ def _config(src: Path) -> dict[str, Any]:
     return json.loads((src / "config.json").read_text())
 
 
-def _refusal(hooked: Any, kind: str, why: str) -> ValueError:
-    what = "an ablation" if kind == "ablation" else "an additive vector"
-    other = ("steer at run time with mlux's ablation hook" if kind == "ablation" else
-             "export the vector as a llama.cpp control vector (`mlux extract --output V.gguf`) "
-             "or steer at run time")
-    return ValueError(f"cannot bake {what} into {hooked.model_type!r} exactly: {why} "
-                      f"(instead: {other})")
-
-
 def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.array],
-          layers: list[int], unit: Optional[mx.array]) -> tuple[Writers, dict[str, Any]]:
-    """The writers to edit and the config to write; raises the refusal if not exact."""
+          layers: list[int], unit: Optional[mx.array], untie: bool = True
+          ) -> tuple[Writers, dict[str, Any]]:
+    """The writers to edit and the config to write; raises the refusal if not exact
+    (`untie`: the embedding is edited, so a tied head must be untied)."""
     try:
         writers = find_writers(hooked)
         moe = [i for i in layers if writers.last_writes[i] is None]
@@ -195,12 +199,12 @@ def _plan(hooked: Any, config: dict[str, Any], kind: str, weights: dict[str, mx.
         why = stream_check(hooked, unit, additive=kind == "additive")
         if why is not None:
             raise ValueError(why)
-        if kind == "ablation" and writers.head is None:
+        if kind == "ablation" and untie and writers.head is None:
             untied_head(config, weights, writers)
         if kind == "additive":
             config = bias_config(config, weights, [writers.last_writes[i] for i in layers])
     except ValueError as e:
-        raise _refusal(hooked, kind, str(e)) from e
+        raise refusal(hooked, kind, str(e)) from e
     return writers, config
 
 
@@ -244,29 +248,6 @@ def _class_biases(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[
             dtype = like.dtype if mx.issubdtype(like.dtype, mx.floating) else mx.float32
             out[k] = mx.zeros(v.shape, dtype=dtype)
     return out
-
-
-def _checked(hooked: Any, kind: str, measure: Callable[[], T]) -> T:
-    """`measure()`, its failure (whatever the model's code raises) turned into the refusal."""
-    try:
-        return measure()
-    except Exception as e:  # noqa: BLE001 - an unverifiable bake is refused, never half-done
-        first = (str(e).splitlines() or [""])[0]
-        raise _refusal(hooked, kind, "the edited weights could not be loaded and run the way "
-                       f"mlx_lm.load would ({type(e).__name__}: {first})") from e
-
-
-def _load(config: dict[str, Any], weights: dict[str, mx.array], hooked: Any) -> Any:
-    return HookedModel(build(config, weights), hooked.tokenizer)
-
-
-def _requant(edits: dict[str, Any]) -> Optional[dict[str, Any]]:
-    if not edits:
-        return None
-    return {"max_relative": max(e.relative for e in edits.values()),
-            "max_abs": max(e.max_abs for e in edits.values()),
-            "max_remaining": max(e.remaining for e in edits.values()),
-            "per_matrix": {k: e.as_dict() for k, e in edits.items()}}
 
 
 def _write(target: Path, hooked: Any, src: Path, weights: dict[str, mx.array],

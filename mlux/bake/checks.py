@@ -6,26 +6,35 @@
   norm blocks, extra terms), a weight edit cannot equal a stream edit, and the bake is refused.
 - `untied_head` / `bias_config`: what the model's mlx-lm class can hold (a separate LM head, a
   bias on the MLP output projection), found by building the class from the edited config.
-- `build` + `measure_ablation` / `measure_additive`: the edited weights loaded the way
-  `mlx_lm.load` loads them, run on a probe and compared with the hooked original.
+- `build` + `measure_ablation` / `measure_additive` / `measure_weighted`: the edited weights
+  loaded the way `mlx_lm.load` loads them, run on a probe and compared with the hooked
+  original; `checked` / `refusal`: a failed or inexact bake as the one refusal message.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import _get_classes, infer_quant_config
 
-from ..steering import create_ablation_hook, create_steering_hook, steering_hooks
+from ..model import HookedModel
+from ..steering import (
+    create_ablation_hook,
+    create_steering_hook,
+    steering_hooks,
+    weighted_ablation_hooks,
+)
 from .writers import Writers
 
-__all__ = ["BIAS_SWITCHES", "bias_config", "build", "class_parameters", "measure_additive",
-           "measure_ablation", "probe_tokens", "stream_check", "untied_head"]
+__all__ = ["BIAS_SWITCHES", "bias_config", "build", "checked", "class_parameters",
+           "load_baked", "logit_error", "measure_ablation", "measure_additive",
+           "measure_weighted", "probe_tokens", "refusal", "stream_check", "untied_head"]
 
+T = TypeVar("T")
 # Config switches with which mlx-lm classes give their linear layers biases.
 BIAS_SWITCHES = ("mlp_bias", "use_bias", "bias", "add_bias_linear", "use_mlp_bias")
 
@@ -182,11 +191,52 @@ def measure_ablation(hooked: Any, baked: Any, unit: mx.array) -> list[float]:
 def measure_additive(hooked: Any, baked: Any, vector: Any, alpha: float,
                      layers: list[int]) -> float:
     """Relative error of the baked logits against the original steered by mlux's hooks."""
+    return logit_error(hooked, baked, steering_hooks(vector, alpha, layers=layers))
+
+
+def measure_weighted(hooked: Any, baked: Any, unit: mx.array,
+                     layer_weights: dict[int, float]) -> float:
+    """Relative error of the baked logits against the original run with the weighted ablation
+    hooks `mlux search` tries (`weighted_ablation_hooks`; `baked=hooked`: the unedited
+    model's own error)."""
+    points = set(hooked.hook_points)
+    return logit_error(hooked, baked, [(n, h) for n, h in weighted_ablation_hooks(
+        unit, layer_weights) if n in points])
+
+
+def logit_error(hooked: Any, baked: Any, hooks: list[tuple[str, Any]]) -> float:
+    """Relative error (Frobenius) of `baked`'s plain logits on the probe against `hooked`'s
+    with `hooks`; inf if the hooked logits are not finite."""
     tokens = probe_tokens(hooked)
-    reference = hooked.run_with_hooks(tokens, steering_hooks(vector, alpha, layers=layers))
+    reference = hooked.run_with_hooks(tokens, hooks)
     got = baked.run_with_hooks(tokens, [])
     if not bool(mx.isfinite(reference).all()):
         return math.inf  # the steering itself overflows
     diff = (got.astype(mx.float32) - reference.astype(mx.float32)).reshape(-1)
     return float((mx.linalg.norm(diff) / mx.linalg.norm(
         reference.astype(mx.float32).reshape(-1))).item())
+
+
+def load_baked(config: dict[str, Any], weights: dict[str, mx.array], hooked: Any) -> Any:
+    """The edited weights as a `HookedModel`, built the way `mlx_lm.load` builds them."""
+    return HookedModel(build(config, weights), hooked.tokenizer)
+
+
+def refusal(hooked: Any, kind: str, why: str) -> ValueError:
+    """The error a bake of `kind` ("ablation" / "additive") is refused with, and what to do."""
+    what = "an ablation" if kind == "ablation" else "an additive vector"
+    other = ("steer at run time with mlux's ablation hook" if kind == "ablation" else
+             "export the vector as a llama.cpp control vector (`mlux extract --output V.gguf`) "
+             "or steer at run time")
+    return ValueError(f"cannot bake {what} into {hooked.model_type!r} exactly: {why} "
+                      f"(instead: {other})")
+
+
+def checked(hooked: Any, kind: str, measure: Callable[[], T]) -> T:
+    """`measure()`, its failure (whatever the model's code raises) turned into the refusal."""
+    try:
+        return measure()
+    except Exception as e:  # noqa: BLE001 - an unverifiable bake is refused, never half-done
+        first = (str(e).splitlines() or [""])[0]
+        raise refusal(hooked, kind, "the edited weights could not be loaded and run the way "
+                      f"mlx_lm.load would ({type(e).__name__}: {first})") from e

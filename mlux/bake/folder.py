@@ -100,7 +100,16 @@ def write_folder(target: Path, src: Path, weights: dict[str, mx.array], config: 
 def model_card(s: dict[str, Any]) -> str:
     """The README.md of a baked folder, from the bake's summary."""
     v = s["vector"]
-    if s["mode"] == "ablation":
+    if s["mode"] == "ablation" and "layer_weights" in s:
+        shown = ", ".join(f"{i}: {w:.3g}" for i, w in s["layer_weights"].items()) or "none"
+        what = (f"the direction of the vector at layer {s['direction_layer']} (norm "
+                f"{s['direction_norm']:.4g}) partly projected out of each block's attention and "
+                f"MLP output projections (and their biases), by the per-layer weights {{{shown}}}"
+                "; embeddings and LM head unchanged. The logits equal the original run with "
+                f"mlux's weighted ablation hooks (relative error {s['logit_error']:.3g}")
+        what += (", the requantized matrices' rounding chosen to keep the edit's component)"
+                 if s["requantization"] else ")")
+    elif s["mode"] == "ablation":
         what = (f"the direction of the vector at layer {s['direction_layer']} (norm "
                 f"{s['direction_norm']:.4g}) projected out of every residual-stream write "
                 "(embeddings, attention output projections, MLP down projections, every expert "

@@ -45,14 +45,16 @@ def expand(per_group: mx.array, group_size: int) -> mx.array:
 
 
 def round_out(levels: mx.array, step: mx.array, offset: mx.array, target: mx.array,
-              unit: mx.array, bits: int) -> mx.array:
+              unit: mx.array, bits: int, keep: bool = False) -> mx.array:
     """New levels for a weight `(..., C, D)` = `step * levels + offset` (both `(..., C, D)`,
     the group's scale and bias per element) rounding `target`, whose rows' components along
-    `unit` (D,) are as close to zero as moves of one grid step allow. (The last axis is the
-    stream's, whichever axis the weight is quantized along: contiguous rows sort fast.)"""
+    `unit` (D,) are as close to zero as moves of one grid step allow (`keep`: as close to
+    `target`'s own, for a partial ablation). (The last axis is the stream's, whichever axis
+    the weight is quantized along: contiguous rows sort fast.)"""
     height = max(1, _CHUNK * levels.shape[-2] // max(levels.size, 1))  # rows per slice
     parts = [_round_rows(levels[..., i:i + height, :], step[..., i:i + height, :],
-                         offset[..., i:i + height, :], target[..., i:i + height, :], unit, bits)
+                         offset[..., i:i + height, :], target[..., i:i + height, :], unit, bits,
+                         keep)
              for i in range(0, levels.shape[-2], height)]
     return mx.concatenate(parts, axis=-2)
 
@@ -71,10 +73,10 @@ def _moves(levels: mx.array, step: mx.array, err: mx.array, comp: mx.array, unit
 
 
 def _round_rows(levels: mx.array, step: mx.array, offset: mx.array, target: mx.array,
-                unit: mx.array, bits: int) -> mx.array:
+                unit: mx.array, bits: int, keep: bool) -> mx.array:
     top = (1 << bits) - 1
     err = step * levels + offset - target  # (..., C, D) rounding error
-    comp = (err + target) @ unit  # (..., C)
+    comp = err @ unit if keep else (err + target) @ unit  # (..., C): the component to remove
     # Batches: per row, the best moves by component removed per error added (among the
     # `_BATCH` best, found by a partial sort), as many as bring the component closest to zero.
     for _ in range(_BATCHES):

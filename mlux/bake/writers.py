@@ -46,6 +46,7 @@ class Writers:
     # if it has no MLP), the single linear whose bias adds to the block's output; None: MoE
     moe_blocks: list[int]  # blocks whose MLP is a mixture of experts
     head: Optional[str]  # the separate LM head, None when the embedding unembeds (tied)
+    output_blocks: list[int]  # the block of each of `outputs`, in the same order
 
 
 def _plain(module: Any) -> Any:
@@ -114,6 +115,7 @@ def find_writers(hooked: Any) -> Writers:
         raise ValueError("the model is sharded across processes; bake a model held whole")
     base = arch.blocks_path
     outputs: list[str] = []
+    blocks: list[int] = []
     last_writes: list[Optional[str]] = []
     moe: list[int] = []
     for i, block in enumerate(arch.blocks):
@@ -136,17 +138,19 @@ def find_writers(hooked: Any) -> Writers:
             raise ValueError(f"block {i} has {what} with no output projection mlux knows "
                              f"(looked for {', '.join(_ATTN_OUT)})")
         outputs.append(f"{prefix}.{attn_name}.{own}")
+        blocks.append(i)
         if mlp_name is None:  # a mixer-only block (state-space models)
             last_writes.append(outputs[-1])
             continue
         found, mixed = _mlp_writers(_plain(inner[mlp_name]), f"{prefix}.{mlp_name}",
                                     f"block {i}'s MLP")
         outputs.extend(found)
+        blocks.extend([i] * len(found))
         last_writes.append(None if mixed else found[0])
         if mixed:
             moe.append(i)
     embeddings, head = _outside_blocks(model, base, hooked.hidden_size)
-    return Writers(embeddings, outputs, last_writes, moe, head)
+    return Writers(embeddings, outputs, last_writes, moe, head, blocks)
 
 
 def _outside_blocks(model: nn.Module, base: str, hidden: int) -> tuple[list[str], Optional[str]]:

@@ -21,7 +21,7 @@ from ..experiments.common import steered_perplexity
 from ..generate import generate_batch
 from ..hooks import Hook
 from ..model import HookedModel
-from ..steering import Steering, create_ablation_hook
+from ..steering import Steering, weighted_ablation_hooks
 from .space import interpolated_direction, layer_weights
 from .tokens import token_logodds
 
@@ -53,10 +53,8 @@ def ablation_hooks(params: Params, directions: dict[int, mx.array], num_layers: 
     """An ablate trial's hooks: its direction projected (by each layer's weight) out of every
     block's attention and MLP output, the writers `mlux bake --ablate` edits."""
     u = interpolated_direction(directions, float(params["layer"]))
-    return [(f"{kind}_{i}", create_ablation_hook(u, positions=params["window"],
-                                                 prompt_length=prompt_length, weight=w))
-            for i, w in layer_weights(params, num_layers).items()
-            for kind in ("attention", "mlp")]
+    return weighted_ablation_hooks(u, layer_weights(params, num_layers),
+                                   positions=params["window"], prompt_length=prompt_length)
 
 
 def _groups(params: Params, rows: Sequence[list[int]], directions: dict[int, mx.array],

@@ -7,7 +7,10 @@ output folder is a plain mlx-lm model that runs without mlux.
 
 Vector files are .safetensors or llama.cpp .gguf (read by the loader every verb uses).
 --ablate projects one direction (the vector's at the one chosen layer; a one-layer vector
-needs no --layers) out of every weight that writes into the residual stream; --vector adds
+needs no --layers) out of every weight that writes into the residual stream; a vector picked by
+`mlux search --mode ablate` is baked with the trial's per-layer weights from its metadata (each
+block's attention and MLP outputs only, as the search hooked them; a trial whose window is not
+"all" is refused); --vector adds
 alpha * v at residuals_L for each chosen layer (default: all the vector's) as MLP output biases.
 A bake that cannot be exact for the model (post-norm blocks, a head that cannot be untied, an
 MoE block for --vector, ...) is refused with the reason; see `mlux.bake.bake_support`.
@@ -17,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..bake import bake_ablation, bake_steering
+from ..bake import bake_ablation, bake_steering, search_weights
 from ..entry import Verb
-from ..experiments.options import add_model_argument, layer_ints
+from ..experiments.options import add_model_argument, layer_ints, load_vector
 from ..model import HookedModel
 
 __all__ = ["VERB"]
@@ -47,11 +50,24 @@ def run(args: argparse.Namespace) -> int:
     hooked = HookedModel.from_pretrained(args.model)
     layers = layer_ints(hooked, args.layers)
     if args.ablate:
-        s = bake_ablation(hooked, args.ablate, layers=layers, out=args.out,
-                          overwrite=args.overwrite)
+        vec = load_vector(args.ablate, hooked)
+        weights = search_weights(vec)  # a picked search trial: its per-layer weights
+        if weights is not None:
+            shown = ", ".join(f"{i}: {w:.3g}" for i, w in weights.items()) or "none"
+            print(f"{args.ablate} is search trial {vec.metadata['search'].get('trial')}: "
+                  f"baking its per-layer weights from the file's metadata ({shown}) into the "
+                  "blocks' attention and MLP outputs; the embeddings stay untouched, as in "
+                  "the search")
+        s = bake_ablation(hooked, vec, layers=layers, out=args.out, overwrite=args.overwrite,
+                          layer_weights=weights)
         print(f"baked an ablation of {args.ablate} (layer {s['direction_layer']}'s direction) "
               f"into {len(s['edited'])} weight matrices of {args.model}")
-        if (q := s["requantization"]):
+        if weights is not None:
+            print(f"baked logits against the original run with the trial's ablation hooks: "
+                  f"relative error {s['logit_error']:.3g}" + (
+                      f" (requantized; the unedited model's is {s['unedited_logit_error']:.3g})"
+                      if s["requantization"] else ""))
+        elif (q := s["requantization"]):
             print(f"requantized (rounding chosen to keep the direction out): worst relative "
                   f"error {q['max_relative']:.3g}, direction's component left in the stream at "
                   f"most {s['remaining_component']['max']:.3g} of the original")

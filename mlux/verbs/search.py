@@ -184,11 +184,10 @@ def run(args: argparse.Namespace) -> int:
         use = (f"mlux generate PROMPT --vector {path} --positions {window}" if args.mode ==
                "steer" else f"mlux bake --model {args.model} --ablate {path} --out DIR")
         print(f"saved trial {chosen.number} to {path}; use it: {use}")
-        weights = set(vec.metadata["search"]["layer_weights"].values())
-        if args.mode == "ablate" and weights != {1.0}:
-            print("note: mlux bake --ablate removes the direction at full weight from every "
-                  "block and the embedding; this trial's per-layer weights (in the file's "
-                  "metadata) are what the search measured")
+        if args.mode == "ablate" and window != "all":
+            print(f"note: mlux bake --ablate bakes a trial's per-layer weights exactly, but "
+                  f"only for the window 'all' (this trial's is {window!r}): baked weights act "
+                  "at every position")
     return 0
 
 
