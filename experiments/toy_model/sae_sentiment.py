@@ -12,10 +12,10 @@ the class means), the SAE's relative reconstruction error on the marker tokens, 
 rate of "mood: happy" with that feature clamped to 0 (error term kept, every position,
 `Steering(sae_clamp=...)` on the one decoder). At the corpus SAE's best layer (highest probe
 accuracy, then separation): neutral prompts and "mood: sad" clamped high, "mood: happy" clamped
-to 0 (every position, and the prompt's tokens only), and controls: "mood: happy" with other
-features clamped to 0 (random live ones, and every one whose firing rate on the corpus tokens is
-within 2x the chosen feature's). Rates over seeded samples with n and Wilson 95%
-intervals; writes experiments/results/sae_toy.json.
+to 0 (every position, the prompt's tokens only, and again with another sampling seed), and
+controls: "mood: happy" with other features clamped to 0 (random live ones, and every one whose
+firing rate on the corpus tokens is within 2x the chosen feature's). Rates over seeded samples
+with n and Wilson 95% intervals; writes experiments/results/sae_toy.json.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
         python experiments/toy_model/sae_sentiment.py
@@ -44,6 +44,7 @@ CONFIGS = {"prompts": REPO / "configs" / "models" / "mlux-toy.yaml",
            "corpus": REPO / "configs" / "models" / "mlux-toy-corpus.yaml"}
 OUT = REPO / "experiments" / "results" / "sae_toy.json"
 SAMPLES, MAX_TOKENS, SEED, CONTROLS = 256, 24, 11, 5  # samples per cell; random control features
+REPLICATION_SEED = 5000  # row i samples with seed + i: far from SEED, so independent rows
 HAPPY, SAD = (f"{MARKER_PREFIX['sentiment']} {m}" for m in ("happy", "sad"))
 
 
@@ -71,12 +72,12 @@ def best_feature(sae: SparseAutoencoder, happy: np.ndarray, sad: np.ndarray, see
 
 
 def happy_rate(hooked: HookedModel, prompts: list[str], clamp: Optional[tuple] = None,
-               positions: str = "all") -> dict[str, Any]:
+               positions: Any = "all", seed: int = SEED) -> dict[str, Any]:
     """Happy rate of `SAMPLES` seeded continuations spread over `prompts`."""
     rows = [prompts[i % len(prompts)] for i in range(SAMPLES)]
     steering = [Steering(sae_clamp=clamp, positions=positions) if clamp else None] * SAMPLES
     outs = generate_batch(hooked, rows, max_tokens=MAX_TOKENS, steering=steering,
-                          temperature=1.0, seed=SEED)
+                          temperature=1.0, seed=seed)
     scorer = feature_scorer("sentiment", "happy")
     verdicts = [v for v in (scorer(hooked.tokenizer.decode(o)) for o in outs) if v is not None]
     n, k = len(verdicts), sum(verdicts)
@@ -167,7 +168,11 @@ def main() -> int:
         "mood_happy_prompt": {"unclamped": happy_rate(hooked, [HAPPY]),
                               "clamped to 0": best["mood_happy_clamped_to_0"],
                               "clamped to 0 on the prompt's tokens only": happy_rate(
-                                  hooked, [HAPPY], (sae, j, 0.0), positions=prompt_only)},
+                                  hooked, [HAPPY], (sae, j, 0.0), positions=prompt_only),
+                              f"unclamped, seed {REPLICATION_SEED}": happy_rate(
+                                  hooked, [HAPPY], seed=REPLICATION_SEED),
+                              f"clamped to 0, seed {REPLICATION_SEED}": happy_rate(
+                                  hooked, [HAPPY], (sae, j, 0.0), seed=REPLICATION_SEED)},
         "controls_mood_happy_other_feature_clamped_to_0": {
             kind: {str(c): {"firing_rate": {k: float(v[c]) for k, v in rates.items()},
                             **happy_rate(hooked, [HAPPY], (sae, c, 0.0))} for c in cs}
