@@ -37,8 +37,8 @@ import mlx.core as mx
 import mlx_lm
 
 import mlux
-from mlux.decode import PREFILL_CHUNK
 from mlux.generate import generate_batch
+from mlux.prefill import PREFILL_CHUNK
 from mlux.steering import Steering
 from mlux.testing import save_tiny_model
 

@@ -21,15 +21,14 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .condition_gate import PrefillGate, is_conditional, plain_rows
 from .conditions import Decision
-from .hooks import Hook, Start, cache_offsets, cache_start, normalise_start
+from .hooks import Hook, cache_start, normalise_start
 from .inputs import RowGroup, to_token_batch
 from .model import HookedModel, HookSpec
+from .prefill import PREFILL_CHUNK, batched, checkpoint, fill_cache, prefill, restore
 from .sampling import Sampler, make_seeded_sampler, sample_rows
 from .steering import RowSteering, row_steering_hooks, row_terms, steers_prefix
 
-__all__ = ["PREFILL_CHUNK", "Decoder", "Event", "eos_ids", "fill_cache", "prefill"]
-
-PREFILL_CHUNK = 2048  # mlx-lm's prefill_step_size
+__all__ = ["Decoder", "Event", "eos_ids"]
 
 
 class Event(NamedTuple):
@@ -47,31 +46,6 @@ def eos_ids(tokenizer: Any) -> set[int]:
         return {int(i) for i in ids}
     eos = getattr(tokenizer, "eos_token_id", None)
     return {int(eos)} if isinstance(eos, int) else set()
-
-
-def _shift(start: Start, by: int) -> Start:
-    offset, rows = normalise_start(start)
-    return offset + by if rows is None else [r + by for r in rows]
-
-
-def fill_cache(hooked: HookedModel, tokens: mx.array, cache: list[Any],
-               chunk_size: int = PREFILL_CHUNK, start: Start = 0) -> None:
-    """Run `tokens` `(B, T)` into `cache` in chunks, evaluating only the cache state: the one
-    chunked prefill (no logits are kept, so no `(T, vocab)` array is ever materialised).
-    `start`: the position of column 0 (per row: minus its left padding)."""
-    for s in range(0, tokens.shape[1], chunk_size):
-        hooked.forward_at(tokens[:, s : s + chunk_size], cache, _shift(start, s))
-        mx.eval([c.state for c in cache])
-        mx.clear_cache()
-
-
-def prefill(hooked: HookedModel, tokens: mx.array, cache: list[Any],
-            chunk_size: int = PREFILL_CHUNK, start: Start = 0) -> mx.array:
-    """`fill_cache` with all but the last token, then the last token alone: its logits `(B, V)`.
-    Hooks are whatever the caller has installed."""
-    fill_cache(hooked, tokens[:, :-1], cache, chunk_size, start)
-    last = _shift(start, tokens.shape[1] - 1)
-    return hooked.forward_at(tokens[:, -1:], cache, last)[:, -1]
 
 
 @dataclass
@@ -195,7 +169,7 @@ class Decoder:
             self._finished.append(Event(row.uid, None, "length"))
             return row.uid
         lane = _Lane([row], cache, self._sample([row], logits.reshape(1, -1)),
-                     lent=(cache_start(cache)[0], _checkpoint(cache, max_tokens)))
+                     lent=(cache_start(cache)[0], checkpoint(cache, max_tokens)))
         lane.hooks = self._row_hooks(lane.rows)
         mx.async_eval(lane.y)
         self._lanes.append(lane)
@@ -266,8 +240,8 @@ class Decoder:
         if main is None or not self.hooked.supports_padded_batch():
             self._lanes.append(lane)
             return
-        main.cache = _batched(main.cache)
-        for mine, theirs in zip(main.cache, _batched(lane.cache), strict=True):
+        main.cache = batched(main.cache)
+        for mine, theirs in zip(main.cache, batched(lane.cache), strict=True):
             mine.extend(theirs)
         main.y = mx.concatenate([main.y, lane.y])
         main.rows.extend(lane.rows)
@@ -286,7 +260,7 @@ class Decoder:
         if not keep:
             self._lanes.remove(lane)
             if lane.lent is not None:
-                _restore(lane.cache, *lane.lent)
+                restore(lane.cache, *lane.lent)
             return
         index = mx.array(keep)
         for c in lane.cache:
@@ -348,31 +322,3 @@ class Decoder:
                 yield self.next()
         finally:
             self.close()
-
-
-def _batched(cache: list[Any]) -> list[Any]:
-    """Batch caches (which can extend and filter) for a lane, converting a lone row's plain
-    ones (`KVCache.merge` gives a `BatchKVCache`)."""
-    return [c if hasattr(c, "extend") else type(c).merge([c]) for c in cache]
-
-
-def _checkpoint(cache: list[Any], extra: int) -> list[tuple[int, Any]]:
-    """Deep copies of the layers whose cache can't simply be trimmed back after `extra` tokens."""
-    saved = []
-    for i, c in enumerate(cache):
-        size = getattr(c, "max_size", None)
-        rotates = size is not None and cache_offsets(c)[0] + extra > size
-        if rotates or not (hasattr(c, "is_trimmable") and c.is_trimmable()):
-            saved.append((i, copy.deepcopy(c)))
-    return saved
-
-
-def _restore(cache: list[Any], start: int, saved: list[tuple[int, Any]]) -> None:
-    copies = dict(saved)
-    for i, c in enumerate(cache):
-        if i in copies:
-            cache[i] = copies[i]
-        else:
-            grown = cache_offsets(c)[0] - start
-            if grown > 0:
-                c.trim(grown)

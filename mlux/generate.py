@@ -15,10 +15,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from .decode import PREFILL_CHUNK, Decoder, prefill
+from .decode import Decoder
 from .hooks import cache_start
 from .inputs import Inputs
 from .model import HookedModel, HookSpec
+from .prefill import PREFILL_CHUNK, prefill
 from .steering import RowSteering
 
 __all__ = [

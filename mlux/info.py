@@ -7,7 +7,6 @@ from typing import Any
 import mlx.core as mx
 
 from .bake import bake_support
-from .inputs import batch_cache_blockers
 from .model import HookedModel
 from .model_configs import BEHAVIORS, estimate_memory
 
@@ -63,12 +62,7 @@ def mixers(hooked: HookedModel) -> dict[str, list[int]]:
 
 def padded_batch_fallback(hooked: HookedModel) -> str:
     """Why left-padded rows run one by one on this model ('' when they run as one batch)."""
-    if hooked.supports_padded_batch():
-        return ""
-    blockers = batch_cache_blockers(hooked.model)
-    if blockers:
-        return f"its layer caches ({', '.join(blockers)}) have no batch form in mlx-lm"
-    return hooked.padded_batch_reason
+    return "" if hooked.supports_padded_batch() else hooked.padded_batch_reason
 
 
 def features(hooked: HookedModel) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,8 +24,9 @@ from mlx_lm.models.cache import (
 
 from .builtin import BUILTIN_MODELS
 
-__all__ = ["Inputs", "RowGroup", "TokenBatch", "batch_cache_blockers", "encode", "left_pad",
-           "make_batch_cache", "to_token_batch", "warn_if_unknown"]
+__all__ = ["Inputs", "RowGroup", "TokenBatch", "batch_cache_blockers", "chat_ids", "encode",
+           "left_pad", "make_batch_cache", "padded_batch_problem", "to_token_batch",
+           "warn_if_unknown"]
 
 Inputs = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], mx.array]
 
@@ -149,6 +150,55 @@ def _batch_form(cache: Any, left_padding: list[int]) -> Any:
         parts = [_batch_form(c, left_padding) for c in cache.caches]
         return None if any(p is None for p in parts) else CacheList(*parts)
     return None
+
+
+def padded_batch_problem(model: nn.Module) -> Optional[str]:
+    """Why `model` can't run left-padded rows exactly as it runs each row alone, or None if it
+    can: three rows of different lengths, batched and one by one (some mlx-lm models fail on
+    batch masks, a few broadcast them wrongly without failing). Run it with hooks suspended."""
+    rows = [[1], [2, 1], [0, 2, 1]]
+    caches = make_batch_cache(model, [2, 1, 0])
+    if caches is None:
+        blockers = ", ".join(batch_cache_blockers(model))
+        return f"its layer caches ({blockers}) have no batch form in mlx-lm"
+    tokens = mx.array([[0, 0, 1], [0, 2, 1], [0, 2, 1]])
+    try:
+        # one forward evaluated at a time: a sharded model's collectives then run in the same
+        # order on every rank
+        batched = model(tokens, cache=caches)[:, -1]
+        mx.eval(batched)
+        alone = []
+        for r in rows:
+            alone.append(model(mx.array([r]))[0, -1])
+            mx.eval(alone[-1])
+    except Exception as e:  # e.g. positions built with numpy from the cache offset
+        return f"a padded batch fails: {type(e).__name__}: {str(e)[:160]}"
+    if all(mx.allclose(batched[i], a, rtol=1e-2, atol=1e-2).item()
+           for i, a in enumerate(alone)):
+        return None
+    return "a padded batch differs from its rows alone"
+
+
+def chat_ids(tokenizer: Any, messages: Union[str, Sequence[Mapping[str, str]]],
+             model_id: Optional[str] = None) -> list[int]:
+    """Token ids of a chat ready for the assistant's turn, straight from the tokenizer's
+    `apply_chat_template` (`HookedModel.encode_chat`, the one chat route)."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not messages or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
+                               and isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("a chat is a prompt string or a non-empty list of {role, content} "
+                         "strings")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"chat formatting asked for, but the tokenizer of {model_id!r} has no "
+                         "chat template")
+    ids: Any = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        add_generation_prompt=True)
+    ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    if not ids:
+        raise ValueError("the chat template rendered no tokens")
+    return [int(i) for i in ids]
 
 
 def left_pad(x: mx.array, width: int) -> mx.array:

@@ -10,10 +10,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from .arch import Architecture, child, detect_architecture, hidden_size_of, set_child
+from .arch import Architecture, detect_architecture, hidden_size_of
 from .distributed import Sharding, detect_sharding
 from .hooks import (
-    BlockFrame,
     Hook,
     HookWrapper,
     Start,
@@ -26,14 +25,17 @@ from .inputs import (
     Inputs,
     RowGroup,
     TokenBatch,
+    chat_ids,
     left_pad,
     make_batch_cache,
+    padded_batch_problem,
     to_token_batch,
     warn_if_unknown,
 )
 from .layers import LayerSpec, expand_layer_specs, hook_point_names
 from .loading import load_model
 from .model_configs import ModelConfig, infer_model_config
+from .wrapping import install_wrappers, remove_wrappers
 
 __all__ = ["HookedModel", "HookSpec"]
 
@@ -80,45 +82,11 @@ class HookedModel:
         return cls(model, tokenizer, model_id=path_or_repo)
 
     def _install_wrappers(self) -> None:
-        blocks = self.arch.blocks
-        local = set(self.arch.local_layers)
-        for i in range(self.num_layers):
-            if i not in local:  # run by another rank: accepted as a name, never fires here
-                self._remote.update(f"{kind}_{i}" for kind, name in (
-                    ("residuals", ""), ("attention", self.arch.attention_names[i]),
-                    ("mlp", self.arch.mlp_names[i])) if name is not None)
-                continue
-            block = blocks[i]
-            if isinstance(block, HookWrapper):  # wrapped before (another HookedModel): reuse
-                frame = block._mlux_frame
-                self.clock = frame.clock
-            else:
-                frame = BlockFrame(self.clock)
-                block = blocks[i] = HookWrapper(block, f"residuals_{i}", i, frame,
-                                                stream_axis=self.arch.stream_axis)
-            self._points[f"residuals_{i}"] = block
-            inner = block.wrapped
-            for kind, name in (("attention", self.arch.attention_names[i]),
-                               ("mlp", self.arch.mlp_names[i])):
-                if name is None:
-                    continue
-                sub = child(inner, name)
-                if not isinstance(sub, HookWrapper):
-                    sub = HookWrapper(sub, f"{kind}_{i}", i, frame)
-                    set_child(inner, name, sub)
-                self._points[f"{kind}_{i}"] = sub
+        self._points, self._remote, self.clock = install_wrappers(self.arch, self.clock)
 
     def unwrap(self) -> nn.Module:
         """Put the original modules back in their slots and return the plain model."""
-        blocks = self.arch.blocks
-        for i in self.arch.local_layers:
-            block = blocks[i]
-            if isinstance(block, HookWrapper):
-                inner = block.wrapped
-                for name in (self.arch.attention_names[i], self.arch.mlp_names[i]):
-                    if name is not None and isinstance(child(inner, name), HookWrapper):
-                        set_child(inner, name, child(inner, name).wrapped)
-                blocks[i] = inner
+        remove_wrappers(self.arch)
         self._points.clear()
         self._remote.clear()
         return self.model
@@ -181,22 +149,7 @@ class HookedModel:
         """Token ids of a chat, ready for the assistant's turn: a prompt string is one user turn;
         else `[{"role", "content"}, ...]`. The one chat route (extraction, collection, serve,
         explorer, sweeps): ids straight from the tokenizer's `apply_chat_template`."""
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        if not messages or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
-                                   and isinstance(m.get("content"), str) for m in messages):
-            raise ValueError("a chat is a prompt string or a non-empty list of {role, content} "
-                             "strings")
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError(f"chat formatting asked for, but the tokenizer of "
-                             f"{self.model_id!r} has no chat template")
-        ids: Any = self.tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            add_generation_prompt=True)
-        ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
-        if not ids:
-            raise ValueError("the chat template rendered no tokens")
-        return [int(i) for i in ids]
+        return chat_ids(self.tokenizer, messages, self.model_id)
 
     # -- hooks ----------------------------------------------------------------------------------
     def _normalise_hooks(self, hooks: Optional[HookSpec]) -> list[tuple[str, Hook]]:
@@ -257,30 +210,9 @@ class HookedModel:
         mlx-lm models fail on batch masks, and a few broadcast them wrongly without failing.
         """
         if self._padded_batch_ok is None:
-            rows = [[1], [2, 1], [0, 2, 1]]
-            caches = make_batch_cache(self.model, [2, 1, 0])
-            ok = caches is not None
-            if ok:
-                tokens = mx.array([[0, 0, 1], [0, 2, 1], [0, 2, 1]])
-                try:
-                    with self._hooks_suspended():
-                        # one forward evaluated at a time: a sharded model's collectives then
-                        # run in the same order on every rank
-                        batched = self.model(tokens, cache=caches)[:, -1]
-                        mx.eval(batched)
-                        alone = []
-                        for r in rows:
-                            alone.append(self.model(mx.array([r]))[0, -1])
-                            mx.eval(alone[-1])
-                        ok = all(mx.allclose(batched[i], a, rtol=1e-2, atol=1e-2).item()
-                                 for i, a in enumerate(alone))
-                    if not ok:
-                        self.padded_batch_reason = "a padded batch differs from its rows alone"
-                except Exception as e:  # e.g. positions built with numpy from the cache offset
-                    ok = False
-                    self.padded_batch_reason = (f"a padded batch fails: {type(e).__name__}: "
-                                                f"{str(e)[:160]}")
-            self._padded_batch_ok = ok
+            with self._hooks_suspended():
+                self.padded_batch_reason = padded_batch_problem(self.model) or ""
+            self._padded_batch_ok = not self.padded_batch_reason
         return self._padded_batch_ok
 
     def split_batch(self, batch: TokenBatch, *, cache: bool = False) -> list[RowGroup]:
