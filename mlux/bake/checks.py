@@ -143,16 +143,40 @@ def bias_config(config: dict[str, Any], weights: dict[str, mx.array],
     """`config`, with a bias switch turned on if the projections need one to exist."""
     if all(f"{p}.bias" in weights for p in projections):
         return config
+    rejected = []
     for key in BIAS_SWITCHES:
         trial = {**config, key: True}
         fresh = class_parameters(trial)
         new = [k for k in fresh if k not in weights]
         if all(f"{p}.bias" in fresh for p in projections) and all(
                 k.endswith(".bias") for k in new):
-            return trial
+            why = _config_refused(config, trial)
+            if why is None:
+                return trial
+            rejected.append(f"{key}: true ({why})")
+    if rejected:
+        raise ValueError(f"the config switch that adds a bias to {projections[0]} makes a "
+                         f"config transformers refuses, so mlx_lm.load could not load the "
+                         f"folder: {'; '.join(rejected)}")
     raise ValueError(f"its mlx-lm class has no bias on the MLP output projection "
                      f"{projections[0]} (no config switch among {', '.join(BIAS_SWITCHES)} "
                      "adds one), so there is nothing to hold the added vector")
+
+
+def _config_refused(source: dict[str, Any], edited: dict[str, Any]) -> Optional[str]:
+    """Why transformers' own config class refuses `edited` when it takes `source` (mlx_lm.load
+    reads the config through it for the tokenizer), else None."""
+    from transformers import AutoConfig  # mlx-lm's own dependency
+
+    def refusal(config: dict[str, Any]) -> Optional[str]:
+        fields = {k: v for k, v in config.items() if k not in ("model_type", "quantization")}
+        try:
+            AutoConfig.for_model(config["model_type"], **fields)
+        except Exception as exc:  # an unknown model type, or the class's own validation
+            return f"{type(exc).__name__}: {str(exc).splitlines()[-1][:160]}"
+        return None
+
+    return None if refusal(source) is not None else refusal(edited)
 
 
 def build(config: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
