@@ -20,7 +20,6 @@ a before/after comparison; the measuring process always uses this one.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -28,8 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -43,13 +40,7 @@ PROMPT = "yesterday the"
 
 
 def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return web.post_json(port, path, body, timeout=120)
 
 
 def steered(verb: str) -> Callable[[int, int], int]:

@@ -3,10 +3,7 @@ same condition; the response says which fired, and the text is the in-process re
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 from werkzeug.serving import make_server
@@ -16,6 +13,7 @@ from mlux.conditions import Condition
 from mlux.serve import create_server_app
 from mlux.toy import CONTRAST_PROMPTS
 from mlux.vector_library import VectorLibrary
+from mlux.web import post_json
 
 openai = pytest.importorskip("openai")
 
@@ -87,14 +85,7 @@ def test_streamed_and_chat_responses_report_the_decision(server):
 
 
 def post(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return post_json(port, "/v1/completions", body, timeout=30)
 
 
 @pytest.mark.parametrize(("condition", "param", "message"), [

@@ -76,14 +76,7 @@ def explorer(setup: dict[str, Any]) -> Iterator[tuple[int, Any]]:
             get_state().close()
 
 
-def post(port: int, path: str, body: Any, timeout: float = 60) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+post = web.post_json
 
 
 def raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:

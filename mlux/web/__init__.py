@@ -42,6 +42,7 @@ from .server import (
     client_gone_check,
     is_loopback,
     make_server,
+    post_json,
     run_server,
     served_port,
     vector_folder,
@@ -53,5 +54,5 @@ __all__ = [
     "Limits", "RequestError", "WebSettings", "allowed_hosts_for", "check_bind", "error_response",
     "finite", "install", "is_loopback", "json_object", "run_server", "settings_of", "to_json",
     "JSONErrorHandler", "Worker", "WorkerClosed", "check_port", "client_gone_check", "make_server",
-    "served_port", "vector_folder",
+    "post_json", "served_port", "vector_folder",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import select
@@ -12,6 +13,9 @@ import signal
 import socket
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -122,10 +126,21 @@ def run_server(app: Flask, host: str, port: int, *, allow_remote: bool = False,
             try:
                 if on_stop is not None:
                     on_stop()
+                _drain(server)
             finally:
                 server.server_close()
     print(f"{name}: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _drain(server: serving.BaseWSGIServer, timeout: float = 10.0) -> None:
+    """Wait (bounded) for the requests still being answered once the model has stopped: their
+    last write and log line happen before the interpreter exits (a daemon thread writing to
+    stderr during interpreter shutdown aborts the process). Idle keep-alive connections are
+    not waited on."""
+    deadline = time.monotonic() + timeout
+    for thread in list(getattr(server, "mlux_busy", ())):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _start(app: Flask, host: str, port: int, allow_remote: bool, exposes: str, name: str,
@@ -166,13 +181,26 @@ def served_port(lines: Iterable[str]) -> Optional[int]:
     return None
 
 
+def post_json(port: int, path: str, body: Any, timeout: float = 60) -> tuple[int, Any]:
+    """(status, decoded JSON answer) of a POST to a local server: the one client that scripts
+    and tests use on `mlux serve` / `mlux explore` started as commands."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def make_server(app: Flask, host: str, port: int) -> serving.BaseWSGIServer:
     """Werkzeug's threaded server for `app` (no debugger, no reloader), its own errors JSON."""
     server = serving.make_server(host, port, app, threaded=True)
     server.RequestHandlerClass = JSONErrorHandler  # socketserver makes one per connection
-    # Closing never waits on request threads (daemons): one whose client stopped reading a
-    # stream would block the exit forever; the model's own thread is joined by `on_stop`.
+    # Closing never waits on request threads (daemons) unboundedly: one whose client stopped
+    # reading a stream would block the exit forever; `_drain` waits on the busy ones, bounded.
     server.block_on_close = False
+    server.mlux_busy = set()  # type: ignore[attr-defined]  # threads inside a request
     return server
 
 
@@ -196,7 +224,17 @@ def _sigterm_interrupts() -> Iterator[None]:
 class JSONErrorHandler(serving.WSGIRequestHandler):
     """Werkzeug's request handler, whose own errors (414 URI too long, 431 headers too large,
     400 bad request line, ...: raised before the app sees the request) are JSON in the app's
-    error shape like every other error, not http.server's HTML page."""
+    error shape like every other error, not http.server's HTML page; it also tells the server
+    which threads are inside a request (`_drain`)."""
+
+    def run_wsgi(self) -> None:
+        busy = getattr(self.server, "mlux_busy", set())
+        me = threading.current_thread()
+        busy.add(me)
+        try:
+            super().run_wsgi()
+        finally:
+            busy.discard(me)
 
     def send_error(self, code: int, message: Optional[str] = None,
                    explain: Optional[str] = None) -> None:
