@@ -96,13 +96,31 @@ def mark_position(cache: Optional[Sequence[Any]], offset: int,
 class TokenClock:
     """The one source of the position hooks see: set by whoever runs a forward (the decoder,
     prefill, capture) for all blocks at once, never read from a block's own cache. Unset (a plain
-    mlx-lm call), each block falls back to its cache's count (`cache_offsets`)."""
+    mlx-lm call), each block falls back to its cache's count (`plain`)."""
 
-    __slots__ = ("offset", "row_offsets")
+    __slots__ = ("offset", "row_offsets", "active", "first", "last")
 
     def __init__(self) -> None:
         self.offset: Optional[int] = None
         self.row_offsets: Optional[mx.array] = None  # (B,)
+        self.active = 0  # hooks installed anywhere in the model
+        self.first = 0  # the first block a forward runs here
+        self.last: tuple[int, Optional[mx.array]] = (0, None)
+
+    def plain(self, layer: int, cache: Any, length: int) -> tuple[int, Optional[mx.array]]:
+        """A plain mlx-lm call's position at one block (every block counts while hooks are
+        installed): its cache's count (KV offset, else the stamp, advanced here by the `length`
+        tokens the block is about to consume), never less than the count read before it in this
+        forward, which a block without a cache of its own (KV shared, no attention) or with one
+        it never advances (NAS linear blocks) takes."""
+        if layer == self.first:
+            self.last = (0, None)
+        if cache is None:
+            return self.last
+        own = cache_offsets(cache)
+        self.last = offset, rows = own if own[0] >= self.last[0] else self.last
+        mark_position([cache], offset + length, None if rows is None else rows + length)
+        return self.last
 
     def set(self, start: Start) -> tuple[Optional[int], Optional[mx.array]]:
         """Declare the position of column 0 (one int, or one per row); returns the old value."""
@@ -126,8 +144,8 @@ def normalise_start(start: Start) -> tuple[Optional[int], Optional[list[int]]]:
 def _find_cache(args: tuple, kwargs: dict) -> Any:
     if "cache" in kwargs:
         return kwargs["cache"]
-    for a in args[1:]:
-        if hasattr(a, "update_and_fetch") or hasattr(a, "caches"):
+    for a in args[1:]:  # any mlx-lm cache: KV, Arrays (state-space / conv), CacheList
+        if hasattr(a, "update_and_fetch") or hasattr(a, "caches") or hasattr(a, "is_trimmable"):
             return a
     return None
 
@@ -213,6 +231,7 @@ class HookWrapper(nn.Module):
     def add_hook(self, hook: Hook) -> None:
         self._mlux_hooks.append(hook)
         self._mlux_frame.active += 1
+        self._mlux_frame.clock.active += 1
 
     def remove_hook(self, hook: Hook) -> None:
         hooks = self._mlux_hooks
@@ -220,19 +239,25 @@ class HookWrapper(nn.Module):
             if hooks[i] is hook:
                 del hooks[i]
                 self._mlux_frame.active -= 1
+                self._mlux_frame.clock.active -= 1
                 return
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         frame = self._mlux_frame
-        if not frame.active or not (self._mlux_is_block or self._mlux_hooks):
+        if not frame.active:  # a block still counts positions in a plain call while hooks exist
+            clock = frame.clock
+            if not (self._mlux_is_block and clock.active and clock.offset is None):
+                return self._mlux_module(*args, **kwargs)
+        elif not (self._mlux_is_block or self._mlux_hooks):
             return self._mlux_module(*args, **kwargs)
         if self._mlux_is_block:
             clock = frame.clock
             if clock.offset is not None:
                 frame.offset, frame.row_offsets = clock.offset, clock.row_offsets
-            else:  # a plain mlx-lm call: read before the block runs, which advances the cache
-                frame.offset, frame.row_offsets = cache_offsets(_find_cache(args, kwargs))
             frame.length = _length(_hidden(args, kwargs), self._mlux_stream_axis)
+            if clock.offset is None:  # a plain mlx-lm call: read before the block runs
+                frame.offset, frame.row_offsets = clock.plain(
+                    self._mlux_layer, _find_cache(args, kwargs), frame.length)
         out = self._mlux_module(*args, **kwargs)
         if not self._mlux_hooks:
             return out

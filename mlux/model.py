@@ -190,7 +190,7 @@ class HookedModel:
     @contextlib.contextmanager
     def _hooks_suspended(self) -> Iterator[None]:
         frames = {id(w._mlux_frame): w._mlux_frame for w in self._points.values()}.values()
-        saved = [(f, f.active) for f in frames]
+        saved = [(f, f.active) for f in (*frames, self.clock)]  # the clock counts them all
         try:
             for f, _ in saved:
                 f.active = 0

@@ -42,6 +42,7 @@ def install_wrappers(arch: Architecture, clock: TokenClock
                 sub = HookWrapper(sub, f"{kind}_{i}", i, frame)
                 set_child(inner, name, sub)
             points[f"{kind}_{i}"] = sub
+    clock.first = min(local, default=0)
     return points, remote, clock
 
 

@@ -57,9 +57,34 @@ def test_run_with_cache_after_a_cached_prefix_sees_absolute_positions(hooked):
     assert not mx.allclose(table[k:], table[: len(PROMPT) - k], atol=1e-3).item()
 
 
+def test_plain_mlx_lm_generation_inside_apply_keeps_windows_right(hooked):
+    """No mlux forward declares a position in `mlx_lm`'s own `generate_step`: each block counts
+    on its cache (state-space caches carry a count mlux keeps for them, KV-shared layers take
+    the one read before them), so a windowed vector steers the positions it names."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlux import SteeringVector
+
+    vec = SteeringVector({hooked.num_layers // 2: mx.random.normal((hooked.hidden_size,),
+                                                                   key=mx.random.key(5))})
+    window, steps = (3, 10), 4
+    with vec.apply(hooked, 4.0, positions=window):
+        plain = [(int(t), lp) for (t, lp), _ in zip(
+            generate_step(mx.array(PROMPT), hooked.model, max_tokens=steps,
+                          prefill_step_size=3), range(steps), strict=False)]
+        seq = list(PROMPT)
+        for token, logprobs in plain:  # the naive loop: the whole sequence on a fresh cache
+            fresh = make_prompt_cache(hooked.model)  # (gemma4's shared layers need one)
+            logits = hooked.forward(mx.array([seq]), cache=fresh)[0, -1]
+            assert mx.allclose(logits - mx.logsumexp(logits), logprobs, atol=1e-3).item()
+            seq.append(token)
+    assert hooked.clock.offset is None
+
+
 def test_a_plain_call_on_kv_caches_still_reads_the_cache():
-    """Without a declared position (a plain mlx-lm call inside `hooked.hooks`), KV layers fall
-    back to their cache's offset, as before; the clock is unset outside mlux's forwards."""
+    """Without a declared position (a plain mlx-lm call inside `hooked.hooks`), KV layers read
+    their cache's offset; the clock is unset outside mlux's forwards."""
     from mlx_lm.models.cache import make_prompt_cache
 
     hooked = HookedModel(tiny_model("llama")[0], None)
