@@ -122,11 +122,12 @@ class TokenClock:
         mark_position([cache], offset + length, None if rows is None else rows + length)
         return self.last
 
-    def set(self, start: Start) -> tuple[Optional[int], Optional[mx.array]]:
-        """Declare the position of column 0 (one int, or one per row); returns the old value."""
+    def set(self, offset: Optional[int], row_offsets: Optional[mx.array]
+            ) -> tuple[Optional[int], Optional[mx.array]]:
+        """Declare the position of column 0 (`normalise_start`'s largest row, and each row's
+        or None); returns the old value."""
         old = (self.offset, self.row_offsets)
-        self.offset, rows = normalise_start(start)
-        self.row_offsets = None if rows is None else mx.array(rows)
+        self.offset, self.row_offsets = offset, row_offsets
         return old
 
 
@@ -252,10 +253,10 @@ class HookWrapper(nn.Module):
             return self._mlux_module(*args, **kwargs)
         if self._mlux_is_block:
             clock = frame.clock
-            if clock.offset is not None:
-                frame.offset, frame.row_offsets = clock.offset, clock.row_offsets
             frame.length = _length(_hidden(args, kwargs), self._mlux_stream_axis)
-            if clock.offset is None:  # a plain mlx-lm call: read before the block runs
+            if clock.offset is not None:  # declared by mlux's forward
+                frame.offset, frame.row_offsets = clock.offset, clock.row_offsets
+            else:  # a plain mlx-lm call: read before the block runs
                 frame.offset, frame.row_offsets = clock.plain(
                     self._mlux_layer, _find_cache(args, kwargs), frame.length)
         out = self._mlux_module(*args, **kwargs)

@@ -234,26 +234,34 @@ class HookedModel:
                          make_prompt_cache(self.model) if cache else None)
                 for i, pad in enumerate(batch.left_padding)]
 
+    def _groups(self, batch: TokenBatch, cache: Any) -> list[RowGroup]:
+        """How `forward` / `_record` run a batch: on a caller's cache as one group from that
+        cache's position, else as `split_batch` decides."""
+        if cache is None:
+            return self.split_batch(batch)
+        return [RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache,
+                         _start_of(cache))]
+
     def forward_at(self, tokens: mx.array, cache: Any, start: Start = 0) -> mx.array:
         """The one way mlux runs the model: logits of `tokens` `(B, T)` on `cache`, with every
         hook told that column 0 sits at absolute position `start` (one int, or one per row),
         whatever kind of cache each block holds; the cache is stamped with where it now is."""
-        old = self.clock.set(start)
+        offset, rows = normalise_start(start)
+        per_row = None if rows is None else mx.array(rows)  # (B,)
+        old = self.clock.set(offset, per_row)
         try:
             logits = self.model(tokens, cache=cache)
         finally:
-            self.clock.offset, self.clock.row_offsets = old
+            self.clock.set(*old)
         if cache is not None:
             t = tokens.shape[1]
-            offset, rows = normalise_start(start)
-            mark_position(cache, offset + t, None if rows is None else mx.array(rows) + t)
+            mark_position(cache, offset + t, None if per_row is None else per_row + t)
         return logits
 
     def forward(self, inputs: Union[Inputs, TokenBatch], *, cache: Any = None) -> mx.array:
         """Logits `(B, T, V)`. Padded batches run masked, so each row equals its own run."""
         batch = inputs if isinstance(inputs, TokenBatch) else self.tokenize(inputs)
-        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache,
-                            _start_of(cache))] if cache is not None else self.split_batch(batch))
+        groups = self._groups(batch, cache)
         return self._join(batch, [self.forward_at(g.tokens, g.cache, g.start) for g in groups])
 
     @staticmethod
@@ -333,8 +341,7 @@ class HookedModel:
             return hook
 
         batch = self.tokenize(inputs)
-        groups = ([RowGroup(list(range(batch.tokens.shape[0])), batch.tokens, cache,
-                            _start_of(cache))] if cache is not None else self.split_batch(batch))
+        groups = self._groups(batch, cache)
         logits, parts = [], []
         with self.hooks(hooks), self.hooks([(n, record(n)) for n in local]):
             for group in groups:
