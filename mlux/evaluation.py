@@ -22,6 +22,7 @@ __all__ = [
     "distinct_n",
     "first_token_kl",
     "first_token_logits",
+    "log_softmax",
     "is_refusal",
     "kl_divergence",
     "perplexity",
@@ -113,14 +114,20 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def log_softmax(logits: mx.array) -> mx.array:
+    """Float32 log-probabilities over the last axis: the one normalisation the perplexity, KL,
+    log-odds and spliced-SAE measures share."""
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
 def perplexity(hooked: Any, prompt_ids: Sequence[int], continuation: Sequence[int]) -> float:
     """Perplexity of `continuation` after `prompt_ids` under the model as it is (no hooks given
     here: pass the unsteered model to judge steered text)."""
     if not continuation:
         return float("nan")
     ids = list(prompt_ids) + list(continuation)
-    logits = hooked.forward([ids])[0, len(prompt_ids) - 1 : -1].astype(mx.float32)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprobs = log_softmax(hooked.forward([ids])[0, len(prompt_ids) - 1 : -1])
     picked = mx.take_along_axis(logprobs, mx.array(continuation)[:, None], axis=-1)
     nll = -float(picked.mean().item())
     return math.exp(nll) if math.isfinite(nll) else float("inf")
@@ -128,10 +135,7 @@ def perplexity(hooked: Any, prompt_ids: Sequence[int], continuation: Sequence[in
 
 def kl_divergence(p_logits: mx.array, q_logits: mx.array) -> float:
     """KL(p || q) between next-token distributions given as logits `(V,)`."""
-    p = p_logits.astype(mx.float32)
-    q = q_logits.astype(mx.float32)
-    lp = p - mx.logsumexp(p, keepdims=True)
-    lq = q - mx.logsumexp(q, keepdims=True)
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return float((mx.exp(lp) * (lp - lq)).sum().item())
 
 
@@ -174,7 +178,6 @@ def first_token_kl(hooked: Any, prompts: Sequence[Any], hooks: Any = None, *,
     if base.shape != steered.shape:
         raise ValueError(f"reference logits have shape {tuple(base.shape)}, the prompts give "
                          f"{tuple(steered.shape)}")
-    lb = base - mx.logsumexp(base, axis=-1, keepdims=True)
-    ls = steered - mx.logsumexp(steered, axis=-1, keepdims=True)
+    lb, ls = log_softmax(base), log_softmax(steered)
     kl = mx.maximum((mx.exp(lb) * (lb - ls)).sum(axis=-1), 0.0)  # (N,); rounding can dip < 0
     return kl.tolist() if per_prompt else float(kl.mean().item())

@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlux.collect.store import ActivationStore
+from mlux.evaluation import log_softmax
 from mlux.hooks import HookContext
 from mlux.model import HookedModel
 
@@ -61,11 +62,6 @@ def evaluate_sae(sae: SparseAutoencoder, store: ActivationStore, *, batch_size: 
             "dead_latents": dead, "dead_fraction": dead / sae.config.d_sae}
 
 
-def _log_softmax(logits: mx.array) -> mx.array:
-    logits = logits.astype(mx.float32)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
 def spliced_metrics(hooked: HookedModel, sae: SparseAutoencoder, prompts: Sequence[Any], *,
                     hook: Optional[str] = None, batch_size: int = 8) -> dict[str, float]:
     """CE loss and KL with the SAE's reconstruction replacing `hook` (default: the SAE's own
@@ -96,13 +92,13 @@ def spliced_metrics(hooked: HookedModel, sae: SparseAutoencoder, prompts: Sequen
         steps = mx.arange(tokens.shape[1] - 1)[None]
         mask = (steps >= pads).astype(mx.float32)  # (B, T-1): predictions of real tokens
         targets = tokens[:, 1:, None]
-        clean = _log_softmax(hooked.forward(batch)[:, :-1])  # (B, T-1, V)
+        clean = log_softmax(hooked.forward(batch)[:, :-1])  # (B, T-1, V)
         runs = {"sae": hooked.run_with_hooks(batch, [(point, splice)]),
                 "ablated": hooked.run_with_hooks(batch, [(point, ablate)])}
         p_clean = mx.exp(clean)
         sums["ce_clean"] += float((-mx.take_along_axis(clean, targets, -1)[..., 0] * mask).sum())
         for name, logits in runs.items():
-            lp = _log_softmax(logits[:, :-1])
+            lp = log_softmax(logits[:, :-1])
             sums[f"ce_{name}"] += float((-mx.take_along_axis(lp, targets, -1)[..., 0]
                                          * mask).sum())
             sums[f"kl_{name}"] += float(((p_clean * (clean - lp)).sum(-1) * mask).sum())

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import mlx.core as mx
 
-from ..evaluation import first_token_logits
+from ..evaluation import first_token_logits, log_softmax
 from ..toy import FEATURES, WORDS
 
 __all__ = ["REFUSAL_WORDS", "behavior_words", "token_ids", "token_logodds"]
@@ -60,7 +60,7 @@ def token_logodds(hooked: Any, prompts: Sequence[Any], target: Sequence[int],
     log p(T) - log(1 - p(T)) without an `against` set. One forward with `hooks`, or per-row
     `steering` (as `first_token_logits`)."""
     logits = first_token_logits(hooked, prompts, hooks, steering=steering)  # (N, V)
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logp = log_softmax(logits)
     hit = mx.logsumexp(logp[:, mx.array(list(target))], axis=-1)  # (N,)
     if against:
         return hit - mx.logsumexp(logp[:, mx.array(list(against))], axis=-1)
