@@ -97,6 +97,7 @@ class TrialScorer:
     def __post_init__(self) -> None:
         if self.reference is None:
             self.reference = first_token_logits(self.hooked, self.harmless)
+            self._tiled[1] = self.reference  # the same batch shape: reused, not recomputed
 
     def _reference(self, k: int) -> mx.array:
         """Unsteered logits of the harmless prompts repeated `k` times, from a batch of that

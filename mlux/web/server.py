@@ -26,7 +26,8 @@ from .fields import RequestError
 from .guard import LOOPBACK_HOSTS, settings_of, to_json
 
 __all__ = ["allowed_hosts_for", "check_bind", "check_port", "client_gone_check", "is_loopback",
-           "JSONErrorHandler", "make_server", "run_server", "served_port", "vector_folder"]
+           "JSONErrorHandler", "make_server", "post_json", "run_server", "served_port",
+           "vector_folder"]
 
 
 def is_loopback(host: str) -> bool:
