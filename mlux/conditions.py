@@ -22,6 +22,7 @@ import mlx.core as mx
 from .atomic import PathLike
 from .inputs import Inputs
 from .model import HookedModel
+from .steering import as_f32
 from .vectors import SteeringVector
 
 __all__ = ["COMPARATORS", "SUMMARIES", "AllOf", "AnyOf", "Condition", "Decision", "Not", "Rule",
@@ -51,10 +52,9 @@ def _unit_direction(vector: Any, layer: int) -> mx.array:
                              f"condition's layer {layer} (pass vector[layer] to use a direction "
                              "elsewhere)")
         vector = directions[layer]
-    arr = vector if isinstance(vector, mx.array) else mx.array(vector)
-    if arr.ndim != 1 or arr.size == 0 or not mx.issubdtype(arr.dtype, mx.number):
+    arr = as_f32(vector, "condition vector")
+    if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"a condition vector is one (D,) direction, got shape {arr.shape}")
-    arr = arr.astype(mx.float32)
     norm = float(mx.linalg.norm(arr).item())
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError("the condition vector must be finite and non-zero")

@@ -18,6 +18,7 @@ from .positions import Positions, resolve_positions
 __all__ = [
     "RowSteering",
     "Steering",
+    "as_f32",
     "create_ablation_hook",
     "create_additive_hook",
     "create_row_steering_hook",
@@ -30,8 +31,14 @@ __all__ = [
     "weighted_ablation_hooks",
 ]
 
-def _as_f32(value: Any, what: str) -> mx.array:
-    arr = value if isinstance(value, mx.array) else mx.array(value)
+def as_f32(value: Any, what: str) -> mx.array:
+    """`value` (an array or nested numbers) as float32, or one ValueError naming `what` and
+    the problem (a wrong type, ragged lists, NaN / inf) instead of MLX's own."""
+    try:
+        arr = value if isinstance(value, mx.array) else mx.array(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an array of numbers, got "
+                         f"{type(value).__name__}") from None
     if not mx.issubdtype(arr.dtype, mx.floating) and not mx.issubdtype(arr.dtype, mx.integer):
         raise ValueError(f"{what} must be numeric, got {arr.dtype}")
     arr = arr.astype(mx.float32)
@@ -88,7 +95,7 @@ def create_steering_hook(
 
     `vector` is `(D,)` or per-row `(B, D)`; `alpha` a float or per-row `(B,)` (0 = unsteered row).
     """
-    vec = _as_f32(_one_direction(vector), "steering vector")
+    vec = as_f32(_one_direction(vector), "steering vector")
     if vec.ndim not in (1, 2) or vec.shape[-1] == 0:
         raise ValueError(f"steering vector must have shape (D,) or (B, D), got {vec.shape}")
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
@@ -96,7 +103,7 @@ def create_steering_hook(
             raise ValueError(f"alpha must be finite, got {alpha}")
         delta = vec * alpha
     else:
-        a = _as_f32(alpha, "alpha")
+        a = as_f32(alpha, "alpha")
         if a.ndim != 1:
             raise ValueError(f"per-row alpha must have shape (B,), got {a.shape}")
         delta = a[:, None] * (vec if vec.ndim == 2 else vec[None])
@@ -125,7 +132,7 @@ def create_row_steering_hook(
     Positions are per row (`ctx.positions()`), so left padding and the KV cache are accounted
     for; a zero row leaves its row untouched.
     """
-    table = _as_f32(deltas, "per-row deltas")
+    table = as_f32(deltas, "per-row deltas")
     if table.ndim != 2 or len(starts) != table.shape[0] or len(ends) != table.shape[0]:
         raise ValueError(f"per-row steering needs (B, D) deltas and B starts/ends; got "
                          f"{table.shape}, {len(starts)}, {len(ends)}")
@@ -160,7 +167,7 @@ def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
             raise ValueError("additive hook needs at least one {position: vector} entry")
         if any(not isinstance(p, int) or p < 0 for p in deltas):
             raise ValueError("additive hook positions must be non-negative ints")
-        rows = {p: _as_f32(v, f"delta at position {p}") for p, v in deltas.items()}
+        rows = {p: as_f32(v, f"delta at position {p}") for p, v in deltas.items()}
         dims = {v.shape for v in rows.values()}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise ValueError(f"every delta must be a (D,) vector of one size, got {sorted(dims)}")
@@ -169,7 +176,7 @@ def create_additive_hook(deltas: Union[mx.array, Mapping[int, Any]]) -> Hook:
         for p, v in rows.items():
             table[p] = v
     else:
-        table = _as_f32(deltas, "additive deltas")
+        table = as_f32(deltas, "additive deltas")
         if table.ndim != 2:
             raise ValueError(f"additive deltas must have shape (T, D), got {table.shape}")
     n = table.shape[0]
@@ -193,7 +200,7 @@ def create_ablation_hook(
 ) -> Hook:
     """Project `direction` out of the stream: x - weight (x . d) d with d unit-norm (computed in
     f32); a `weight` below 1 removes only that share of the component (heretic's kernels)."""
-    d = _as_f32(_one_direction(direction), "ablation direction")
+    d = as_f32(_one_direction(direction), "ablation direction")
     if weight != weight or abs(weight) == float("inf"):
         raise ValueError(f"ablation weight must be finite, got {weight}")
     if d.ndim != 1:

@@ -191,6 +191,11 @@ def test_bad_conditions_are_one_clear_error(toy):
         Condition(formality, 1, 0.1, comparator="bigger")
     with pytest.raises(ValueError, match="unknown summary"):
         Condition(formality, 1, 0.1, summary="max")
+    for wrong_type in (hooked.model, [[1.0], [2.0, 3.0]], "formal"):  # not MLX's own message
+        with pytest.raises(ValueError, match="condition vector must be an array of numbers"):
+            Condition(wrong_type, 1, 0.1)
+    with pytest.raises(ValueError, match="condition vector contains NaN"):
+        Condition(mx.full((96,), math.nan), 1, 0.1)
     wrong_size = Condition(mx.ones((8,)), 1, 0.1)
     out_of_range = Condition(formality[1], 7, 0.1)
     for bad, msg in ((wrong_size, "hidden size 8; the model's is 96"),

@@ -147,6 +147,8 @@ def test_vector_errors(hooked):
         create_steering_hook(mx.array([1.0, float("inf")]), 1.0)
     with pytest.raises(ValueError, match="alpha must be finite"):
         create_steering_hook(mx.ones((4,)), float("nan"))
+    with pytest.raises(ValueError, match="steering vector must be an array of numbers, got str"):
+        create_steering_hook("happy", 1.0)
     wrong = {"residuals_1": create_steering_hook(mx.ones((hooked.hidden_size + 1,)), 1.0)}
     with pytest.raises(ValueError, match=f"size {hooked.hidden_size + 1} but residuals_1 has "
                                          f"hidden size {hooked.hidden_size}"):
